@@ -1,0 +1,52 @@
+# Every test runs through ctest so CI reads one summary line.
+#  - spec/c/test_*.c: C tests linking liboflua through oflua.h
+#  - spec/*_spec.lua: busted specs, run by the built oflua as the Lua interpreter
+#  - luacheck over lua/, spec/ and examples/
+find_program(BUSTED_SCRIPT busted)
+find_program(LUACHECK luacheck)
+
+set(OFLUA_TEST_ENV
+  "OFLUA_BIN=$<TARGET_FILE:oflua>"
+  "OFLUA_SOURCE_DIR=${CMAKE_CURRENT_SOURCE_DIR}"
+  "OFLUA_BUILD_DIR=${CMAKE_CURRENT_BINARY_DIR}"
+  "OFLUA_PATH="
+  "OFAUTH_API_KEY="
+  "OFAUTH_WEBHOOK_SECRET="
+  "OFAUTH_BASE_URL="
+  "OFLUA_STORE="
+  "OFLUA_STORE_KEY="
+  "OFLUA_STORE_KEY_FILE="
+  "ASAN_OPTIONS=halt_on_error=1:detect_leaks=1"
+  "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
+  "LSAN_OPTIONS=suppressions=${CMAKE_CURRENT_SOURCE_DIR}/spec/lsan.supp:print_suppressions=0")
+
+file(GLOB OFLUA_C_TESTS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/test_*.c)
+foreach(src ${OFLUA_C_TESTS})
+  get_filename_component(name ${src} NAME_WE)
+  add_executable(${name} ${src})
+  target_compile_options(${name} PRIVATE ${OFLUA_WARNINGS})
+  target_compile_definitions(${name} PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
+  target_link_libraries(${name} PRIVATE oflua_static)
+  add_test(NAME c/${name} COMMAND ${name} WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(c/${name} PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 120)
+endforeach()
+
+if(BUSTED_SCRIPT)
+  file(GLOB OFLUA_SPECS CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/spec/*_spec.lua)
+  foreach(spec ${OFLUA_SPECS})
+    get_filename_component(name ${spec} NAME_WE)
+    add_test(NAME spec/${name}
+      COMMAND $<TARGET_FILE:oflua> ${BUSTED_SCRIPT} --output=utfTerminal ${spec}
+      WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+    set_tests_properties(spec/${name} PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 300)
+  endforeach()
+else()
+  message(WARNING "busted not found (apt-get install lua-busted): Lua specs will not run")
+endif()
+
+if(LUACHECK)
+  add_test(NAME luacheck COMMAND ${LUACHECK} --no-color -q lua spec examples
+    WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+else()
+  message(WARNING "luacheck not found (apt-get install lua-check): lint will not run")
+endif()

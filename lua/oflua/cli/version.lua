@@ -1,0 +1,20 @@
+-- oflua version: print the versions of oflua and the libraries it embeds.
+local cli = require("oflua.cliutil")
+local core = require("oflua.core")
+local cjson = require("cjson")
+
+local opts = cli.parse({ ... }, { flags = { json = true } })
+if opts.help then
+  print("usage: oflua version [--json]")
+  return 0
+end
+local v = core.versions
+if opts.json then
+  print(cjson.encode(v))
+  return 0
+end
+print(("oflua %s"):format(v.oflua))
+for _, k in ipairs({ "lua", "curl", "openssl", "sqlite", "microhttpd" }) do
+  print(("  %-11s %s"):format(k, v[k]))
+end
+return 0

@@ -1,0 +1,52 @@
+/*
+ * internal.h: what the C files of liboflua share and the public header does
+ * not show: building a configured lua_State (the server makes one per worker
+ * thread), error-message helpers and the luaopen_* entry points.
+ */
+#ifndef OFLUA_INTERNAL_H
+#define OFLUA_INTERNAL_H
+
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <lua.h>
+#include <lauxlib.h>
+#include <lualib.h>
+
+/* Registry field holding the Lua tree directory of a state. */
+#define OFLUA_REG_LUA_DIR "oflua.lua_dir"
+
+/* A new lua_State with std libs, cjson and native modules preloaded and
+ * package.path = <lua_dir>/?.lua;<lua_dir>/?/init.lua;<default>.
+ * Returns NULL (reason in errbuf) on failure. */
+lua_State *oflua__state_new(const char *lua_dir, char *errbuf, size_t errlen);
+
+/* The directory that state was made with (never NULL). */
+const char *oflua__state_lua_dir(lua_State *L);
+
+/* The default Lua tree: $OFLUA_PATH, installed tree, source tree. */
+const char *oflua__default_lua_dir(void);
+
+/* Message handler for lua_pcall: adds a traceback to string errors and
+ * turns tables with __tostring into their text. */
+int oflua__msgh(lua_State *L);
+
+/* snprintf into a possibly NULL buffer. */
+void oflua__errf(char *buf, size_t len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Dispatch hook for oflua_handle_http, provided by http_server.c:
+ * calls the handler at stack index `handler` with a req table built from
+ * `req` and fills `resp`. */
+struct oflua_http_request;
+struct oflua_http_response;
+int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *req,
+                    struct oflua_http_response *resp, char *errbuf, size_t errlen);
+
+int luaopen_oflua_core(lua_State *L);
+int luaopen_oflua_crypto(lua_State *L);
+int luaopen_oflua_http(lua_State *L);
+int luaopen_oflua_server(lua_State *L);
+int luaopen_oflua_store(lua_State *L);
+
+#endif

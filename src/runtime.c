@@ -1,0 +1,451 @@
+/*
+ * runtime.c: builds configured lua_States and implements the embedding API
+ * of oflua.h on top of them.
+ *
+ * A state gets the standard libraries, cjson (and cjson.safe) and the native
+ * modules registered in package.preload (loaded on first require, so an
+ * unused module costs nothing at startup), plus package.path with the Lua
+ * tree in front of Lua's defaults (busted and other system rocks keep
+ * working). `oflua.core` carries versions, clocks and small OS helpers that
+ * the Lua side needs and plain Lua lacks.
+ */
+#include "internal.h"
+#include "oflua.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <dirent.h>
+#include <sys/stat.h>
+
+#include <curl/curl.h>
+#include <lua-cjson.h>
+#include <microhttpd.h>
+#include <openssl/crypto.h>
+#include <sqlite3.h>
+
+int luaopen_cjson_safe(lua_State *L);
+
+struct oflua_runtime {
+  lua_State *L;
+  int handler_ref; /* LUA_NOREF until oflua_load_handler */
+};
+
+void oflua__errf(char *buf, size_t len, const char *fmt, ...) {
+  if (buf == NULL || len == 0) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(buf, len, fmt, ap);
+  va_end(ap);
+}
+
+int oflua__msgh(lua_State *L) {
+  const char *msg = lua_tostring(L, 1);
+  if (msg == NULL) {
+    if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
+      return 1; /* an error object with its own text: no traceback */
+    msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
+  }
+  luaL_traceback(L, L, msg, 1);
+  return 1;
+}
+
+static int dir_exists(const char *path) {
+  struct stat st;
+  return path != NULL && stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+const char *oflua__default_lua_dir(void) {
+  const char *env = getenv("OFLUA_PATH");
+  if (env != NULL && env[0] != '\0') return env;
+  if (dir_exists(OFLUA_INSTALL_LUA_DIR)) return OFLUA_INSTALL_LUA_DIR;
+  return OFLUA_SOURCE_LUA_DIR;
+}
+
+const char *oflua__state_lua_dir(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_LUA_DIR);
+  const char *dir = lua_tostring(L, -1); /* kept alive by the registry */
+  lua_pop(L, 1);
+  return dir != NULL ? dir : oflua__default_lua_dir();
+}
+
+/* ---- oflua.core ---------------------------------------------------------- */
+
+static int core_now(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int core_monotonic(lua_State *L) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  return 1;
+}
+
+static int core_sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
+  struct timespec ts;
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+  return 0;
+}
+
+static int core_isatty(lua_State *L) {
+  lua_Integer fd = luaL_optinteger(L, 1, 1);
+  luaL_argcheck(L, fd >= 0 && fd <= 1024, 1, "bad file descriptor");
+  lua_pushboolean(L, isatty((int)fd));
+  return 1;
+}
+
+static int core_getpid(lua_State *L) {
+  lua_pushinteger(L, (lua_Integer)getpid());
+  return 1;
+}
+
+/* file_mode(path) -> permission bits as an integer, or nil, err */
+static int core_file_mode(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
+  return 1;
+}
+
+/* chmod(path, mode) -> true or nil, err */
+static int core_chmod(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  lua_Integer mode = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "bad mode");
+  if (chmod(path, (mode_t)mode) != 0) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* listdir(path) -> sorted array of entry names (no "." / ".."), or nil, err */
+
+static int core_listdir(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  DIR *d = opendir(path);
+  if (d == NULL) {
+    luaL_pushfail(L);
+    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    return 2;
+  }
+  lua_newtable(L);
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    lua_pushstring(L, e->d_name);
+    lua_rawseti(L, -2, ++n);
+  }
+  closedir(d);
+  /* sort in Lua: table.sort is already there */
+  lua_getglobal(L, "table");
+  lua_getfield(L, -1, "sort");
+  lua_pushvalue(L, -3);
+  lua_call(L, 1, 0);
+  lua_pop(L, 1);
+  return 1;
+}
+
+static void push_versions(lua_State *L) {
+  lua_createtable(L, 0, 6);
+  lua_pushliteral(L, OFLUA_VERSION);
+  lua_setfield(L, -2, "oflua");
+  lua_pushliteral(L, LUA_RELEASE);
+  lua_setfield(L, -2, "lua");
+  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "curl");
+  lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
+  lua_setfield(L, -2, "openssl");
+  lua_pushstring(L, sqlite3_libversion());
+  lua_setfield(L, -2, "sqlite");
+  lua_pushstring(L, MHD_get_version());
+  lua_setfield(L, -2, "microhttpd");
+}
+
+int luaopen_oflua_core(lua_State *L) {
+  static const luaL_Reg funcs[] = {
+      {"now", core_now},         {"monotonic", core_monotonic}, {"sleep", core_sleep},
+      {"isatty", core_isatty},   {"getpid", core_getpid},       {"file_mode", core_file_mode},
+      {"chmod", core_chmod},     {"listdir", core_listdir},     {NULL, NULL}};
+  luaL_newlib(L, funcs);
+  lua_pushliteral(L, OFLUA_VERSION);
+  lua_setfield(L, -2, "version");
+  push_versions(L);
+  lua_setfield(L, -2, "versions");
+  lua_pushstring(L, oflua__state_lua_dir(L));
+  lua_setfield(L, -2, "lua_dir");
+  return 1;
+}
+
+/* ---- states -------------------------------------------------------------- */
+
+static int setup_state(lua_State *L) {
+  const char *dir = lua_tostring(L, 1);
+  luaL_openlibs(L);
+
+  static const luaL_Reg preload[] = {
+      {"cjson", luaopen_cjson},
+      {"cjson.safe", luaopen_cjson_safe},
+      {"oflua.core", luaopen_oflua_core},
+      {"oflua.crypto", luaopen_oflua_crypto},
+      {"oflua.http", luaopen_oflua_http},
+      {"oflua.server", luaopen_oflua_server},
+      {"oflua.store", luaopen_oflua_store},
+      {NULL, NULL}};
+  luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+  for (const luaL_Reg *r = preload; r->name != NULL; r++) {
+    lua_pushcfunction(L, r->func);
+    lua_setfield(L, -2, r->name);
+  }
+  lua_pop(L, 1);
+
+  lua_pushvalue(L, 1);
+  lua_setfield(L, LUA_REGISTRYINDEX, OFLUA_REG_LUA_DIR);
+
+  lua_getglobal(L, "package");
+  lua_getfield(L, -1, "path");
+  lua_pushfstring(L, "%s/?.lua;%s/?/init.lua;%s", dir, dir, lua_tostring(L, -1));
+  lua_setfield(L, -3, "path");
+  lua_pop(L, 2);
+  return 0;
+}
+
+lua_State *oflua__state_new(const char *lua_dir, char *errbuf, size_t errlen) {
+  if (lua_dir == NULL) lua_dir = oflua__default_lua_dir();
+  lua_State *L = luaL_newstate();
+  if (L == NULL) {
+    oflua__errf(errbuf, errlen, "cannot create Lua state: out of memory");
+    return NULL;
+  }
+  lua_pushcfunction(L, setup_state);
+  lua_pushstring(L, lua_dir);
+  if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+    oflua__errf(errbuf, errlen, "cannot set up Lua state: %s", lua_tostring(L, -1));
+    lua_close(L);
+    return NULL;
+  }
+  return L;
+}
+
+/* ---- embedding API ------------------------------------------------------- */
+
+const char *oflua_version(void) { return OFLUA_VERSION; }
+
+static int status_code(int lua_status) {
+  switch (lua_status) {
+    case LUA_OK: return OFLUA_OK;
+    case LUA_ERRSYNTAX: return OFLUA_ERR_SYNTAX;
+    case LUA_ERRMEM: return OFLUA_ERR_MEM;
+    case LUA_ERRFILE: return OFLUA_ERR_FILE;
+    default: return OFLUA_ERR_RUN;
+  }
+}
+
+/* Pops the error value on top of L into errbuf and maps the status. */
+static int fail_with(lua_State *L, int lua_status, char *errbuf, size_t errlen) {
+  const char *msg = lua_tostring(L, -1);
+  oflua__errf(errbuf, errlen, "%s", msg != NULL ? msg : "(error object is not a string)");
+  lua_pop(L, 1);
+  return status_code(lua_status);
+}
+
+static int set_arg_table(lua_State *L) {
+  int argc = (int)lua_tointeger(L, 1);
+  const char *const *argv = (const char *const *)lua_touserdata(L, 2);
+  lua_createtable(L, argc > 0 ? argc - 1 : 0, 1);
+  for (int i = 0; i < argc; i++) {
+    lua_pushstring(L, argv[i]);
+    lua_rawseti(L, -2, i);
+  }
+  lua_setglobal(L, "arg");
+  return 0;
+}
+
+oflua_runtime *oflua_open(const oflua_options *opts, char *errbuf, size_t errlen) {
+  oflua_runtime *rt = calloc(1, sizeof *rt);
+  if (rt == NULL) {
+    oflua__errf(errbuf, errlen, "cannot create runtime: out of memory");
+    return NULL;
+  }
+  rt->handler_ref = LUA_NOREF;
+  rt->L = oflua__state_new(opts != NULL ? opts->lua_dir : NULL, errbuf, errlen);
+  if (rt->L == NULL) {
+    free(rt);
+    return NULL;
+  }
+  if (opts != NULL && opts->argc > 0 && opts->argv != NULL) {
+    lua_pushcfunction(rt->L, set_arg_table);
+    lua_pushinteger(rt->L, opts->argc);
+    lua_pushlightuserdata(rt->L, (void *)opts->argv);
+    int st = lua_pcall(rt->L, 2, 0, 0);
+    if (st != LUA_OK) {
+      fail_with(rt->L, st, errbuf, errlen);
+      oflua_close(rt);
+      return NULL;
+    }
+  }
+  return rt;
+}
+
+static int run_loaded(lua_State *L, int status, int nresults, char *errbuf, size_t errlen) {
+  if (status != LUA_OK) return fail_with(L, status, errbuf, errlen);
+  int base = lua_gettop(L); /* the chunk */
+  lua_pushcfunction(L, oflua__msgh);
+  lua_insert(L, base);
+  status = lua_pcall(L, 0, nresults, base);
+  lua_remove(L, base);
+  if (status != LUA_OK) return fail_with(L, status, errbuf, errlen);
+  return OFLUA_OK;
+}
+
+int oflua_run_file(oflua_runtime *rt, const char *path, char *errbuf, size_t errlen) {
+  if (rt == NULL || path == NULL) {
+    oflua__errf(errbuf, errlen, "oflua_run_file: runtime and path are required");
+    return OFLUA_ERR_ARG;
+  }
+  return run_loaded(rt->L, luaL_loadfile(rt->L, path), 0, errbuf, errlen);
+}
+
+int oflua_run_string(oflua_runtime *rt, const char *code, const char *chunkname, char *errbuf,
+                     size_t errlen) {
+  if (rt == NULL || code == NULL) {
+    oflua__errf(errbuf, errlen, "oflua_run_string: runtime and code are required");
+    return OFLUA_ERR_ARG;
+  }
+  int st = luaL_loadbufferx(rt->L, code, strlen(code), chunkname ? chunkname : "=(string)", "t");
+  return run_loaded(rt->L, st, 0, errbuf, errlen);
+}
+
+int oflua_call(oflua_runtime *rt, const char *name, int nargs, const char *const *args,
+               char **result, size_t *result_len, char *errbuf, size_t errlen) {
+  if (result != NULL) *result = NULL;
+  if (result_len != NULL) *result_len = 0;
+  if (rt == NULL || name == NULL || nargs < 0 || (nargs > 0 && args == NULL)) {
+    oflua__errf(errbuf, errlen, "oflua_call: bad arguments");
+    return OFLUA_ERR_ARG;
+  }
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  if (!lua_checkstack(L, nargs + 3)) {
+    oflua__errf(errbuf, errlen, "oflua_call: too many arguments");
+    return OFLUA_ERR_ARG;
+  }
+  lua_pushcfunction(L, oflua__msgh);
+  if (lua_getglobal(L, name) != LUA_TFUNCTION) {
+    lua_settop(L, top);
+    oflua__errf(errbuf, errlen, "oflua_call: no global function '%s'", name);
+    return OFLUA_ERR_NOTFOUND;
+  }
+  for (int i = 0; i < nargs; i++) {
+    if (args[i] == NULL) lua_pushnil(L);
+    else lua_pushstring(L, args[i]);
+  }
+  int st = lua_pcall(L, nargs, 1, top + 1);
+  if (st != LUA_OK) {
+    int code = fail_with(L, st, errbuf, errlen);
+    lua_settop(L, top);
+    return code;
+  }
+  int rc = OFLUA_OK;
+  int t = lua_type(L, -1);
+  if (t == LUA_TSTRING || t == LUA_TNUMBER) {
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    if (result != NULL) {
+      *result = malloc(len + 1);
+      if (*result == NULL) {
+        oflua__errf(errbuf, errlen, "oflua_call: out of memory");
+        rc = OFLUA_ERR_MEM;
+      } else {
+        memcpy(*result, s, len);
+        (*result)[len] = '\0';
+        if (result_len != NULL) *result_len = len;
+      }
+    }
+  } else if (t != LUA_TNIL) {
+    oflua__errf(errbuf, errlen, "oflua_call: '%s' returned a %s, not a string", name,
+                lua_typename(L, t));
+    rc = OFLUA_ERR_TYPE;
+  }
+  lua_settop(L, top);
+  return rc;
+}
+
+int oflua_load_handler(oflua_runtime *rt, const char *path, char *errbuf, size_t errlen) {
+  if (rt == NULL || path == NULL) {
+    oflua__errf(errbuf, errlen, "oflua_load_handler: runtime and path are required");
+    return OFLUA_ERR_ARG;
+  }
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  int rc = run_loaded(L, luaL_loadfile(L, path), 1, errbuf, errlen);
+  if (rc != OFLUA_OK) return rc;
+  int t = lua_type(L, -1);
+  if (t != LUA_TFUNCTION && t != LUA_TTABLE) {
+    lua_settop(L, top);
+    oflua__errf(errbuf, errlen, "%s: must return a handler function or a router table", path);
+    return OFLUA_ERR_TYPE;
+  }
+  luaL_unref(L, LUA_REGISTRYINDEX, rt->handler_ref);
+  rt->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  lua_settop(L, top);
+  return OFLUA_OK;
+}
+
+int oflua_handle_http(oflua_runtime *rt, const oflua_http_request *req, oflua_http_response *resp,
+                      char *errbuf, size_t errlen) {
+  if (rt == NULL || req == NULL || resp == NULL || req->method == NULL || req->path == NULL) {
+    oflua__errf(errbuf, errlen, "oflua_handle_http: runtime, request (method, path) and response are required");
+    return OFLUA_ERR_ARG;
+  }
+  memset(resp, 0, sizeof *resp);
+  if (rt->handler_ref == LUA_NOREF) {
+    oflua__errf(errbuf, errlen, "oflua_handle_http: no handler loaded (oflua_load_handler)");
+    return OFLUA_ERR_NOTFOUND;
+  }
+  lua_State *L = rt->L;
+  int top = lua_gettop(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->handler_ref);
+  int rc = oflua__dispatch(L, lua_gettop(L), req, resp, errbuf, errlen);
+  lua_settop(L, top);
+  return rc;
+}
+
+void oflua_http_response_free(oflua_http_response *resp) {
+  if (resp == NULL) return;
+  for (size_t i = 0; i < resp->nheaders; i++) {
+    free((char *)resp->headers[i].name);
+    free((char *)resp->headers[i].value);
+  }
+  free(resp->headers);
+  free(resp->body);
+  memset(resp, 0, sizeof *resp);
+}
+
+struct lua_State *oflua_lua_state(oflua_runtime *rt) { return rt != NULL ? rt->L : NULL; }
+
+void oflua_close(oflua_runtime *rt) {
+  if (rt == NULL) return;
+  if (rt->L != NULL) lua_close(rt->L);
+  free(rt);
+}
