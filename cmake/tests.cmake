@@ -26,6 +26,7 @@ foreach(src ${OFLUA_C_TESTS})
   add_executable(${name} ${src})
   target_compile_options(${name} PRIVATE ${OFLUA_WARNINGS})
   target_compile_definitions(${name} PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
+  target_include_directories(${name} PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
   target_link_libraries(${name} PRIVATE oflua_static)
   add_test(NAME c/${name} COMMAND ${name} WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
   set_tests_properties(c/${name} PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 120)
@@ -50,3 +51,10 @@ if(LUACHECK)
 else()
   message(WARNING "luacheck not found (apt-get install lua-check): lint will not run")
 endif()
+
+# Installing into a fresh prefix gives a binary that finds its Lua tree and
+# side objects there, and a pkg-config file a C program can build against.
+add_test(NAME install COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/install_test.sh
+  ${CMAKE_COMMAND} ${CMAKE_CURRENT_BINARY_DIR}
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+set_tests_properties(install PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 300)

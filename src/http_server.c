@@ -5,6 +5,8 @@
 #include "internal.h"
 #include "oflua.h"
 
+#include <microhttpd.h>
+
 int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *req,
                     struct oflua_http_response *resp, char *errbuf, size_t errlen) {
   (void)L, (void)handler, (void)req, (void)resp;
@@ -14,5 +16,7 @@ int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *
 
 int luaopen_oflua_server(lua_State *L) {
   lua_newtable(L);
+  lua_pushstring(L, MHD_get_version());
+  lua_setfield(L, -2, "mhd_version");
   return 1;
 }

@@ -31,6 +31,11 @@ const char *oflua__default_lua_dir(void);
  * turns tables with __tostring into their text. */
 int oflua__msgh(lua_State *L);
 
+/* Runs the chunk on top of L (status is luaL_load*'s result) with oflua__msgh,
+ * leaving nresults values; on failure the message goes to errbuf and an
+ * OFLUA_ERR_* code is returned. */
+int oflua__run_loaded(lua_State *L, int status, int nresults, char *errbuf, size_t errlen);
+
 /* snprintf into a possibly NULL buffer. */
 void oflua__errf(char *buf, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -42,6 +47,16 @@ struct oflua_http_request;
 struct oflua_http_response;
 int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *req,
                     struct oflua_http_response *resp, char *errbuf, size_t errlen);
+
+/* The native modules registered in package.preload, {NULL, NULL}-terminated.
+ * Two definitions exist: modules_all.c (liboflua: every module linked in) and
+ * modules_lazy.c (the oflua binary: oflua.http and oflua.server are loaded
+ * from side objects on first require, because libcurl and libmicrohttpd pull
+ * in dozens of shared libraries whose start-up would dominate `oflua -e ''`). */
+extern const luaL_Reg oflua__native_modules[];
+
+/* Registry key of the handler loaded by oflua_load_handler. */
+#define OFLUA_REG_HANDLER "oflua.handler"
 
 int luaopen_oflua_core(lua_State *L);
 int luaopen_oflua_crypto(lua_State *L);

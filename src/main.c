@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -456,7 +457,8 @@ static int pmain(lua_State *L) {
 
 /* The Lua tree for this binary: the source tree when it runs from the build
  * directory it was built in (so an installed copy does not shadow the code
- * being developed), else the library's default ($OFLUA_PATH, installed). */
+ * being developed); <exe>/../share/oflua/lua when installed (wherever the
+ * prefix); else NULL for the library's default. $OFLUA_PATH always wins. */
 static const char *binary_lua_dir(char *buf, size_t len) {
   const char *env = getenv("OFLUA_PATH");
   if (env != NULL && env[0] != '\0') return NULL;
@@ -467,9 +469,14 @@ static const char *binary_lua_dir(char *buf, size_t len) {
   char *slash = strrchr(exe, '/');
   if (slash == NULL) return NULL;
   *slash = '\0';
-  if (realpath(OFLUA_BUILD_DIR, build) == NULL || strcmp(exe, build) != 0) return NULL;
-  snprintf(buf, len, "%s", OFLUA_SOURCE_LUA_DIR);
-  return buf;
+  if (realpath(OFLUA_BUILD_DIR, build) != NULL && strcmp(exe, build) == 0) {
+    snprintf(buf, len, "%s", OFLUA_SOURCE_LUA_DIR);
+    return buf;
+  }
+  struct stat st;
+  int w = snprintf(buf, len, "%s/../%s", exe, OFLUA_REL_LUA_DIR);
+  if (w > 0 && (size_t)w < len && stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) return buf;
+  return NULL;
 }
 
 int main(int argc, char **argv) {

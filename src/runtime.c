@@ -7,7 +7,8 @@
  * unused module costs nothing at startup), plus package.path with the Lua
  * tree in front of Lua's defaults (busted and other system rocks keep
  * working). `oflua.core` carries versions, clocks and small OS helpers that
- * the Lua side needs and plain Lua lacks.
+ * the Lua side needs and plain Lua lacks. No library beyond Lua and cjson is
+ * referenced here: see modules_lazy.c.
  */
 #include "internal.h"
 #include "oflua.h"
@@ -21,17 +22,12 @@
 #include <dirent.h>
 #include <sys/stat.h>
 
-#include <curl/curl.h>
 #include <lua-cjson.h>
-#include <microhttpd.h>
-#include <openssl/crypto.h>
-#include <sqlite3.h>
 
 int luaopen_cjson_safe(lua_State *L);
 
 struct oflua_runtime {
   lua_State *L;
-  int handler_ref; /* LUA_NOREF until oflua_load_handler */
 };
 
 void oflua__errf(char *buf, size_t len, const char *fmt, ...) {
@@ -172,14 +168,6 @@ static void push_versions(lua_State *L) {
   lua_setfield(L, -2, "oflua");
   lua_pushliteral(L, LUA_RELEASE);
   lua_setfield(L, -2, "lua");
-  lua_pushstring(L, curl_version_info(CURLVERSION_NOW)->version);
-  lua_setfield(L, -2, "curl");
-  lua_pushstring(L, OpenSSL_version(OPENSSL_VERSION));
-  lua_setfield(L, -2, "openssl");
-  lua_pushstring(L, sqlite3_libversion());
-  lua_setfield(L, -2, "sqlite");
-  lua_pushstring(L, MHD_get_version());
-  lua_setfield(L, -2, "microhttpd");
 }
 
 int luaopen_oflua_core(lua_State *L) {
@@ -203,20 +191,13 @@ static int setup_state(lua_State *L) {
   const char *dir = lua_tostring(L, 1);
   luaL_openlibs(L);
 
-  static const luaL_Reg preload[] = {
-      {"cjson", luaopen_cjson},
-      {"cjson.safe", luaopen_cjson_safe},
-      {"oflua.core", luaopen_oflua_core},
-      {"oflua.crypto", luaopen_oflua_crypto},
-      {"oflua.http", luaopen_oflua_http},
-      {"oflua.server", luaopen_oflua_server},
-      {"oflua.store", luaopen_oflua_store},
-      {NULL, NULL}};
+  static const luaL_Reg preload[] = {{"cjson", luaopen_cjson},
+                                     {"cjson.safe", luaopen_cjson_safe},
+                                     {"oflua.core", luaopen_oflua_core},
+                                     {NULL, NULL}};
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
-  for (const luaL_Reg *r = preload; r->name != NULL; r++) {
-    lua_pushcfunction(L, r->func);
-    lua_setfield(L, -2, r->name);
-  }
+  luaL_setfuncs(L, preload, 0);
+  luaL_setfuncs(L, oflua__native_modules, 0);
   lua_pop(L, 1);
 
   lua_pushvalue(L, 1);
@@ -287,7 +268,6 @@ oflua_runtime *oflua_open(const oflua_options *opts, char *errbuf, size_t errlen
     oflua__errf(errbuf, errlen, "cannot create runtime: out of memory");
     return NULL;
   }
-  rt->handler_ref = LUA_NOREF;
   rt->L = oflua__state_new(opts != NULL ? opts->lua_dir : NULL, errbuf, errlen);
   if (rt->L == NULL) {
     free(rt);
@@ -307,7 +287,7 @@ oflua_runtime *oflua_open(const oflua_options *opts, char *errbuf, size_t errlen
   return rt;
 }
 
-static int run_loaded(lua_State *L, int status, int nresults, char *errbuf, size_t errlen) {
+int oflua__run_loaded(lua_State *L, int status, int nresults, char *errbuf, size_t errlen) {
   if (status != LUA_OK) return fail_with(L, status, errbuf, errlen);
   int base = lua_gettop(L); /* the chunk */
   lua_pushcfunction(L, oflua__msgh);
@@ -323,7 +303,7 @@ int oflua_run_file(oflua_runtime *rt, const char *path, char *errbuf, size_t err
     oflua__errf(errbuf, errlen, "oflua_run_file: runtime and path are required");
     return OFLUA_ERR_ARG;
   }
-  return run_loaded(rt->L, luaL_loadfile(rt->L, path), 0, errbuf, errlen);
+  return oflua__run_loaded(rt->L, luaL_loadfile(rt->L, path), 0, errbuf, errlen);
 }
 
 int oflua_run_string(oflua_runtime *rt, const char *code, const char *chunkname, char *errbuf,
@@ -333,7 +313,7 @@ int oflua_run_string(oflua_runtime *rt, const char *code, const char *chunkname,
     return OFLUA_ERR_ARG;
   }
   int st = luaL_loadbufferx(rt->L, code, strlen(code), chunkname ? chunkname : "=(string)", "t");
-  return run_loaded(rt->L, st, 0, errbuf, errlen);
+  return oflua__run_loaded(rt->L, st, 0, errbuf, errlen);
 }
 
 int oflua_call(oflua_runtime *rt, const char *name, int nargs, const char *const *args,
@@ -389,57 +369,6 @@ int oflua_call(oflua_runtime *rt, const char *name, int nargs, const char *const
   }
   lua_settop(L, top);
   return rc;
-}
-
-int oflua_load_handler(oflua_runtime *rt, const char *path, char *errbuf, size_t errlen) {
-  if (rt == NULL || path == NULL) {
-    oflua__errf(errbuf, errlen, "oflua_load_handler: runtime and path are required");
-    return OFLUA_ERR_ARG;
-  }
-  lua_State *L = rt->L;
-  int top = lua_gettop(L);
-  int rc = run_loaded(L, luaL_loadfile(L, path), 1, errbuf, errlen);
-  if (rc != OFLUA_OK) return rc;
-  int t = lua_type(L, -1);
-  if (t != LUA_TFUNCTION && t != LUA_TTABLE) {
-    lua_settop(L, top);
-    oflua__errf(errbuf, errlen, "%s: must return a handler function or a router table", path);
-    return OFLUA_ERR_TYPE;
-  }
-  luaL_unref(L, LUA_REGISTRYINDEX, rt->handler_ref);
-  rt->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_settop(L, top);
-  return OFLUA_OK;
-}
-
-int oflua_handle_http(oflua_runtime *rt, const oflua_http_request *req, oflua_http_response *resp,
-                      char *errbuf, size_t errlen) {
-  if (rt == NULL || req == NULL || resp == NULL || req->method == NULL || req->path == NULL) {
-    oflua__errf(errbuf, errlen, "oflua_handle_http: runtime, request (method, path) and response are required");
-    return OFLUA_ERR_ARG;
-  }
-  memset(resp, 0, sizeof *resp);
-  if (rt->handler_ref == LUA_NOREF) {
-    oflua__errf(errbuf, errlen, "oflua_handle_http: no handler loaded (oflua_load_handler)");
-    return OFLUA_ERR_NOTFOUND;
-  }
-  lua_State *L = rt->L;
-  int top = lua_gettop(L);
-  lua_rawgeti(L, LUA_REGISTRYINDEX, rt->handler_ref);
-  int rc = oflua__dispatch(L, lua_gettop(L), req, resp, errbuf, errlen);
-  lua_settop(L, top);
-  return rc;
-}
-
-void oflua_http_response_free(oflua_http_response *resp) {
-  if (resp == NULL) return;
-  for (size_t i = 0; i < resp->nheaders; i++) {
-    free((char *)resp->headers[i].name);
-    free((char *)resp->headers[i].value);
-  }
-  free(resp->headers);
-  free(resp->body);
-  memset(resp, 0, sizeof *resp);
 }
 
 struct lua_State *oflua_lua_state(oflua_runtime *rt) { return rt != NULL ? rt->L : NULL; }

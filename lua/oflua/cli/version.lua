@@ -8,7 +8,12 @@ if opts.help then
   print("usage: oflua version [--json]")
   return 0
 end
-local v = core.versions
+local v = {}
+for k, ver in pairs(core.versions) do v[k] = ver end
+v.openssl = require("oflua.crypto").openssl_version
+v.curl = require("oflua.http").curl_version
+v.sqlite = require("oflua.store").sqlite_version
+v.microhttpd = require("oflua.server").mhd_version
 if opts.json then
   print(cjson.encode(v))
   return 0
