@@ -55,6 +55,6 @@ endif()
 # Installing into a fresh prefix gives a binary that finds its Lua tree and
 # side objects there, and a pkg-config file a C program can build against.
 add_test(NAME install COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/install_test.sh
-  ${CMAKE_COMMAND} ${CMAKE_CURRENT_BINARY_DIR}
+  ${CMAKE_COMMAND} ${CMAKE_CURRENT_BINARY_DIR} ${OFLUA_SANITIZE}
   WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
 set_tests_properties(install PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 300)

@@ -3,7 +3,9 @@
 # user would: the binary, its subcommands and native modules, and a C program
 # built with `pkg-config oflua`.
 set -euo pipefail
-cmake=$1 build=$2
+cmake=$1 build=$2 sanitize=${3:-OFF}
+extra=()
+case "$sanitize" in ON|on|1|TRUE|true) extra=(-fsanitize=address,undefined) ;; esac
 prefix=$(mktemp -d)
 trap 'rm -rf "$prefix"' EXIT
 "$cmake" --install "$build" --prefix "$prefix" >/dev/null
@@ -29,6 +31,6 @@ int main(void) {
 }
 C
 # shellcheck disable=SC2046
-cc -o "$prefix/embed" "$prefix/embed.c" $(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs oflua)
+cc "${extra[@]}" -o "$prefix/embed" "$prefix/embed.c" $(PKG_CONFIG_PATH="$pcdir" pkg-config --cflags --libs oflua)
 LD_LIBRARY_PATH="$(PKG_CONFIG_PATH="$pcdir" pkg-config --variable=libdir oflua)" "$prefix/embed"
 echo "install: ok"
