@@ -231,6 +231,17 @@ describe("oflua.server", function()
     end
   end)
 
+  it("keeps message framing to itself and sends no body with 204", function()
+    local status, body, headers = curl(url .. "/framing")
+    assert.equal(200, status)
+    assert.equal("abc", body)
+    assert.equal("3", headers["content-length"])
+    assert.is_nil(headers["transfer-encoding"])
+    status, body = curl(url .. "/no-content")
+    assert.equal(204, status)
+    assert.equal("", body)
+  end)
+
   it("sends repeated response headers from an array value", function()
     local status, _, headers = curl(url .. "/multi")
     assert.equal(201, status)

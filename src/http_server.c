@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -1033,6 +1034,11 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   free(heap);
   if (err[0] != '\0') log_json("error", "handler_error", w->id, "method", method, "error", err);
 
+  if (resp.status == 204 || resp.status == 304) { /* no body allowed */
+    free(resp.body);
+    resp.body = NULL;
+    resp.body_len = 0;
+  }
   struct MHD_Response *mr =
       MHD_create_response_from_buffer_with_free_callback(resp.body_len, resp.body, free);
   if (mr == NULL) {
@@ -1041,6 +1047,10 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   }
   resp.body = NULL; /* owned by mr now */
   for (size_t i = 0; i < resp.nheaders; i++) {
+    /* framing is MHD's: a handler's Content-Length / Transfer-Encoding is dropped */
+    if (strcasecmp(resp.headers[i].name, "Content-Length") == 0 ||
+        strcasecmp(resp.headers[i].name, "Transfer-Encoding") == 0)
+      continue;
     if (MHD_add_response_header(mr, resp.headers[i].name, resp.headers[i].value) != MHD_YES)
       log_json("warn", "header_refused", w->id, "header", resp.headers[i].name, NULL, NULL);
   }
@@ -1076,9 +1086,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     }
     /* The handler runs on a later call, even without a body: a response
      * queued on this first call makes MHD close the connection. */
-    if (len > 0) { /* reserve once: the size is known and within max_body */
-      r->body = malloc((size_t)len);
-      if (r->body != NULL) r->body_cap = (size_t)len;
+    if (len > 0) { /* reserve up front, but not more than 64 KiB before data arrives */
+      size_t cap = len < 65536 ? (size_t)len : 65536;
+      r->body = malloc(cap);
+      if (r->body != NULL) r->body_cap = cap;
     }
     return MHD_YES;
   }
