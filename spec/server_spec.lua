@@ -378,6 +378,23 @@ describe("oflua.server handler scripts", function()
     assert.matches("/nonexistent/app.lua", err)
   end)
 
+  it("takes a body of exactly the default max_body (1 MiB) and refuses one byte more", function()
+    local srv = assert(server.listen({ script = FIX .. "app.lua", args = { dict = fresh_name("big") } }))
+    local f = assert(io.open("/dev/urandom", "rb"))
+    local payload = f:read(1048576)
+    f:close()
+    local expect = { Expect = "100-continue" }
+    local status, body = curl(srv:url() .. "/echo", { body = payload, headers = expect })
+    assert.equal(200, status)
+    assert.is_true(body == payload)
+    status = curl(srv:url() .. "/echo", { body = payload .. "x", headers = expect })
+    assert.equal(413, status)
+    local chunked = { ["Transfer-Encoding"] = "chunked" }
+    status = curl(srv:url() .. "/echo", { body = payload .. "x", headers = chunked })
+    assert.equal(413, status)
+    srv:close()
+  end)
+
   it("refuses args that cannot cross to another VM", function()
     local srv, err = server.listen({ script = FIX .. "hello.lua", args = { f = print } })
     assert.is_nil(srv)
