@@ -12,9 +12,14 @@
  *  - A request is collected per connection: the raw request target from the
  *    URI log callback (the only place MHD shows it before unescaping), the
  *    body in a buffer bounded by max_body. Limits are checked before the
- *    handler runs: headers over max_header -> 431, a Content-Length over
- *    max_body -> 413 without reading the body, a chunked body growing past
- *    it -> 413 once it ends.
+ *    handler runs: a request target over max_header -> 414; target plus
+ *    headers over max_header -> 431; a Content-Length over max_body -> 413
+ *    without reading the body (the connection is closed after it); a
+ *    chunked body growing past it -> 413 once it ends (the excess is read
+ *    and discarded). Each connection gets max_header + 16 KiB of MHD
+ *    memory: requests far beyond the limit never reach us and MHD answers
+ *    them itself (431 for headers, 414 for the request line, as of 0.9.75).
+ *    Idle and slow connections are closed after timeout_s.
  *  - oflua__dispatch turns a C request into the Lua req table, calls the
  *    handler (function, router, or {handler=, shutdown=}) and converts its
  *    results back to C. The embedding API (oflua_handle_http) uses the same
