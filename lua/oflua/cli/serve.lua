@@ -47,10 +47,6 @@ end
 local args = {}
 for i = 2, #opts._ do args[#args + 1] = opts._[i] end
 
--- The binary starts commands with the collector stopped (like lua.c does
--- before running a script); a long-running command needs it back.
-collectgarbage("restart")
-
 local server = require("oflua.server")
 local srv, err = server.listen({
   host = opts.host,
