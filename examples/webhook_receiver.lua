@@ -179,7 +179,8 @@ end)
 return {
   handler = router,
   webhooks = webhooks, -- for `oflua webhook replay --app examples/webhook_receiver.lua`
-  -- Retry failed webhook events in the background when the server offers a tick.
+  -- Retry failed webhook events in the background (oflua.server runs tick in its own VM).
   tick = webhooks and function() webhooks:drain(10) end or nil,
+  tick_interval = 1,
   args = args,
 }

@@ -916,6 +916,15 @@ struct server {
   int handle_signals;
   struct sigaction old_int, old_term;
   struct MHD_Response *r413, *r414, *r431, *r500;
+  /* Background VM running the script's tick() every tick_interval seconds
+   * (loaded from the same script as the workers, on its own thread). */
+  lua_State *tickL;
+  pthread_t tick_thread;
+  int tick_started;
+  double tick_interval;
+  int tick_stop;
+  pthread_mutex_t tick_mu;
+  pthread_cond_t tick_cv;
 };
 
 /* The worker VM bound to the current MHD thread. */
@@ -1198,7 +1207,9 @@ static int load_worker(lua_State *L) {
   int t = lua_type(L, 1);
   if (t == LUA_TFUNCTION) {
     lua_pushnil(L);
-    return 2;
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 4;
   }
   if (t != LUA_TTABLE)
     return luaL_error(L, "%s must return a handler function, a router or {handler = fn}, not a %s",
@@ -1206,19 +1217,31 @@ static int load_worker(lua_State *L) {
   if (lua_getfield(L, 1, "handle") != LUA_TNIL) { /* a router */
     lua_pop(L, 1);
     lua_pushnil(L);
-    return 2;
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 4;
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "handler");
   lua_getfield(L, 1, "shutdown");
+  lua_getfield(L, 1, "tick");
+  lua_getfield(L, 1, "tick_interval");
   int ht = lua_type(L, 2);
   if (ht != LUA_TFUNCTION && ht != LUA_TTABLE)
     return luaL_error(L, "%s: the returned table has no handle method and no handler field",
                       c->script);
   if (!lua_isnil(L, 3) && !lua_isfunction(L, 3))
     return luaL_error(L, "%s: shutdown must be a function", c->script);
+  if (!lua_isnil(L, 4) && !lua_isfunction(L, 4))
+    return luaL_error(L, "%s: tick must be a function", c->script);
+  if (!lua_isnil(L, 5)) {
+    lua_Number iv = lua_tonumber(L, 5);
+    if (lua_type(L, 5) != LUA_TNUMBER || !(iv >= 0.01 && iv <= 86400))
+      return luaL_error(L, "%s: tick_interval must be a number of seconds in [0.01, 86400]",
+                        c->script);
+  }
   lua_remove(L, 1);
-  return 2;
+  return 4;
 }
 
 static int run_shutdown(lua_State *L) {
@@ -1284,9 +1307,69 @@ static void drain_sig_pipe(void) {
 
 /* ---- lifecycle ----------------------------------------------------------- */
 
+/* ---- tick ---------------------------------------------------------------- */
+
+static void *tick_main(void *arg) {
+  server *s = arg;
+  lua_State *L = s->tickL; /* stack: [1] handler, [2] shutdown, [3] tick */
+  pthread_mutex_lock(&s->tick_mu);
+  for (;;) {
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    double secs = floor(s->tick_interval);
+    until.tv_sec += (time_t)secs;
+    until.tv_nsec += (long)((s->tick_interval - secs) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+      until.tv_sec += 1;
+      until.tv_nsec -= 1000000000L;
+    }
+    while (!s->tick_stop && pthread_cond_timedwait(&s->tick_cv, &s->tick_mu, &until) == 0) {
+    }
+    if (s->tick_stop) break;
+    pthread_mutex_unlock(&s->tick_mu);
+    lua_settop(L, 3);
+    lua_pushcfunction(L, oflua__msgh);
+    lua_pushvalue(L, 3);
+    if (lua_pcall(L, 0, 0, 4) != LUA_OK)
+      log_json("error", "tick_error", 0, "error", lua_tostring(L, -1), NULL, NULL);
+    lua_settop(L, 3);
+    pthread_mutex_lock(&s->tick_mu);
+  }
+  pthread_mutex_unlock(&s->tick_mu);
+  return NULL;
+}
+
+/* Stops the tick thread (a tick in progress finishes first) and closes its
+ * VM after running the shutdown hook there too. */
+static void tick_stop(server *s) {
+  if (s->tick_started) {
+    pthread_mutex_lock(&s->tick_mu);
+    s->tick_stop = 1;
+    pthread_cond_signal(&s->tick_cv);
+    pthread_mutex_unlock(&s->tick_mu);
+    pthread_join(s->tick_thread, NULL);
+    s->tick_started = 0;
+  }
+  if (s->tickL != NULL) {
+    lua_State *L = s->tickL;
+    lua_settop(L, 2);
+    lua_pushcfunction(L, oflua__msgh);
+    lua_pushcfunction(L, run_shutdown);
+    lua_pushvalue(L, 1);
+    lua_pushvalue(L, 2);
+    if (lua_pcall(L, 2, 0, 3) != LUA_OK)
+      log_json("error", "shutdown_error", 0, "error", lua_tostring(L, -1), NULL, NULL);
+    lua_close(L);
+    s->tickL = NULL;
+    pthread_cond_destroy(&s->tick_cv);
+    pthread_mutex_destroy(&s->tick_mu);
+  }
+}
+
 static void server_stop(server *s, double grace) {
   if (s->stopped) return;
   atomic_store(&s->stopping, 1);
+  tick_stop(s);
   MHD_socket lsock = MHD_INVALID_SOCKET;
   if (s->daemon != NULL) {
     lsock = MHD_quiesce_daemon(s->daemon);
@@ -1610,12 +1693,39 @@ static int server_listen(lua_State *L) {
     load_ctx c = {L, o.args_idx, o.script, w->id};
     lua_pushcfunction(w->L, load_worker);
     lua_pushlightuserdata(w->L, &c);
-    if (lua_pcall(w->L, 1, 2, 0) != LUA_OK) {
+    if (lua_pcall(w->L, 1, 4, 0) != LUA_OK) {
       const char *m = lua_tostring(w->L, -1);
       snprintf(err, sizeof err, "%s", m != NULL ? m : "error loading the script");
       break;
     }
-    /* stack: [1] handler, [2] shutdown hook or nil */
+    /* stack: [1] handler, [2] shutdown hook or nil, [3] tick or nil, [4] interval */
+    if (i == 0 && lua_isfunction(w->L, 3))
+      s->tick_interval = lua_isnil(w->L, 4) ? 1.0 : (double)lua_tonumber(w->L, 4);
+    lua_settop(w->L, 2);
+  }
+  if (err[0] == '\0' && s->tick_interval > 0) {
+    /* The tick VM: worker id 0, same script and args. */
+    s->tickL = oflua__state_new(lua_dir, err, sizeof err);
+    if (s->tickL != NULL) {
+      lua_gc(s->tickL, LUA_GCGEN, 0, 0);
+      load_ctx c = {L, o.args_idx, o.script, 0};
+      lua_pushcfunction(s->tickL, load_worker);
+      lua_pushlightuserdata(s->tickL, &c);
+      if (lua_pcall(s->tickL, 1, 4, 0) != LUA_OK) {
+        const char *m = lua_tostring(s->tickL, -1);
+        snprintf(err, sizeof err, "%s", m != NULL ? m : "error loading the script");
+      } else if (!lua_isfunction(s->tickL, 3)) {
+        snprintf(err, sizeof err, "%s: tick is not a function in every VM", o.script);
+      } else {
+        lua_settop(s->tickL, 3);
+        pthread_mutex_init(&s->tick_mu, NULL);
+        pthread_cond_init(&s->tick_cv, NULL);
+      }
+      if (err[0] != '\0') {
+        lua_close(s->tickL);
+        s->tickL = NULL;
+      }
+    }
   }
   if (err[0] != '\0') {
     if (o.handle_signals) atomic_store(&sig_owner, 0);
@@ -1659,6 +1769,17 @@ static int server_listen(lua_State *L) {
   const union MHD_DaemonInfo *di = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
   s->port = di != NULL ? di->port : (int)o.port;
   snprintf(s->url, sizeof s->url, ipv6 ? "http://[%s]:%d" : "http://%s:%d", o.host, s->port);
+
+  if (s->tickL != NULL) {
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rc = pthread_create(&s->tick_thread, NULL, tick_main, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+      if (o.handle_signals) atomic_store(&sig_owner, 0);
+      return listen_fail(L, s, "cannot start the tick thread");
+    }
+    s->tick_started = 1;
+  }
 
   if (o.handle_signals) {
     struct sigaction sa;
