@@ -98,9 +98,13 @@ local function verify_svix(body, h, secret, opts)
   if #id > 256 or id:find("[%c%s]") then return nil, "malformed_header" end
   local t, terr = check_time(ts, opts)
   if not t then return nil, terr end
+  -- Each entry is "<version>,<value>" and a value holds no comma (base64 for
+  -- v1). A stray comma means two headers were joined ("v1,a, v1,b" when the
+  -- header is sent twice): ambiguous, so the whole header is refused.
   local candidates = {}
   for entry in sig:gmatch("%S+") do
-    local version, value = entry:match("^(v%d+[a-z]?),(.+)$")
+    local version, value = entry:match("^(v%d+[a-z]?),([^,]+)$")
+    if not version then return nil, "malformed_header" end
     if version == "v1" then candidates[#candidates + 1] = value end
   end
   if #candidates == 0 then return nil, "malformed_header" end
