@@ -95,7 +95,10 @@ local function verify_svix(body, h, secret, opts)
   local ts = h["svix-timestamp"] or h["webhook-timestamp"]
   local sig = h["svix-signature"] or h["webhook-signature"]
   if not (id and ts and sig) or id == "" or ts == "" or sig == "" then return nil, "missing_header" end
-  if #id > 256 or id:find("[%c%s]") then return nil, "malformed_header" end
+  -- Message ids are printable ASCII (msg_<base62> from Svix); anything else
+  -- (spaces, control bytes, non-ASCII) would become an idempotency key that
+  -- is awkward to log or compare, so it is refused.
+  if #id > 256 or id:find("[^\33-\126]") then return nil, "malformed_header" end
   local t, terr = check_time(ts, opts)
   if not t then return nil, terr end
   -- Each entry is "<version>,<value>" and a value holds no comma (base64 for
