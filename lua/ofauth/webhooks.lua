@@ -79,6 +79,10 @@ local function check_time(ts, opts)
 end
 
 local function parse_event(body)
+  -- JSON text is UTF-8 with no raw NUL (RFC 8259); cjson checks neither (it
+  -- copies invalid UTF-8 into strings and stops reading at a NUL byte), so
+  -- both are checked here before a handler sees the strings.
+  if body:find("\0", 1, true) or not utf8.len(body) then return nil, "invalid_json" end
   local ok, v = pcall(json.decode, body)
   if not ok or type(v) ~= "table" then return nil, "invalid_json" end
   local typ = v.eventType
