@@ -65,3 +65,39 @@ add_executable(http_fixture_server ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/http_fixtu
 target_compile_options(http_fixture_server PRIVATE ${OFLUA_WARNINGS})
 target_compile_definitions(http_fixture_server PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
 target_link_libraries(http_fixture_server PRIVATE Threads::Threads)
+
+# ---- fuzz targets (spec/fuzz/) ----
+# fuzz_replay runs the fuzz harness over given inputs without libFuzzer; it is
+# built in every build so spec/abuse_fuzz_replay_spec.lua replays the seed
+# corpora and saved findings (under the sanitizers in build-asan/).
+# -DOFLUA_FUZZ=ON (clang only; scripts/fuzz uses build-fuzz/) adds one
+# libFuzzer executable per target, linked with a coverage-instrumented copy of
+# liboflua. Off by default: not part of the test run.
+option(OFLUA_FUZZ "Build the libFuzzer targets in spec/fuzz/ (clang)" OFF)
+set(OFLUA_FUZZ_TARGETS verify app callback store)
+
+add_executable(fuzz_replay spec/fuzz/fuzz_lua.c spec/fuzz/replay_main.c)
+target_compile_options(fuzz_replay PRIVATE ${OFLUA_WARNINGS})
+target_compile_definitions(fuzz_replay PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE
+  OFLUA_FUZZ_SOURCE_DIR="${CMAKE_CURRENT_SOURCE_DIR}")
+target_link_libraries(fuzz_replay PRIVATE oflua_static)
+
+if(OFLUA_FUZZ)
+  if(NOT CMAKE_C_COMPILER_ID MATCHES "Clang")
+    message(FATAL_ERROR "OFLUA_FUZZ needs clang (CC=clang; scripts/fuzz does it)")
+  endif()
+  set(OFLUA_FUZZ_FLAGS -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_library(oflua_fuzzlib STATIC ${OFLUA_LIB_SOURCES})
+  oflua_c_target(oflua_fuzzlib)
+  target_compile_options(oflua_fuzzlib PRIVATE ${OFLUA_FUZZ_FLAGS} -fsanitize=fuzzer-no-link)
+  target_link_libraries(oflua_fuzzlib PUBLIC ${OFLUA_LINK_LIBS})
+  target_include_directories(oflua_fuzzlib PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/src)
+  foreach(t ${OFLUA_FUZZ_TARGETS})
+    add_executable(fuzz_${t} spec/fuzz/fuzz_lua.c)
+    target_compile_options(fuzz_${t} PRIVATE ${OFLUA_WARNINGS} ${OFLUA_FUZZ_FLAGS} -fsanitize=fuzzer)
+    target_compile_definitions(fuzz_${t} PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE
+      OFLUA_FUZZ_SOURCE_DIR="${CMAKE_CURRENT_SOURCE_DIR}" OFLUA_FUZZ_TARGET="${t}" OFLUA_FUZZ_LIBFUZZER)
+    target_link_options(fuzz_${t} PRIVATE ${OFLUA_FUZZ_FLAGS} -fsanitize=fuzzer)
+    target_link_libraries(fuzz_${t} PRIVATE oflua_fuzzlib)
+  endforeach()
+endif()
