@@ -31,10 +31,11 @@
  *     with __tostring -> "<kind>: <message>". kind is one of
  *       invalid    the request cannot be sent: bad URL, a scheme other than
  *                  http/https, CR/LF/NUL in a header or method
- *       dns        the host name does not resolve
+ *       dns        the host name does not resolve (or resolving timed out)
  *       connect    the request was not sent: connection refused or
  *                  unreachable, or a timeout passed before the connection
- *                  (and TLS handshake) was ready
+ *                  (and TLS handshake) was ready; so retrying is safe for
+ *                  any method
  *       tls        TLS handshake or certificate verification failed
  *       timeout    timeout_ms passed after the request was sent (a server
  *                  that does not answer or sends its body too slowly)
@@ -47,15 +48,17 @@
  *
  * http.request_many({req1, req2, ...}[, {max_parallel = 32}]) -> results
  *   Runs the requests in parallel (curl multi; at most max_parallel in
- *   flight, the rest start as others finish) and returns an array in the
- *   order of the requests; each element is
+ *   flight, the rest start as others finish; at most 1000 requests per call)
+ *   and returns an array in the order of the requests; each element is
  *       {resp, response = resp}        on success
  *       {nil, err, error = err}        on failure
  *   so both `local resp, err = table.unpack(results[i])` and
  *   `results[i].response` / `results[i].error` work.
  *
  * http.curl_version   libcurl's version string (used by `oflua version`)
- * http.defaults       {timeout_ms, connect_timeout_ms, max_body} (read-only copy)
+ * http.defaults       {timeout_ms, connect_timeout_ms, max_body}: the values used
+ *                     when a field is absent (for display; changing them has
+ *                     no effect)
  *
  * Design
  * ------
@@ -102,6 +105,7 @@
 #define MAX_HEADER_BYTES (256 * 1024) /* response header block */
 #define MAX_REDIRECTS 10L
 #define POOL_MAX 32
+#define MAX_MANY 1000 /* requests per request_many call */
 
 /* ---- process-wide init ------------------------------------------------------ */
 
@@ -368,8 +372,15 @@ static void push_xfer_error(lua_State *L, transfer *t) {
     /* No TCP connection yet: the request was never sent, which is what
      * "connect" promises a retry policy (safe to retry any method). */
     long sent = 0;
-    if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0)
-      kind = "connect";
+    curl_off_t resolved = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0) {
+      /* name lookup time stays 0 until the name resolved (it is > 0 even
+       * for an IP address), so a DNS timeout is "dns" */
+      kind = curl_easy_getinfo(t->easy, CURLINFO_NAMELOOKUP_TIME_T, &resolved) == CURLE_OK &&
+                     resolved == 0
+                 ? "dns"
+                 : "connect";
+    }
   }
   push_err(L, kind, msg, (int)t->result);
 }
@@ -972,7 +983,8 @@ static int http_request_many(lua_State *L) {
   }
   lua_settop(L, 1);
   lua_Integer n = luaL_len(L, 1);
-  luaL_argcheck(L, n >= 0 && n <= 100000, 1, "too many requests (at most 100000)");
+  /* every request holds a curl handle (~5 KiB) until the call returns */
+  luaL_argcheck(L, n >= 0 && n <= MAX_MANY, 1, "too many requests (at most 1000 per call)");
   http_state *st = get_state(L);
   if (st->busy) return luaL_error(L, "oflua.http: request_many called from a progress callback");
   lua_pushnil(L); /* 2: progress error slot */
