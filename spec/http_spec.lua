@@ -149,6 +149,15 @@ describe("oflua.http", function()
       assert.equal(2000, #assert(http.request({ url = srv.url .. "/huge/2000" })).body)
     end)
 
+    it("honours the proxy environment variables", function()
+      local out, err, code = h.oflua({ "-e", [[
+        local r = assert(require("oflua.http").request({ url = "http://proxied.invalid/echo" }))
+        io.write(r.body:match("^[^\r]*"))]] },
+        { env = { http_proxy = srv.url, no_proxy = "", NO_PROXY = "" } })
+      assert.equal(0, code, err)
+      assert.equal("GET http://proxied.invalid/echo HTTP/1.1", out)
+    end)
+
     it("lets the caller replace the User-Agent", function()
       local req = parse_echo(assert(http.request({ url = srv.url .. "/echo",
         headers = { ["user-agent"] = "mine/1" } })).body)
@@ -294,6 +303,27 @@ describe("oflua.http", function()
       local err = assert_err("tls",
         http.request({ url = "https://127.0.0.1:" .. srv.port .. "/hello" }))
       assert.equal(35, err.curl_code)
+    end)
+
+    it("tls: verifies certificates (a self-signed one is rejected)", function()
+      local dir = os.tmpname()
+      os.remove(dir)
+      assert(os.execute("mkdir -p " .. h.shq(dir)))
+      local _, gen_err, code = h.sh(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 " ..
+        "-nodes -keyout %s/k.pem -out %s/c.pem -days 1 -subj /CN=127.0.0.1"):format(h.shq(dir), h.shq(dir)))
+      assert.equal(0, code, gen_err)
+      local port = closed_port()
+      -- one connection, then s_server exits; `timeout` bounds it in any case
+      local tls = assert(io.popen(("exec timeout 20 openssl s_server -naccept 1 -key %s/k.pem " ..
+        "-cert %s/c.pem -accept 127.0.0.1:%s -www 2>&1"):format(h.shq(dir), h.shq(dir), port), "r"))
+      for line in tls:lines() do
+        if line:match("^ACCEPT") then break end
+      end
+      local resp, err = http.request({ url = "https://127.0.0.1:" .. port .. "/" })
+      tls:close()
+      os.execute("rm -rf " .. h.shq(dir))
+      assert_err("tls", resp, err)
+      assert.equal(60, err.curl_code) -- CURLE_PEER_FAILED_VERIFICATION
     end)
 
     it("timeout: a server that never answers, within timeout_ms", function()

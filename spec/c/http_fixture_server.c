@@ -30,6 +30,8 @@
  *   /redirect         302 to /hello
  *   /close            200 with Connection: close, then close
  * A request that does not parse (e.g. a TLS ClientHello) gets a 400 and close.
+ * A request in absolute form (http://host/path, as sent to a proxy) is served
+ * by its path, so the server can stand in for an HTTP proxy.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -156,6 +158,11 @@ static int serve_one(conn_t *c) {
     if (fill(c) != 0) return -1;
   size_t req_len = head_len + body_len;
 
+  /* absolute-form (a request sent through a proxy): serve it by its path */
+  if (strncmp(target, "http://", 7) == 0) {
+    char *path = strchr(target + 7, '/');
+    memmove(target, path != NULL ? path : "/", strlen(path != NULL ? path : "/") + 1);
+  }
   int rc;
   long arg = 0;
   if (strcmp(target, "/hello") == 0) {
