@@ -31,6 +31,39 @@
  * key) return nil, message; wrong argument types raise. Messages never hold a
  * key, a value or the master key. The list() iterator raises, as an iterator
  * cannot return nil, err.
+ *
+ * API (keys and event ids: byte strings up to 4096 bytes; values, payloads:
+ * byte strings; `now`: seconds, default the wall clock):
+ *   store.open{path, key = base64 | key_file = path, namespace = "default",
+ *              synchronous = "NORMAL" | "FULL", busy_timeout_ms = 5000,
+ *              create = true} -> s | nil, err
+ *   store.open_env{...}      like open; path from $OFLUA_STORE, key from
+ *                            $OFLUA_STORE_KEY_FILE, else $OFLUA_STORE_KEY
+ *   store.keygen() -> base64 key; store.save_key(path, key) -> true | nil, err
+ *   store.sqlite_version, store.format
+ *   s:get(k) -> v | nil | nil, err      s:put(k, v) -> true | nil, err
+ *   s:delete(k) -> true | false | nil, err
+ *   s:list([prefix]) -> iterator of k, v in insertion order (decrypts every
+ *                       key of the namespace to test the prefix: O(rows))
+ *   s:transaction(fn) -> fn(s)'s results (rollback + re-raise on error;
+ *                        nested calls are savepoints)
+ *   s:rekey(key | {key = } | {key_file = }) -> true, rows | nil, err
+ *   s:info() -> {path, namespace, key_id, format, sqlite_version}
+ *   s:inbox_add(id, payload[, now]) -> true (new) | false (seen) | nil, err
+ *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
+ *   s:inbox_done(id[, now]) -> true | false
+ *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
+ *                       -> "pending", next_attempt_at | "dead"
+ *   s:inbox_retry(id[, now]) -> true | false  (back to pending, attempts 0)
+ *   s:inbox_get(id) -> {id, payload, state, attempts, last_error, ...} | nil
+ *   s:inbox_dead([limit]) -> {{id, payload, attempts, last_error}}
+ *   s:inbox_stats() -> {pending, claimed, done, dead, total}
+ *   s:inbox_prune(age_s[, now]) -> number of done events forgotten
+ *   s:close() (also __gc, __close; idempotent)
+ *
+ * Not covered: rolling a row back to an older sealed version of itself (an
+ * attacker with write access can restore an old value of the same key), and
+ * the namespace names, which are stored in clear.
  */
 #include "internal.h"
 
