@@ -189,8 +189,7 @@ static const char *const SQL[ST_COUNT] = {
     [ST_META] = "SELECT format, kid, salt, check_box FROM oflua_meta WHERE one = 1",
     [ST_META_KID] = "SELECT kid FROM oflua_meta WHERE one = 1",
     [ST_META_SET] = "UPDATE oflua_meta SET kid = ?1, check_box = ?2 WHERE one = 1",
-    [ST_KV_GET] = "SELECT m.kid, k.id, k.kid, k.vbox FROM oflua_meta AS m"
-                  " LEFT JOIN oflua_kv AS k ON k.ns = ?1 AND k.kidx = ?2 WHERE m.one = 1",
+    [ST_KV_GET] = "SELECT id, kid, vbox FROM oflua_kv WHERE ns = ?1 AND kidx = ?2",
     [ST_KV_PUT] = "INSERT INTO oflua_kv (ns, kidx, kid, kbox, vbox)"
                   " SELECT ?1, ?2, ?3, ?4, ?5 WHERE " KID_GUARD " = ?3"
                   " ON CONFLICT (ns, kidx) DO UPDATE SET"
@@ -1061,28 +1060,25 @@ static int store_get(lua_State *L) {
   bind_ns(s, st, 1);
   sqlite3_bind_blob(st, 2, idx, IDX_LEN, SQLITE_STATIC);
   int rc = step(s, st);
-  if (rc != SQLITE_ROW) {
-    if (rc == SQLITE_DONE) snprintf(s->err, sizeof s->err, "oflua_meta is empty");
+  if (rc == SQLITE_DONE) {
+    /* Absent, or looked up with the index key of a retired key id: a row
+     * found carries its kid (checked below), a miss needs the meta check. */
     sqlite3_reset(st);
-    return push_db_fail(L, s);
-  }
-  sqlite3_int64 mkid = sqlite3_column_int64(st, 0);
-  if (mkid != s->kid) {
-    sqlite3_reset(st);
-    return push_stale(L, s, mkid);
-  }
-  if (sqlite3_column_type(st, 1) == SQLITE_NULL) {
-    sqlite3_reset(st);
+    int r = check_fresh(L, s);
+    if (r) return r;
     lua_pushnil(L);
     return 1;
   }
-  sqlite3_int64 id = sqlite3_column_int64(st, 1), kid = sqlite3_column_int64(st, 2);
+  if (rc != SQLITE_ROW) return push_db_fail(L, s);
+  sqlite3_int64 id = sqlite3_column_int64(st, 0), kid = sqlite3_column_int64(st, 1);
   if (kid != s->kid) {
     sqlite3_reset(st);
+    sqlite3_int64 mkid = meta_kid(s);
+    if (mkid > 0 && mkid != s->kid) return push_stale(L, s, mkid);
     return push_other_kid(L, s, "oflua_kv", id, kid);
   }
-  const void *box = sqlite3_column_blob(st, 3);
-  size_t boxlen = (size_t)sqlite3_column_bytes(st, 3);
+  const void *box = sqlite3_column_blob(st, 2);
+  size_t boxlen = (size_t)sqlite3_column_bytes(st, 2);
   rc = unseal_push(L, s->keys.aead, box, boxlen, aad(&a, s, D_KV_VALUE, key, klen));
   sqlite3_reset(st);
   if (rc != 0) return push_tampered(L, "oflua_kv", id);
