@@ -64,24 +64,53 @@ static void line_hook(lua_State *S, lua_Debug *ar) {
 
 /* ---- helpers the Lua targets can call: fuzz.sql(path, sql, ...) ---------- */
 
-/* Runs one SQL statement on the database at path, binding string arguments
- * as blobs (numbers as numbers); returns the number of changed rows. The
- * store target uses it to put fuzzed bytes where sealed data lives. */
+/* fuzz.sql(path, sql, ...) -> rows, changes: runs one SQL statement on the
+ * database at path (the connection stays open for the next call), binding strings as blobs, integers as integers, nil as
+ * NULL; rows is an array of rows (arrays; NULL -> false). The store target
+ * uses it to put fuzzed bytes where sealed data lives and to restore them. */
+static void push_column(lua_State *S, sqlite3_stmt *st, int col) {
+  switch (sqlite3_column_type(st, col)) {
+  case SQLITE_INTEGER: lua_pushinteger(S, (lua_Integer)sqlite3_column_int64(st, col)); break;
+  case SQLITE_FLOAT: lua_pushnumber(S, sqlite3_column_double(st, col)); break;
+  case SQLITE_NULL: lua_pushboolean(S, 0); break;
+  default: {
+    const void *b = sqlite3_column_blob(st, col);
+    lua_pushlstring(S, b != NULL ? b : "", (size_t)sqlite3_column_bytes(st, col));
+  }
+  }
+}
+
+static sqlite3 *sql_db; /* one connection, kept open between calls */
+static char sql_path[4096];
+
+static void sql_close(void) {
+  sqlite3_close(sql_db);
+  sql_db = NULL;
+  sql_path[0] = '\0';
+}
+
 static int fuzz_sql(lua_State *S) {
   const char *path = luaL_checkstring(S, 1);
   const char *sql = luaL_checkstring(S, 2);
   int n = lua_gettop(S);
-  sqlite3 *db = NULL;
   sqlite3_stmt *st = NULL;
-  if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
-    sqlite3_close(db);
-    return luaL_error(S, "fuzz.sql: cannot open %s", path);
+  if (sql_db == NULL || strcmp(path, sql_path) != 0) {
+    sql_close();
+    if (strlen(path) >= sizeof sql_path) return luaL_error(S, "fuzz.sql: path too long");
+    if (sqlite3_open_v2(path, &sql_db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+      sql_close();
+      return luaL_error(S, "fuzz.sql: cannot open %s", path);
+    }
+    sqlite3_busy_timeout(sql_db, 5000);
+    snprintf(sql_path, sizeof sql_path, "%s", path);
   }
-  sqlite3_busy_timeout(db, 5000);
+  sqlite3 *db = sql_db;
   int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
   for (int i = 3; rc == SQLITE_OK && i <= n; i++) {
-    if (lua_type(S, i) == LUA_TNUMBER) {
+    if (lua_isinteger(S, i)) {
       rc = sqlite3_bind_int64(st, i - 2, (sqlite3_int64)lua_tointeger(S, i));
+    } else if (lua_type(S, i) == LUA_TNUMBER) {
+      rc = sqlite3_bind_double(st, i - 2, lua_tonumber(S, i));
     } else if (lua_isnil(S, i)) {
       rc = sqlite3_bind_null(st, i - 2);
     } else {
@@ -90,18 +119,30 @@ static int fuzz_sql(lua_State *S) {
       rc = sqlite3_bind_blob(st, i - 2, b, (int)len, SQLITE_TRANSIENT);
     }
   }
-  if (rc == SQLITE_OK) {
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE || rc == SQLITE_ROW) rc = SQLITE_OK;
+  lua_newtable(S);
+  int nrows = 0;
+  while (rc == SQLITE_OK) {
+    int step = sqlite3_step(st);
+    if (step == SQLITE_DONE) break;
+    if (step != SQLITE_ROW) {
+      rc = step;
+      break;
+    }
+    int ncol = sqlite3_column_count(st);
+    lua_createtable(S, ncol, 0);
+    for (int c = 0; c < ncol; c++) {
+      push_column(S, st, c);
+      lua_rawseti(S, -2, c + 1);
+    }
+    lua_rawseti(S, -2, ++nrows);
   }
   int changes = sqlite3_changes(db);
   char msg[256];
   if (rc != SQLITE_OK) snprintf(msg, sizeof msg, "fuzz.sql: %s", sqlite3_errmsg(db));
   sqlite3_finalize(st);
-  sqlite3_close(db);
   if (rc != SQLITE_OK) return luaL_error(S, "%s", msg);
   lua_pushinteger(S, changes);
-  return 1;
+  return 2;
 }
 
 static const char *target_name(void) {
@@ -134,6 +175,7 @@ void fuzz_close(void) {
   lua_rawgeti(L, LUA_REGISTRYINDEX, cleanup_ref);
   if (lua_isfunction(L, -1) && lua_pcall(L, 0, 0, -2) != LUA_OK)
     fprintf(stderr, "fuzz: cleanup: %s\n", lua_tostring(L, -1));
+  sql_close();
   oflua_close(rt);
   rt = NULL;
   L = NULL;
