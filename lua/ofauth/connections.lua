@@ -1,0 +1,200 @@
+--- The encrypted mapping between your users and their OFAuth connections.
+--
+-- Records live in an oflua.store (every value sealed with AES-256-GCM, keys
+-- behind a blind index), so the database holds no connection id in clear:
+--   user:<user id>        -> JSON {user_id, connection_id, status, permissions,
+--                             user_data, platform_user_id, updated_at, expired_at}
+--   conn:<connection id>  -> user id (reverse index)
+-- The user id is the Link session's clientReferenceId. Statuses: active,
+-- awaiting_2fa, expired, disconnected.
+--
+--   local conns = connections.new{store = st, on_reauth_required = fn}
+--   conns:install(app)          -- default handlers for connection.* events
+--   local rec = conns:get(user_id)
+local cjson = require("cjson")
+local log = require("ofauth.log")
+local metrics = require("ofauth.metrics")
+
+local M = {}
+
+M.statuses = { active = true, awaiting_2fa = true, expired = true, disconnected = true }
+
+local Repo = {}
+Repo.__index = Repo
+M.Repo = Repo
+
+--- opts: store (required), on_reauth_required(record, ctx) (called when a
+-- connection expires, from a webhook or an API answer), now (function).
+function M.new(opts)
+  opts = opts or {}
+  if opts.store == nil then error("connections.new: store is required", 2) end
+  return setmetatable({ store = opts.store, on_reauth_required = opts.on_reauth_required,
+    now = opts.now or require("oflua.core").now }, Repo)
+end
+
+local function decode(s)
+  if not s then return nil end
+  local ok, v = pcall(cjson.decode, s)
+  if ok and type(v) == "table" then return v end
+  return nil
+end
+
+function Repo:get(user_id)
+  if type(user_id) ~= "string" then error("connections:get: user id must be a string", 2) end
+  return decode(self.store:get("user:" .. user_id))
+end
+
+function Repo:by_connection_id(connection_id)
+  local user = self.store:get("conn:" .. connection_id)
+  if not user then return nil end
+  return self:get(user)
+end
+
+--- Save a record (merged over the stored one); keeps the reverse index right.
+function Repo:save(user_id, fields)
+  if type(user_id) ~= "string" or user_id == "" then return nil, "a user id is required" end
+  if fields.status and not M.statuses[fields.status] then
+    return nil, "unknown status " .. tostring(fields.status)
+  end
+  local result
+  self.store:transaction(function()
+    local rec = self:get(user_id) or { user_id = user_id }
+    local old_conn = rec.connection_id
+    for k, v in pairs(fields) do
+      if v ~= cjson.null then rec[k] = v end
+    end
+    rec.updated_at = self.now()
+    self.store:put("user:" .. user_id, cjson.encode(rec))
+    if old_conn and old_conn ~= rec.connection_id then self.store:delete("conn:" .. old_conn) end
+    if rec.connection_id then self.store:put("conn:" .. rec.connection_id, user_id) end
+    result = rec
+  end)
+  return result
+end
+
+--- Mark the connection expired (from SESSION_EXPIRED or a webhook).
+-- Returns the updated record, or nil when the connection is unknown here.
+function Repo:mark_expired(connection_id, reason)
+  local user = self.store:get("conn:" .. connection_id)
+  if not user then return nil end
+  return self:save(user, { status = "expired", expired_at = self.now(), expired_reason = reason })
+end
+
+--- Forget a user's connection locally (after disconnecting it at OFAuth).
+function Repo:forget(user_id)
+  local rec = self:get(user_id)
+  self.store:transaction(function()
+    if rec and rec.connection_id then self.store:delete("conn:" .. rec.connection_id) end
+    self.store:delete("user:" .. user_id)
+  end)
+  return rec
+end
+
+--- Iterate over every stored record.
+function Repo:each()
+  local it = self.store:list("user:")
+  return function()
+    while true do
+      local _, v = it()
+      if v == nil then return nil end
+      local rec = decode(v)
+      if rec then return rec end
+    end
+  end
+end
+
+--- Disconnect a user's connection at OFAuth, then wipe the local record.
+-- A connection OFAuth no longer knows (404) is wiped too.
+function Repo:disconnect(client, user_id)
+  local rec = self:get(user_id)
+  if not rec or not rec.connection_id then return nil, "no connection stored for this user" end
+  local ok, err = client:disconnect(rec.connection_id)
+  if not ok and not (err and err.status == 404) then return nil, err end
+  self:forget(user_id)
+  log.info("connection.disconnected", { user_id = user_id })
+  return true
+end
+
+-- From a webhook's data: {clientReferenceId, connection = {id, status,
+-- permissions, userData, platformUserId}}.
+local function fields_from(data)
+  local c = type(data) == "table" and data.connection or nil
+  if type(c) ~= "table" or type(c.id) ~= "string" then return nil end
+  local f = { connection_id = c.id }
+  if type(c.status) == "string" and M.statuses[c.status] then f.status = c.status end
+  if type(c.permissions) == "table" then f.permissions = c.permissions end
+  if type(c.userData) == "table" then f.user_data = c.userData end
+  if c.platformUserId ~= nil and c.platformUserId ~= cjson.null then f.platform_user_id = c.platformUserId end
+  return f
+end
+
+local function user_for(self, data, f)
+  local ref = data.clientReferenceId
+  if type(ref) == "string" and ref ~= "" then return ref end
+  return self.store:get("conn:" .. f.connection_id) -- clientReferenceId may be null
+end
+
+function Repo:notify_reauth(rec, ctx)
+  metrics.session_expired()
+  if self.on_reauth_required then
+    local ok, err = pcall(self.on_reauth_required, rec, ctx)
+    if not ok then
+      log.error("connection.reauth_hook_failed", { error = tostring(err) })
+      error(err, 0) -- let the webhook be retried: the user has not been told yet
+    end
+  end
+end
+
+--- Default handlers: connection.created saves, connection.updated updates,
+-- connection.expired marks expired and calls on_reauth_required.
+function Repo:handlers()
+  local h = {}
+  h["connection.created"] = function(event)
+    local f = fields_from(event.data)
+    if not f then error("connection.created without data.connection.id", 0) end
+    local user = user_for(self, event.data, f)
+    if not user then
+      log.warn("connection.unmatched", { connection_id = f.connection_id })
+      return
+    end
+    f.status = f.status or "active"
+    assert(self:save(user, f))
+    log.info("connection.saved", { user_id = user, status = f.status })
+  end
+  h["connection.updated"] = function(event)
+    local f = fields_from(event.data)
+    if not f then error("connection.updated without data.connection.id", 0) end
+    local user = user_for(self, event.data, f)
+    if not user then
+      log.warn("connection.unmatched", { connection_id = f.connection_id })
+      return
+    end
+    local before = self:get(user)
+    local rec = assert(self:save(user, f))
+    if rec.status == "expired" and (not before or before.status ~= "expired") then
+      self:notify_reauth(rec, { source = "webhook", event = event.type })
+    end
+  end
+  h["connection.expired"] = function(event)
+    local f = fields_from(event.data)
+    if not f then error("connection.expired without data.connection.id", 0) end
+    local user = user_for(self, event.data, f)
+    if not user then
+      log.warn("connection.unmatched", { connection_id = f.connection_id })
+      return
+    end
+    f.status = "expired"
+    f.expired_at = self.now()
+    local rec = assert(self:save(user, f))
+    self:notify_reauth(rec, { source = "webhook", event = event.type })
+  end
+  return h
+end
+
+--- Register the default handlers on a webhooks app.
+function Repo:install(app)
+  for typ, fn in pairs(self:handlers()) do app:on(typ, fn) end
+  return app
+end
+
+return M

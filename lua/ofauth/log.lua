@@ -1,0 +1,61 @@
+--- One JSON line per notable event, to stderr.
+--
+-- `log.event("webhook.rejected", {reason = "bad_signature"})` writes
+-- {"ts":...,"level":"info","event":"webhook.rejected","reason":"bad_signature"}.
+-- Field names that usually hold secrets are dropped, every string is passed
+-- through ofauth.redact (connection ids shortened, registered secrets
+-- removed). Level from OFAUTH_LOG (off, error, warn, info, debug; default
+-- info); `log.sink` can be replaced (a function taking the line) to collect
+-- lines in tests or send them elsewhere.
+local cjson = require("cjson")
+local redact = require("ofauth.redact")
+
+local M = {}
+
+local levels = { off = 0, error = 1, warn = 2, info = 3, debug = 4 }
+M.level = levels[os.getenv("OFAUTH_LOG") or ""] and os.getenv("OFAUTH_LOG") or "info"
+
+M.secret_fields = {
+  api_key = true, apikey = true, secret = true, webhook_secret = true, key = true,
+  store_key = true, password = true, token = true, authorization = true,
+}
+
+function M.sink(line)
+  io.stderr:write(line, "\n")
+  io.stderr:flush()
+end
+
+local function now()
+  local ok, core = pcall(require, "oflua.core")
+  return ok and core.now() or os.time()
+end
+
+function M.enabled(level) return (levels[level] or 3) <= (levels[M.level] or 3) end
+
+function M.event(level, event, fields)
+  if not M.enabled(level) then return end
+  local rec = { ts = now(), level = level, event = event }
+  for k, v in pairs(fields or {}) do
+    if type(k) == "string" and not rec[k] then
+      if M.secret_fields[k:lower()] then
+        rec[k] = "[redacted]"
+      elseif type(v) == "string" or type(v) == "number" or type(v) == "boolean" then
+        rec[k] = redact.text(v)
+      elseif type(v) == "table" then
+        rec[k] = redact.value(v)
+      else
+        rec[k] = tostring(v)
+      end
+    end
+  end
+  local ok, line = pcall(cjson.encode, rec)
+  if not ok then line = cjson.encode({ ts = rec.ts, level = level, event = event }) end
+  M.sink(line)
+end
+
+function M.error(event, fields) M.event("error", event, fields) end
+function M.warn(event, fields) M.event("warn", event, fields) end
+function M.info(event, fields) M.event("info", event, fields) end
+function M.debug(event, fields) M.event("debug", event, fields) end
+
+return M

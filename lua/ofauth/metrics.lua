@@ -1,0 +1,167 @@
+--- Counters and histograms for the integration, in Prometheus text format.
+--
+-- By default numbers are kept in this Lua state. In a server, call
+-- `metrics.init{shared = "ofauth_metrics"}` in the worker script so every
+-- worker VM adds into one oflua.server shared dictionary and /metrics shows
+-- the process total (serve it with `metrics.handler()`).
+--
+-- Families (all prefixed ofauth_):
+--   webhook_deliveries_total{result}     received, verified, accepted, duplicate
+--   webhook_rejected_total{reason}       missing_header, bad_signature, ...
+--   webhook_handler_failures_total       a handler raised; the event will be retried
+--   webhook_dead_lettered_total          an event gave up after max attempts
+--   api_calls_total{endpoint,status}     status: 2xx/4xx/5xx or error_<kind>
+--   api_call_duration_seconds{endpoint}  histogram
+--   rate_limited_total                   429 / RATE_LIMIT_EXCEEDED answers
+--   retries_total{reason}                retries the policy made
+--   session_expired_total                SESSION_EXPIRED answers and webhooks
+local M = {}
+
+M.buckets = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
+
+M.help = {
+  ofauth_webhook_deliveries_total = { "counter", "Webhook deliveries by stage reached" },
+  ofauth_webhook_rejected_total = { "counter", "Webhook deliveries rejected, by reason" },
+  ofauth_webhook_handler_failures_total = { "counter", "Webhook handler errors (event retried)" },
+  ofauth_webhook_dead_lettered_total = { "counter", "Webhook events dead-lettered" },
+  ofauth_api_calls_total = { "counter", "OFAuth API calls by endpoint and status class" },
+  ofauth_api_call_duration_seconds = { "histogram", "OFAuth API call latency" },
+  ofauth_rate_limited_total = { "counter", "Rate-limited API answers" },
+  ofauth_retries_total = { "counter", "API call retries by reason" },
+  ofauth_session_expired_total = { "counter", "Connections found with an expired session" },
+}
+
+-- A process-local dictionary with the shared dictionary's interface.
+local function local_dict()
+  local t = {}
+  return {
+    incr = function(_, k, n)
+      t[k] = (t[k] or 0) + (n or 1)
+      return t[k]
+    end,
+    get = function(_, k) return t[k] end,
+    keys = function()
+      local ks = {}
+      for k in pairs(t) do ks[#ks + 1] = k end
+      return ks
+    end,
+    reset = function() t = {} end,
+  }
+end
+
+M.dict = local_dict()
+
+--- Use an oflua.server shared dictionary (all worker VMs add up).
+function M.init(opts)
+  opts = opts or {}
+  if opts.shared then
+    M.dict = require("oflua.server").shared(opts.shared)
+  elseif opts.dict then
+    M.dict = opts.dict
+  else
+    M.dict = local_dict()
+  end
+end
+
+local function label_value(v)
+  return (tostring(v):gsub("[\\\"\n]", { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+end
+
+-- key = name{a="x",b="y"} with labels in the given order
+local function key(name, labels)
+  if not labels or #labels == 0 then return name end
+  local parts = {}
+  for i = 1, #labels, 2 do parts[#parts + 1] = labels[i] .. '="' .. label_value(labels[i + 1]) .. '"' end
+  return name .. "{" .. table.concat(parts, ",") .. "}"
+end
+
+function M.inc(name, labels, n) M.dict:incr(key(name, labels), n or 1) end
+
+function M.observe(name, labels, value)
+  labels = labels or {}
+  for _, b in ipairs(M.buckets) do
+    if value <= b then
+      local l = { table.unpack(labels) }
+      l[#l + 1], l[#l + 2] = "le", tostring(b)
+      M.dict:incr(key(name .. "_bucket", l), 1)
+    end
+  end
+  local l = { table.unpack(labels) }
+  l[#l + 1], l[#l + 2] = "le", "+Inf"
+  M.dict:incr(key(name .. "_bucket", l), 1)
+  M.dict:incr(key(name .. "_sum", labels), value)
+  M.dict:incr(key(name .. "_count", labels), 1)
+end
+
+--- Value of one series (0 when never counted), e.g. M.value("ofauth_rate_limited_total").
+function M.value(name, labels) return M.dict:get(key(name, labels)) or 0 end
+
+-- Hooks the library calls.
+local function status_class(status)
+  if math.type(status) == "integer" then return ("%dxx"):format(status // 100) end
+  return tostring(status)
+end
+
+function M.api_call(endpoint, status, seconds)
+  M.inc("ofauth_api_calls_total", { "endpoint", endpoint, "status", status_class(status) })
+  if seconds then M.observe("ofauth_api_call_duration_seconds", { "endpoint", endpoint }, seconds) end
+end
+function M.retry(reason) M.inc("ofauth_retries_total", { "reason", reason }) end
+function M.rate_limited() M.inc("ofauth_rate_limited_total") end
+function M.session_expired() M.inc("ofauth_session_expired_total") end
+function M.webhook(result) M.inc("ofauth_webhook_deliveries_total", { "result", result }) end
+function M.webhook_rejected(reason) M.inc("ofauth_webhook_rejected_total", { "reason", reason }) end
+function M.handler_failure() M.inc("ofauth_webhook_handler_failures_total") end
+function M.dead_lettered() M.inc("ofauth_webhook_dead_lettered_total") end
+
+local function family_of(series)
+  local name = series:match("^[%w_]+")
+  if M.help[name] then return name end
+  local base = name:match("^(.-)_bucket$") or name:match("^(.-)_sum$") or name:match("^(.-)_count$")
+  if base and M.help[base] then return base end
+  return name
+end
+
+local function fmt(v)
+  if math.type(v) == "integer" then return tostring(v) end
+  if v == math.floor(v) and math.abs(v) < 2 ^ 53 then return ("%d"):format(v) end
+  return ("%.9g"):format(v)
+end
+
+--- Prometheus text exposition (version 0.0.4) of every series counted so far.
+function M.prometheus()
+  local by_family = {}
+  for _, k in ipairs(M.dict:keys()) do
+    if k:match("^ofauth_") then
+      local fam = family_of(k)
+      by_family[fam] = by_family[fam] or {}
+      table.insert(by_family[fam], k)
+    end
+  end
+  local families = {}
+  for fam in pairs(M.help) do families[#families + 1] = fam end
+  for fam in pairs(by_family) do
+    if not M.help[fam] then families[#families + 1] = fam end
+  end
+  table.sort(families)
+  local out = {}
+  for _, fam in ipairs(families) do
+    local h = M.help[fam] or { "untyped", fam }
+    out[#out + 1] = ("# HELP %s %s"):format(fam, h[2])
+    out[#out + 1] = ("# TYPE %s %s"):format(fam, h[1])
+    local series = by_family[fam] or {}
+    table.sort(series)
+    if #series == 0 and h[1] == "counter" then out[#out + 1] = fam .. " 0" end
+    for _, s in ipairs(series) do out[#out + 1] = s .. " " .. fmt(M.dict:get(s) or 0) end
+  end
+  return table.concat(out, "\n") .. "\n"
+end
+
+--- A handler for oflua.server / oflua.router serving the text format.
+function M.handler()
+  return function()
+    return 200, M.prometheus(), { ["content-type"] = "text/plain; version=0.0.4; charset=utf-8" }
+  end
+end
+
+return M

@@ -1,0 +1,96 @@
+local policy = require("ofauth.policy")
+
+describe("ofauth.policy", function()
+  describe("Retry-After", function()
+    it("reads delta seconds", function()
+      assert.equal(7, policy.retry_after("7"))
+      assert.equal(0, policy.retry_after(" 0 "))
+    end)
+
+    it("reads an HTTP date relative to now", function()
+      -- 2015-10-21T07:28:00Z = 1445412480
+      assert.equal(30, policy.retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412450))
+      assert.equal(0, policy.retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412999))
+    end)
+
+    it("ignores what it cannot read", function()
+      assert.is_nil(policy.retry_after(nil))
+      assert.is_nil(policy.retry_after("soon"))
+      assert.is_nil(policy.retry_after("-5"))
+      assert.is_nil(policy.retry_after("99999999999999"))
+    end)
+  end)
+
+  describe("classify", function()
+    local p = policy.new()
+    it("sorts answers into outcomes", function()
+      assert.equal("ok", policy.classify(p, 200))
+      assert.equal("ok", policy.classify(p, 204))
+      assert.equal("session_expired", policy.classify(p, 401, "SESSION_EXPIRED"))
+      assert.equal("session_expired", policy.classify(p, 403, "SESSION_EXPIRED"))
+      assert.equal("rate_limited", policy.classify(p, 429))
+      assert.equal("rate_limited", policy.classify(p, 400, "RATE_LIMIT_EXCEEDED"))
+      assert.equal("retryable", policy.classify(p, 503))
+      assert.equal("retryable", policy.classify(p, 0, nil, { kind = "timeout" }))
+      assert.equal("fatal", policy.classify(p, 401, "UNAUTHORIZED"))
+      assert.equal("fatal", policy.classify(p, 404))
+      assert.equal("fatal", policy.classify(p, 501))
+    end)
+  end)
+
+  describe("next_delay", function()
+    local p = policy.new({ random = function() return 1 end, base_delay = 1, max_delay = 8,
+      max_total_delay = 20, max_attempts = 5 })
+
+    it("backs off exponentially up to the cap", function()
+      local delays = {}
+      for attempt = 1, 4 do
+        delays[attempt] = policy.next_delay(p, "retryable",
+          { attempt = attempt, waited = 0, method = "GET" })
+      end
+      assert.same({ 1, 2, 4, 8 }, delays)
+    end)
+
+    it("uses full jitter", function()
+      local q = policy.new({ random = function() return 0.25 end, base_delay = 4 })
+      assert.equal(1, policy.next_delay(q, "retryable", { attempt = 1, waited = 0, method = "GET" }))
+    end)
+
+    it("stops after max_attempts and at the total budget", function()
+      assert.is_nil(policy.next_delay(p, "retryable", { attempt = 5, waited = 0, method = "GET" }))
+      assert.is_nil(policy.next_delay(p, "retryable", { attempt = 2, waited = 19, method = "GET" }))
+    end)
+
+    it("retries network errors and 5xx only for idempotent methods unless told", function()
+      assert.is_nil(policy.next_delay(p, "retryable", { attempt = 1, waited = 0, method = "POST" }))
+      assert.equal(1, policy.next_delay(p, "retryable",
+        { attempt = 1, waited = 0, method = "POST", idempotent = true }))
+      assert.is_nil(policy.next_delay(p, "retryable",
+        { attempt = 1, waited = 0, method = "GET", idempotent = false }))
+    end)
+
+    it("honours Retry-After for rate limits, for any method", function()
+      assert.equal(3, policy.next_delay(p, "rate_limited",
+        { attempt = 1, waited = 0, method = "POST", retry_after = 3 }))
+    end)
+
+    it("gives up when Retry-After is longer than it may wait", function()
+      assert.is_nil(policy.next_delay(p, "rate_limited",
+        { attempt = 1, waited = 0, method = "GET", retry_after = 60 }))
+    end)
+
+    it("never retries SESSION_EXPIRED or other 4xx", function()
+      assert.is_nil(policy.next_delay(p, "session_expired", { attempt = 1, waited = 0, method = "GET" }))
+      assert.is_nil(policy.next_delay(p, "fatal", { attempt = 1, waited = 0, method = "GET" }))
+    end)
+  end)
+
+  it("lets a client override fields and still reads later global changes", function()
+    local saved = policy.defaults.base_delay
+    local p = policy.new({ max_attempts = 2 })
+    policy.defaults.base_delay = 9
+    assert.equal(2, p.max_attempts)
+    assert.equal(9, p.base_delay)
+    policy.defaults.base_delay = saved
+  end)
+end)
