@@ -108,6 +108,8 @@ function Loop:backoff(attempt)
 end
 
 function Loop:save(item)
+  -- A record already rotated out (newer events arrived) is not written back.
+  if item.n <= (self.last_n or 0) - self.cfg.max_delivery_records then return end
   local ok, err = self.dict:set("d:" .. item.n, record_json(item))
   if not ok and self.log then self.log("emulator: cannot record delivery: " .. tostring(err)) end
 end
@@ -125,6 +127,7 @@ function Loop:pull()
     dict:set("q:head", n)
     if item then
       item.n = n -- JSON numbers come back as floats
+      self.last_n = n
       item.attempts, item.state, item.next_at = {}, "queued", self.now()
       self.pending[#self.pending + 1] = item
       self:save(item)
