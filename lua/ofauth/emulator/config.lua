@@ -44,6 +44,7 @@ M.defaults = {
   max_faults = 100,
   max_delivery_records = 1000, -- oldest records are deleted first
   max_queue = 10000,           -- undelivered events; more -> 503 on the call that adds one
+  shared_size = 16777216,      -- bytes of the shared dict (queue + delivery records)
   list_limit_default = 20,
   list_limit_max = 100,
   max_body = 1048576,
@@ -177,6 +178,7 @@ function M.normalize(opts)
     or check_int(cfg, "max_faults", 1, 100000)
     or check_int(cfg, "max_delivery_records", 1, 1000000)
     or check_int(cfg, "max_queue", 1, 10000000)
+    or check_int(cfg, "shared_size", 1024, 1 << 40)
     or check_int(cfg, "list_limit_default", 1, 100000)
     or check_int(cfg, "list_limit_max", 1, 100000)
     or check_int(cfg, "max_body", 1, 1073741824)

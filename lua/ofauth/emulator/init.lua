@@ -136,7 +136,7 @@ function M.start(opts)
   local core = require("oflua.core")
   instances = instances + 1
   local name = ("ofauth.emulator.%d.%d.%s"):format(core.getpid(), instances, deps.random_hex(4))
-  local dict = server.shared(name)
+  local dict = server.shared(name, { size = cfg.shared_size })
   local loop
   loop, err = delivery_loop(cfg, dict, deps)
   if not loop then return nil, err end
