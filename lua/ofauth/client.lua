@@ -170,15 +170,16 @@ end
 -- Reaction to SESSION_EXPIRED: mark, notify once, never retry.
 local function session_expired(self, conn_id, ctx)
   self.metrics.session_expired()
-  local record
+  local record, changed = nil, true
   if conn_id and self.connections then
-    local ok, rec = pcall(self.connections.mark_expired, self.connections, conn_id, "session_expired")
-    if ok then record = rec end
+    local ok, rec, ch = pcall(self.connections.mark_expired, self.connections, conn_id, "session_expired")
+    if ok and rec then record, changed = rec, ch end
   end
   record = record or { connection_id = conn_id }
   log.warn("ofauth.session_expired", { path = ctx.path, connection_id = conn_id })
+  -- Once per expiry: a connection already marked expired was already reported.
   local hook = self.policy.on_reauth_required
-  if hook then
+  if hook and changed then
     local ok, err = pcall(hook, record, ctx)
     if not ok then log.error("ofauth.reauth_hook_failed", { error = tostring(err) }) end
   end

@@ -73,11 +73,14 @@ function Repo:save(user_id, fields)
 end
 
 --- Mark the connection expired (from SESSION_EXPIRED or a webhook).
--- Returns the updated record, or nil when the connection is unknown here.
+-- Returns the updated record and whether it was not expired before (so a
+-- user is told once per expiry), or nil when the connection is unknown here.
 function Repo:mark_expired(connection_id, reason)
   local user = self.store:get("conn:" .. connection_id)
   if not user then return nil end
-  return self:save(user, { status = "expired", expired_at = self.now(), expired_reason = reason })
+  local before = self:get(user)
+  if before and before.status == "expired" then return before, false end
+  return self:save(user, { status = "expired", expired_at = self.now(), expired_reason = reason }), true
 end
 
 --- Forget a user's connection locally (after disconnecting it at OFAuth).
@@ -183,10 +186,14 @@ function Repo:handlers()
       log.warn("connection.unmatched", { connection_id = f.connection_id })
       return
     end
+    local before = self:get(user)
     f.status = "expired"
-    f.expired_at = self.now()
+    if not (before and before.status == "expired") then f.expired_at = self.now() end
     local rec = assert(self:save(user, f))
-    self:notify_reauth(rec, { source = "webhook", event = event.type })
+    -- Told once per expiry: an API call may have found it expired first.
+    if not (before and before.status == "expired") then
+      self:notify_reauth(rec, { source = "webhook", event = event.type })
+    end
   end
   return h
 end

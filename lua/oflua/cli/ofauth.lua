@@ -1,0 +1,256 @@
+-- oflua ofauth: call the OFAuth API from the shell (whoami, link, connections, subscribers, user-docs).
+local cli = require("oflua.cliutil")
+local cjson = require("cjson")
+local config = require("ofauth.config")
+local core = require("oflua.core")
+local redact = require("ofauth.redact")
+
+local USAGE = [[
+usage: oflua ofauth <command> [options]
+
+  whoami                          check the API key; show the account and environment
+  link --user ID --redirect-url URL [--reconnect]
+                                  start a Link session for a user and print its URL
+                                  (recorded in the store when one is configured)
+  connections                     list every connection (all pages)
+  subscribers --connection ID | --user ID [--type all|active|expired|latest] [--max N]
+                                  export a connection's subscribers (all pages, streamed)
+  user-docs --app-name NAME --permissions profile,subscribers,... [--contact EMAIL]
+                                  [--purpose TEXT] [--disconnect-where TEXT] [--out FILE]
+                                  fill in the end-user page about connecting an account
+
+Options: --format table|json|csv (default table), --reveal-ids (print connection ids in
+full; they are credentials, so they are shortened by default), --api-key, --base-url
+(else OFAUTH_API_KEY, OFAUTH_BASE_URL), --store, --key-file, --page-size N, --help.
+A progress line is shown on stderr when it is a terminal.
+]]
+
+local spec = {
+  flags = { reconnect = true, reveal_ids = true, json = true, quiet = true },
+  options = { format = "string", api_key = "string", base_url = "string", user = "string",
+    redirect_url = "string", connection = "string", type = "string", max = "number",
+    page_size = "number", store = "string", key_file = "string", namespace = "string",
+    app_name = "string", permissions = "string", contact = "string", out = "string",
+    template = "string", purpose = "string", disconnect_where = "string" },
+}
+
+local args = { ... }
+local command = table.remove(args, 1)
+if command == nil or command == "--help" or command == "-h" or command == "help" then
+  io.write(USAGE)
+  return command and 0 or 1
+end
+local opts = cli.parse(args, spec)
+if opts.help then
+  io.write(USAGE)
+  return 0
+end
+local format = opts.json and "json" or opts.format or "table"
+if format ~= "table" and format ~= "json" and format ~= "csv" then
+  cli.fail("--format must be table, json or csv")
+end
+
+local function client()
+  local c, err = config.client(opts)
+  if not c then cli.fail(err) end
+  return c
+end
+
+local function api_fail(err)
+  cli.fail(tostring(err))
+end
+
+-- ---- output: streamed rows in table, json or csv -------------------------
+
+local function cell(v)
+  if v == nil or v == cjson.null then return "" end
+  if type(v) == "table" then
+    if #v > 0 then
+      local parts = {}
+      for i, x in ipairs(v) do parts[i] = type(x) == "table" and cjson.encode(x) or tostring(x) end
+      return table.concat(parts, ";")
+    end
+    return cjson.encode(v)
+  end
+  if type(v) == "number" and v == math.floor(v) and math.abs(v) < 2 ^ 53 then
+    return ("%d"):format(v)
+  end
+  return tostring(v)
+end
+
+local function csv_field(s)
+  if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
+  return s
+end
+
+-- columns: list of {name, getter}; returns a writer with :row(item) and :close()
+local function writer(columns)
+  local w = { n = 0 }
+  local out = io.stdout
+  if format == "csv" then
+    local names = {}
+    for i, c in ipairs(columns) do names[i] = csv_field(c[1]) end
+    out:write(table.concat(names, ","), "\n")
+  elseif format == "json" then
+    out:write("[")
+  else
+    local names = {}
+    for i, c in ipairs(columns) do names[i] = ("%-" .. (c.width or 16) .. "s"):format(c[1]) end
+    out:write(table.concat(names, " "), "\n")
+  end
+  function w.row(item)
+    w.n = w.n + 1
+    if format == "json" then
+      out:write(w.n > 1 and ",\n" or "\n", cjson.encode(item))
+      return
+    end
+    local cells = {}
+    for i, c in ipairs(columns) do
+      local s = cell(c[2](item))
+      if format == "csv" then
+        cells[i] = csv_field(s)
+      else
+        local width = c.width or 16
+        if #s > width then s = s:sub(1, width - 1) .. "~" end
+        cells[i] = ("%-" .. width .. "s"):format(s)
+      end
+    end
+    out:write(table.concat(cells, format == "csv" and "," or " "), "\n")
+  end
+  function w.close()
+    if format == "json" then out:write(w.n > 0 and "\n]\n" or "]\n") end
+    out:flush()
+  end
+  return w
+end
+
+local progress = { tty = core.isatty(2) and not opts.quiet, t0 = core.monotonic(), last = 0 }
+function progress.update(n, done)
+  if not progress.tty then return end
+  local t = core.monotonic()
+  if not done and t - progress.last < 0.1 then return end
+  progress.last = t
+  local rate = n / math.max(t - progress.t0, 1e-3)
+  io.stderr:write(("\r%d rows  %.0f rows/s%s"):format(n, rate, done and "  done\n" or "   "))
+  io.stderr:flush()
+end
+
+local function show_id(id)
+  if opts.reveal_ids then return id end
+  return redact.id(id)
+end
+
+-- Iterate, streaming rows; an error mid-way keeps the rows already written.
+local function export(iter, columns)
+  local w = writer(columns)
+  local ok, err = pcall(function()
+    for item in iter do
+      w.row(item)
+      progress.update(w.n)
+    end
+  end)
+  w.close()
+  progress.update(w.n, true)
+  if not ok then
+    cli.fail(("stopped after %d rows: %s"):format(w.n, tostring(err)))
+  end
+  return 0
+end
+
+-- ---- commands -------------------------------------------------------------
+
+if command == "whoami" then
+  local me, err = client():whoami()
+  if not me then api_fail(err) end
+  if format == "json" then
+    print(cjson.encode(me))
+  else
+    print(("account:     %s (%s)"):format(cell(me.name), cell(me.id)))
+    if me.environment then print(("environment: %s"):format(cell(me.environment))) end
+    print(("permissions: %s"):format(cell(me.permissions)))
+  end
+  return 0
+elseif command == "link" then
+  if not opts.user then cli.fail("--user is required (your user id, sent as clientReferenceId)") end
+  if not opts.redirect_url then cli.fail("--redirect-url is required (registered in the OFAuth dashboard)") end
+  local c = client()
+  local st
+  if config.store_configured(opts) then
+    local serr
+    st, serr = config.store(opts)
+    if not st then cli.fail(serr) end
+  end
+  local res, err
+  if opts.reconnect then
+    if not st then cli.fail("--reconnect needs the store that holds the user's connection") end
+    local conns = require("ofauth.connections").new({ store = st })
+    res, err = require("ofauth.link").reconnect(c, opts.user, { connections = conns,
+      redirect_url = opts.redirect_url })
+  elseif st then
+    res, err = require("ofauth.link").start(c, opts.user, { store = st, redirect_url = opts.redirect_url })
+  else
+    io.stderr:write("note: no store configured; the session is not recorded, so its callback ",
+      "will not be accepted by ofauth.link.callback\n")
+    res, err = c:link_init({ redirect_url = opts.redirect_url, client_reference_id = opts.user })
+  end
+  if not res then api_fail(err) end
+  if format == "json" then
+    print(cjson.encode({ url = res.url, client_secret = res.client_secret, expires_at = res.expires_at }))
+  else
+    print(res.url or ("client secret: " .. tostring(res.client_secret)))
+  end
+  return 0
+elseif command == "connections" then
+  local c = client()
+  return export(c:connections({ limit = opts.page_size }), {
+    { "id", function(x) return show_id(x.id) end, width = 18 },
+    { "status", function(x) return x.status end, width = 12 },
+    { "clientReferenceId", function(x) return x.clientReferenceId end, width = 20 },
+    { "username", function(x) return type(x.userData) == "table" and x.userData.username or nil end },
+    { "permissions", function(x) return x.permissions end, width = 24 },
+    { "updatedAt", function(x) return x.updatedAt end, width = 24 },
+  })
+elseif command == "subscribers" then
+  local conn_id = opts.connection
+  if not conn_id and opts.user then
+    local st, serr = config.store(opts)
+    if not st then cli.fail(serr) end
+    local rec = require("ofauth.connections").new({ store = st }):get(opts.user)
+    if not rec or not rec.connection_id then cli.fail("no connection stored for that user") end
+    conn_id = rec.connection_id
+  end
+  if not conn_id then cli.fail("--connection ID or --user ID is required") end
+  local typ = opts.type or "all"
+  local types = { all = true, active = true, expired = true, latest = true }
+  if not types[typ] then cli.fail("--type must be all, active, expired or latest") end
+  local iter = client():access(conn_id):subscribers({ type = typ, limit = opts.page_size,
+    max_items = opts.max })
+  -- Subscriber objects are whatever the API returns; these columns are the
+  -- common ones, and --format json keeps every field.
+  return export(iter, {
+    { "id", function(x) return x.id end, width = 12 },
+    { "username", function(x) return x.username end, width = 20 },
+    { "name", function(x) return x.name end, width = 24 },
+    { "status", function(x) return x.status end, width = 10 },
+    { "subscribedAt", function(x) return x.subscribedAt end, width = 24 },
+    { "expiresAt", function(x) return x.expiresAt end, width = 24 },
+  })
+elseif command == "user-docs" then
+  local docs = require("ofauth.userdocs")
+  local text, err = docs.render({ app_name = opts.app_name, permissions = opts.permissions,
+    contact = opts.contact, template = opts.template, purpose = opts.purpose,
+    disconnect_where = opts.disconnect_where })
+  if not text then cli.fail(err) end
+  if opts.out then
+    local f, ferr = io.open(opts.out, "wb")
+    if not f then cli.fail(ferr) end
+    f:write(text)
+    f:close()
+    print("wrote " .. opts.out)
+  else
+    io.write(text)
+  end
+  return 0
+else
+  cli.fail(("unknown command '%s' (see oflua ofauth --help)"):format(command))
+end
