@@ -247,7 +247,7 @@ describe_e2e("oflua emulator (the command)", function()
     os.remove(ready_file)
     local errf, pidf = os.tmpname(), os.tmpname()
     finally(function() os.remove(ready_file); os.remove(errf); os.remove(pidf) end)
-    helper.sh(("%s emulator --port 0 --api-key %s --ready-file %s >/dev/null 2>%s & echo $! >%s"):format(
+    helper.sh(("{ %s emulator --port 0 --api-key %s --ready-file %s >/dev/null 2>%s & echo $! >%s; }"):format(
       helper.shq(helper.bin), KEY, helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
     local pid = helper.slurp(pidf):match("%d+")
     assert.is_string(pid)

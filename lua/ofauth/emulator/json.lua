@@ -4,9 +4,13 @@
 -- answers `[]` for empty lists (`list`, `permissions`). `M.array(t)` marks a
 -- list: a non-empty one is returned as is, an empty one becomes a sentinel
 -- string that `M.encode` rewrites to `[]` after encoding.
-local cjson = require("cjson")
-
 local M = {}
+
+M.MAX_DEPTH = 64 -- nesting accepted in request bodies and the state file
+
+-- Our own cjson instance, so the depth limit does not change other users'.
+local cjson = require("cjson").new()
+cjson.decode_max_depth(M.MAX_DEPTH)
 
 M.null = cjson.null
 
@@ -29,8 +33,8 @@ function M.encode(v)
   return s
 end
 
---- Decode a request body: nil, err on bad JSON (never raises). Nesting is
--- bounded by cjson's decode_max_depth (1000 by default).
+--- Decode a request body: nil, err on bad JSON or nesting deeper than
+-- M.MAX_DEPTH (never raises).
 function M.decode(s)
   if type(s) ~= "string" or s == "" then return nil, "empty body" end
   local ok, v = pcall(cjson.decode, s)
