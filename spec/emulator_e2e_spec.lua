@@ -254,16 +254,14 @@ describe_e2e("oflua emulator (the command)", function()
       helper.shq(helper.bin), KEY, helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
     local pid = helper.slurp(pidf):match("%d+")
     assert.is_string(pid)
+    finally(function() helper.sh("kill " .. pid .. " 2>/dev/null") end)
     local url
     for _ = 1, 200 do
       url = helper.slurp(ready_file):match("^(http://%S+)")
       if url then break end
       require("oflua.core").sleep(0.05)
     end
-    if not url then
-      helper.sh("kill " .. pid)
-      error("the emulator did not start: " .. helper.slurp(errf))
-    end
+    if not url then error("the emulator did not start: " .. helper.slurp(errf)) end
     local res = assert(http.request({ url = url .. "/v2/account/whoami", headers = { apikey = KEY } }))
     assert.equal(200, res.status)
     local _, _, code = helper.sh("kill -TERM " .. pid)
