@@ -106,7 +106,7 @@ end
 function M.redact_path(path)
   local out, prev = {}, nil
   for seg in path:gmatch("[^/]+") do
-    if prev == "link" and out[2] == "link" then
+    if prev == "link" and out[2] == "link" and seg ~= "init" then
       seg = "***"
     else
       local prefix = seg:match("^(conn_)") or seg:match("^(lcs_)") or seg:match("^(ls_)")
@@ -138,8 +138,8 @@ function M.new(cfg, deps)
     max_faults = cfg.max_faults, slow_delay_ms_max = cfg.slow_delay_ms_max, can_drop = self.can_drop,
   })
   for _, f in ipairs(cfg.faults) do
-    local _, err = self.faults:add(f)
-    if not _ then return nil, "fault: " .. err end
+    local rule, err = self.faults:add(f)
+    if not rule then return nil, "fault: " .. err end
   end
   self.routes = M.routes()
   return self
