@@ -55,6 +55,17 @@ local function start_receiver(fail)
   return r
 end
 
+-- HMAC-SHA256 of `data` by the openssl command: base64 (b64) or hex.
+local function openssl_hmac(data, macopt, b64)
+  local f = helper.write_file(os.tmpname(), data)
+  -- (in a subshell: helper.sh redirects the whole line's stdin)
+  local out, err, code = helper.sh(("(openssl dgst -sha256 -mac HMAC -macopt %s %s %s%s)"):format(
+    helper.shq(macopt), b64 and "-binary" or "-hex", helper.shq(f), b64 and " | base64 -w0" or ""))
+  os.remove(f)
+  assert(code == 0, err)
+  return b64 and out or out:match("(%x+)%s*$")
+end
+
 local function call(emu, method, path, o)
   o = o or {}
   local headers = o.headers or {}
@@ -167,8 +178,18 @@ describe_e2e("emulator over HTTP", function()
       assert.same({ 500, 500, 200 }, { d.list[1].attempts[1].status, d.list[1].attempts[2].status,
         d.list[1].attempts[3].status })
       assert.equal(1, #d.list[2].attempts)
-      -- a wrong secret does not verify
+      -- the signature matches one computed independently with openssl
       local body, headers = rcv.request(4)
+      if scheme == "svix" then
+        local signed = headers["svix-id"] .. "." .. headers["svix-timestamp"] .. "." .. body
+        local key = crypto.hex(crypto.unbase64(SVIX_SECRET:sub(7)))
+        assert.equal(headers["svix-signature"], "v1," .. openssl_hmac(signed, "hexkey:" .. key, true))
+      else
+        local t = headers["ofauth-signature"]:match("^t=(%d+),v1=")
+        assert.equal(headers["ofauth-signature"], ("t=%s,v1=%s"):format(t,
+          openssl_hmac(t .. "." .. body, "key:" .. RAW_SECRET, false)))
+      end
+      -- a wrong secret does not verify
       assert.is_nil((webhooks.verify(body, headers, scheme == "svix" and "whsec_d3Jvbmc=" or "wrong")))
     end)
   end
