@@ -58,3 +58,10 @@ add_test(NAME install COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/install_test.sh
   ${CMAKE_COMMAND} ${CMAKE_CURRENT_BINARY_DIR} ${OFLUA_SANITIZE}
   WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
 set_tests_properties(install PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 300)
+
+# Helper executables for specs and benches (no test_ prefix: not tests themselves).
+# http_fixture_server: plain-socket HTTP/1.1 server for spec/http_spec.lua and bench/http.sh.
+add_executable(http_fixture_server ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/http_fixture_server.c)
+target_compile_options(http_fixture_server PRIVATE ${OFLUA_WARNINGS})
+target_compile_definitions(http_fixture_server PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
+target_link_libraries(http_fixture_server PRIVATE Threads::Threads)

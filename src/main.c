@@ -396,6 +396,10 @@ static int pmain(lua_State *L) {
   char **argv = pa->argv;
   lua_settop(L, 0);
   pa->status = EXIT_FAILURE;
+  /* main() stops the collector while the state is set up (as lua.c does);
+   * everything from here on runs with it on, subcommands included. */
+  lua_gc(L, LUA_GCRESTART);
+  lua_gc(L, LUA_GCGEN, 0, 0);
 
   /* Subcommands and their aliases come first. */
   if (argc >= 2) {
@@ -430,8 +434,6 @@ static int pmain(lua_State *L) {
     lua_setfield(L, LUA_REGISTRYINDEX, "LUA_NOENV");
   }
   createargtable(L, argv, argc, script);
-  lua_gc(L, LUA_GCRESTART);
-  lua_gc(L, LUA_GCGEN, 0, 0);
   if (!(args & has_E)) {
     if (handle_luainit(L) != LUA_OK) return 0;
   }

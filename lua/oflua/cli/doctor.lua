@@ -1,0 +1,246 @@
+-- oflua doctor: the OFAuth pre-production checklist, automated (one ✓/✗ line per check).
+local cli = require("oflua.cliutil")
+local cjson = require("cjson")
+local config = require("ofauth.config")
+
+local USAGE = [[
+usage: oflua doctor [options]
+
+Runs OFAuth's pre-production checklist against your configuration:
+  api_key    the API key works (whoami) and which environment it is for; clock skew
+  link       a Link session can be created for your redirect URL
+  webhook    your webhook endpoint answers a correctly signed test event with 2xx
+             and a wrongly signed one with 4xx
+  store      the store opens with its key, round-trips a value, holds no plaintext
+  access     Access API calls work with a stored connection id
+
+Options (else the environment variable in brackets):
+  --api-key K          [OFAUTH_API_KEY]
+  --base-url URL       [OFAUTH_BASE_URL]
+  --redirect-url URL   [OFAUTH_REDIRECT_URL]  a redirect URI registered in the dashboard
+  --webhook-url URL    [OFAUTH_WEBHOOK_URL]   your endpoint receiving OFAuth webhooks
+  --secret S           [OFAUTH_WEBHOOK_SECRET]
+  --scheme svix|checklist                     signature scheme of the test events (svix)
+  --store PATH         [OFLUA_STORE], --key-file F [OFLUA_STORE_KEY_FILE] or OFLUA_STORE_KEY
+  --user ID            check Access with this user's stored connection (default: the first active)
+  --skip NAME          skip a check (repeatable)
+  --json               one JSON object with every result
+Exit status 0 when every check that ran passed, 1 otherwise.
+]]
+
+local opts = cli.parse({ ... }, {
+  flags = { json = true },
+  options = { api_key = "string", base_url = "string", redirect_url = "string", webhook_url = "string",
+    secret = "string", scheme = "string", store = "string", key_file = "string", namespace = "string",
+    user = "string", skip = "list", timeout_ms = "number" },
+})
+if opts.help then
+  io.write(USAGE)
+  return 0
+end
+
+local results = {}
+local skip = {}
+for _, s in ipairs(opts.skip or {}) do skip[s] = true end
+
+local function report(name, ok, detail, hint)
+  local r = { check = name, ok = ok, detail = detail, hint = (not ok) and hint or nil }
+  results[#results + 1] = r
+  if not opts.json then
+    io.write(("%s %-8s %s\n"):format(ok and "✓" or "✗", name, detail))
+    if r.hint then io.write(("  hint: %s\n"):format(hint)) end
+    io.stdout:flush()
+  end
+end
+
+local function run(name, fn)
+  if skip[name] then
+    results[#results + 1] = { check = name, skipped = true }
+    if not opts.json then io.write(("- %-8s skipped\n"):format(name)) end
+    return
+  end
+  local ok, err = pcall(fn)
+  if not ok then report(name, false, "internal error: " .. tostring(err), "report this as a bug") end
+end
+
+local function env(name)
+  local v = os.getenv(name)
+  return v ~= "" and v or nil
+end
+
+local client, client_err = config.client(opts, { timeout_ms = opts.timeout_ms or 15000,
+  policy = { max_attempts = 2, max_total_delay = 5 } })
+
+-- 1. API key -------------------------------------------------------------------
+run("api_key", function()
+  if not client then
+    return report("api_key", false, client_err, "export OFAUTH_API_KEY=<your Sandbox key> (dashboard > API keys)")
+  end
+  local me, err = client:whoami()
+  if not me then
+    local hint = "check the network and OFAUTH_BASE_URL (" .. client.base_url .. ")"
+    if err.status == 401 or err.status == 403 then
+      hint = "the key was refused: copy it again from the dashboard; Sandbox and Production keys differ"
+    end
+    return report("api_key", false, tostring(err), hint)
+  end
+  local envname = me.environment
+  if not envname then
+    local key = config.api_key(opts)
+    envname = (key:match("test") or key:match("sandbox")) and "sandbox" or "production (assumed)"
+  end
+  report("api_key", true, ("works: account %s, %s environment"):format(tostring(me.name or me.id), envname))
+  if tostring(envname):match("^production") then
+    io.stderr:write("  note: use a Sandbox key for development and login tests ",
+      "(many logins on real accounts can get an account reset)\n")
+  end
+end)
+
+-- 2. Link ----------------------------------------------------------------------
+run("link", function()
+  local redirect = opts.redirect_url or env("OFAUTH_REDIRECT_URL")
+  if not client then return report("link", false, "no API client", "fix the api_key check first") end
+  if not redirect then
+    return report("link", false, "no redirect URL configured",
+      "pass --redirect-url or set OFAUTH_REDIRECT_URL to a redirect URI registered in the dashboard")
+  end
+  local ref = "oflua-doctor-" .. require("oflua.crypto").hex(require("oflua.crypto").random(4))
+  local res, err = client:link_init({ redirect_url = redirect, client_reference_id = ref })
+  if not res then
+    local hint = "check the API key and network"
+    if err.status == 400 or err.status == 422 then
+      hint = "register " .. redirect .. " as a redirect URI in the OFAuth dashboard (exact match)"
+    end
+    return report("link", false, tostring(err), hint)
+  end
+  -- Cancel the test session when the API gave us its handle.
+  if res.client_secret then
+    client:request("DELETE", client.paths.link_session:gsub("{id}", res.client_secret), { endpoint = "link_session" })
+  end
+  report("link", true, "a Link session was created for " .. redirect)
+end)
+
+-- 3. Webhook endpoint ------------------------------------------------------------
+run("webhook", function()
+  local url = opts.webhook_url or env("OFAUTH_WEBHOOK_URL")
+  local secret = config.webhook_secret(opts)
+  if not url then
+    return report("webhook", false, "no webhook URL configured",
+      "pass --webhook-url or set OFAUTH_WEBHOOK_URL to your endpoint (e.g. https://you/webhooks/ofauth)")
+  end
+  if not secret then
+    return report("webhook", false, "no webhook secret configured",
+      "set OFAUTH_WEBHOOK_SECRET to the signing secret shown for your endpoint in the dashboard")
+  end
+  local webhooks = require("ofauth.webhooks")
+  local http = require("oflua.http")
+  local scheme = opts.scheme or (webhooks.svix_key(secret) and "svix" or "checklist")
+  local body = cjson.encode({ eventType = "oflua.doctor", type = "oflua.doctor", live = false,
+    data = { note = "test event from oflua doctor; safe to ignore" } })
+  local function send(headers)
+    headers["content-type"] = "application/json"
+    return http.request({ method = "POST", url = url, headers = headers, body = body, timeout_ms = 10000 })
+  end
+  local good = scheme == "svix" and webhooks.sign_svix(body, secret)
+    or { ["ofauth-signature"] = webhooks.sign(body, secret) }
+  local r1, e1 = send(good)
+  if not r1 then
+    return report("webhook", false, ("cannot reach %s: %s"):format(url, tostring(e1.message or e1.kind)),
+      "start your app (oflua serve ...) and check the URL and port")
+  end
+  if r1.status < 200 or r1.status >= 300 then
+    local hint = "the endpoint must verify the raw body with the same secret and answer 2xx"
+    if r1.status == 401 or r1.status == 400 then
+      hint = "signature rejected: same secret on both sides? a proxy that re-encodes JSON breaks "
+        .. "signatures (verify the raw body); server clock within 5 minutes of real time?"
+    end
+    return report("webhook", false, ("a correctly signed event got %d"):format(r1.status), hint)
+  end
+  local bad
+  if scheme == "svix" then
+    bad = webhooks.sign_svix(body, webhooks.new_secret())
+  else
+    bad = { ["ofauth-signature"] = webhooks.sign(body, "wrong-secret-for-oflua-doctor") }
+  end
+  local r2, e2 = send(bad)
+  if not r2 then return report("webhook", false, "second request failed: " .. tostring(e2.message), "") end
+  if r2.status < 400 or r2.status >= 500 then
+    return report("webhook", false, ("a wrongly signed event got %d, not 4xx"):format(r2.status),
+      "the endpoint must reject deliveries whose signature does not verify")
+  end
+  report("webhook", true, ("%s answers %d to a signed event and %d to a forged one (%s scheme)"):format(
+    url, r1.status, r2.status, scheme))
+end)
+
+-- 4. Store -------------------------------------------------------------------------
+local st
+run("store", function()
+  local err
+  st, err = config.store(opts)
+  if not st then
+    return report("store", false, err, "oflua store keygen --out store.key; export OFLUA_STORE_KEY_FILE=store.key")
+  end
+  local crypto = require("oflua.crypto")
+  local marker = "oflua-doctor-plaintext-" .. crypto.hex(crypto.random(8))
+  local key = "doctor:" .. marker
+  assert(st:put(key, marker))
+  local back = st:get(key)
+  st:delete(key)
+  if back ~= marker then
+    return report("store", false, "a value did not round-trip", "the store file may be damaged")
+  end
+  -- The marker was written (key and value): neither may be in the files in clear.
+  local path = opts.store or env("OFLUA_STORE")
+  for _, p in ipairs({ path, path .. "-wal" }) do
+    local f = io.open(p, "rb")
+    if f then
+      local data = f:read("a")
+      f:close()
+      if data:find(marker, 1, true) then
+        return report("store", false, "plaintext found in " .. p, "this store is not encrypting: report a bug")
+      end
+    end
+  end
+  report("store", true, "opens with its key, round-trips a value, no plaintext in " .. path)
+end)
+
+-- 5. Access API with a stored connection ----------------------------------------------
+run("access", function()
+  if not client then return report("access", false, "no API client", "fix the api_key check first") end
+  if not st then return report("access", false, "no store", "fix the store check first") end
+  local conns = require("ofauth.connections").new({ store = st })
+  local rec
+  if opts.user then
+    rec = conns:get(opts.user)
+  else
+    for r in conns:each() do
+      if r.status == "active" and r.connection_id then
+        rec = r
+        break
+      end
+    end
+  end
+  if not rec or not rec.connection_id then
+    return report("access", false, "no stored connection to test with",
+      "complete a Link flow with a Sandbox account so connection.created stores one")
+  end
+  local me, err = client:access(rec.connection_id):self()
+  if not me then
+    local hint = "check the connection's permissions in the dashboard"
+    if err.kind == "reauth_required" then hint = "the connection expired: the user must reconnect through Link" end
+    return report("access", false, tostring(err), hint)
+  end
+  report("access", true, ("access/self works for user %s (%s)"):format(rec.user_id,
+    tostring(me.username or me.name or "profile read")))
+end)
+
+local failed = 0
+for _, r in ipairs(results) do
+  if r.ok == false then failed = failed + 1 end
+end
+if opts.json then
+  print(cjson.encode({ ok = failed == 0, checks = results }))
+else
+  io.write(failed == 0 and "all checks passed\n" or ("%d check(s) failed\n"):format(failed))
+end
+return failed == 0 and 0 or 1

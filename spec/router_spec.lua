@@ -1,0 +1,102 @@
+-- oflua.router: routing decisions, without a network.
+local router = require("oflua.router")
+local cjson = require("cjson")
+
+local function req(method, path) return { method = method, path = path, headers = {}, params = {} } end
+
+describe("oflua.router", function()
+  local r
+  before_each(function()
+    r = router.new()
+    r:get("/", function() return 200, "root" end)
+    r:get("/users", function() return 200, "list" end)
+    r:post("/users", function(q) return 201, "created " .. q.method end)
+    r:get("/users/:id", function(q) return 200, "user " .. q.params.id end)
+    r:put("/users/:id", function(q) return 200, "put " .. q.params.id end)
+    r:delete("/users/:id", function(q) return 204, nil, { ["X-Id"] = q.params.id } end)
+    r:get("/users/:id/posts/:post", function(q) return 200, q.params.id .. "/" .. q.params.post end)
+    r:get("/users/me", function() return 200, "me" end)
+    r:get("/files/*path", function(q) return 200, "file " .. q.params.path end)
+    r:route("patch", "/things", function() return 200, "patched" end)
+  end)
+
+  it("dispatches static routes by method and path", function()
+    assert.same({ 200, "root" }, { r:handle(req("GET", "/")) })
+    assert.same({ 200, "list" }, { r:handle(req("GET", "/users")) })
+    assert.same({ 201, "created POST" }, { r:handle(req("POST", "/users")) })
+    assert.same({ 200, "patched" }, { r:handle(req("PATCH", "/things")) })
+  end)
+
+  it("fills req.params from :name segments", function()
+    local q = req("GET", "/users/42")
+    assert.same({ 200, "user 42" }, { r:handle(q) })
+    assert.same({ id = "42" }, q.params)
+    assert.same({ 200, "a b/7" }, { r:handle(req("GET", "/users/a b/posts/7")) })
+    assert.same({ 204, nil, { ["X-Id"] = "9" } }, { r:handle(req("DELETE", "/users/9")) })
+  end)
+
+  it("prefers a static route over a parameter", function()
+    assert.same({ 200, "me" }, { r:handle(req("GET", "/users/me")) })
+  end)
+
+  it("matches the rest of the path with a *name segment", function()
+    assert.same({ 200, "file a/b/c.txt" }, { r:handle(req("GET", "/files/a/b/c.txt")) })
+    assert.same({ 200, "file " }, { r:handle(req("GET", "/files/")) })
+  end)
+
+  it("answers 404 with a JSON body when nothing matches", function()
+    for _, path in ipairs({ "/nope", "/users/", "/users/1/posts", "/users//posts/1", "/users/1/x/y" }) do
+      local status, body, headers = r:handle(req("GET", path))
+      assert.equal(404, status, path)
+      assert.same({ error = "not found" }, cjson.decode(body))
+      assert.equal("application/json", headers["Content-Type"])
+    end
+  end)
+
+  it("answers 405 with the allowed methods when only the method is wrong", function()
+    local status, body, headers = r:handle(req("PATCH", "/users/1"))
+    assert.equal(405, status)
+    assert.same({ error = "method not allowed" }, cjson.decode(body))
+    assert.equal("DELETE, GET, HEAD, PUT", headers.Allow)
+    status, body, headers = r:handle(req("DELETE", "/users"))
+    assert.same({ error = "method not allowed" }, cjson.decode(body))
+    assert.equal(405, status)
+    assert.equal("GET, HEAD, POST", headers.Allow)
+  end)
+
+  it("runs the GET route for HEAD", function()
+    assert.same({ 200, "user 5" }, { r:handle(req("HEAD", "/users/5")) })
+    local explicit = router.new()
+    explicit:head("/x", function() return 200, "" end)
+    explicit:get("/x", function() return 200, "get" end)
+    assert.same({ 200, "" }, { explicit:handle(req("HEAD", "/x")) })
+  end)
+
+  it("can answer errors as plain text", function()
+    local t = router.new({ format = "text" })
+    t:get("/a", function() return 200 end)
+    assert.same({ 404, "not found\n", { ["Content-Type"] = "text/plain; charset=utf-8" } },
+      { t:handle(req("GET", "/b")) })
+    local status, body, headers = t:handle(req("POST", "/a"))
+    assert.equal(405, status)
+    assert.equal("method not allowed\n", body)
+    assert.equal("GET, HEAD", headers.Allow)
+  end)
+
+  it("lets the last registration for a method and path win", function()
+    r:get("/", function() return 200, "new root" end)
+    assert.same({ 200, "new root" }, { r:handle(req("GET", "/")) })
+  end)
+
+  it("rejects bad route definitions", function()
+    assert.has_error(function() r:get("no-slash", function() end) end)
+    assert.has_error(function() r:get("/a/:", function() end) end)
+    assert.has_error(function() r:get("/a/*/b", function() end) end)
+    assert.has_error(function() r:get("/a", "not a function") end)
+  end)
+
+  it("lets handler errors propagate (the server turns them into 500)", function()
+    r:get("/boom", function() error("boom") end)
+    assert.has_error(function() r:handle(req("GET", "/boom")) end)
+  end)
+end)
