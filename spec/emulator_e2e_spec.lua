@@ -194,6 +194,23 @@ describe_e2e("emulator over HTTP", function()
     end)
   end
 
+  it("delivers from the server's tick VM with delivery = background", function()
+    local rcv = start_receiver(1)
+    local emu = assert(emulator.start({ api_keys = { KEY }, webhook_url = rcv.url, webhook_secret = SVIX_SECRET,
+      webhook_base_delay = 0.05, delivery = "background", poll_interval = 0.02 }))
+    finally(function() emu:stop(); rcv.stop() end)
+    assert.equal(0, (emu:step())) -- nothing to drive
+    local id = connect(emu, "bg-user")
+    assert.is_true(emu:deliver_pending(20)) -- waits for the tick VM
+    assert.equal(2, rcv.count())
+    local body, headers = rcv.request(2)
+    local event = assert(webhooks.verify(body, headers, SVIX_SECRET))
+    assert.equal(id, event.data.connection.id)
+    local d = emu:deliveries()
+    assert.equal("delivered", d[1].state)
+    assert.equal(2, #d[1].attempts)
+  end)
+
   it("records a failed delivery when the receiver is down", function()
     local emu = assert(emulator.start({ api_keys = { KEY }, webhook_url = "http://127.0.0.1:1/none",
       webhook_secret = SVIX_SECRET, webhook_base_delay = 0.01, webhook_attempts = 2,

@@ -107,6 +107,7 @@ describe("emulator configuration", function()
     assert.matches("webhook_attempts", select(2, config.normalize({ webhook_attempts = 0 })))
     assert.matches("api_keys", select(2, config.normalize({ api_keys = {} })))
     assert.matches("redirect_uris", select(2, config.normalize({ redirect_uris = { "ftp://x" } })))
+    assert.matches("delivery", select(2, config.normalize({ delivery = "thread" })))
   end)
 
   it("needs a secret with a webhook URL, and whsec_<base64> for svix", function()

@@ -38,6 +38,11 @@ M.defaults = {
   state = nil,                 -- path of the JSON state file; nil: in memory
   faults = {},                 -- initial fault rules (see ofauth.emulator.faults)
   log = false,                 -- one line per request/delivery on stderr (no secrets)
+  -- Who runs the webhook delivery loop: "caller" (the VM that called start:
+  -- emu:step(), emu:deliver_pending(), emu:run()) or "background" (the
+  -- server's tick VM, every `poll_interval` seconds; nothing to drive).
+  delivery = "caller",
+  poll_interval = 0.05,        -- seconds between delivery-loop passes
   -- Limits (every one explicit; exceeding them answers 4xx / drops oldest).
   max_connections = 10000,
   max_sessions = 10000,        -- oldest finished sessions are forgotten first
@@ -184,9 +189,13 @@ function M.normalize(opts)
     or check_int(cfg, "max_body", 1, 1073741824)
     or check_num(cfg, "timeout_s", 0.001, 86400)
     or check_int(cfg, "slow_delay_ms_max", 0, 3600000)
+    or check_num(cfg, "poll_interval", 0.01, 60)
   if err then return nil, err end
   if cfg.list_limit_default > cfg.list_limit_max then
     return nil, "list_limit_default must not exceed list_limit_max"
+  end
+  if cfg.delivery ~= "caller" and cfg.delivery ~= "background" then
+    return nil, "delivery must be caller or background"
   end
   if not M.SIGNING[cfg.signing] then return nil, "signing must be svix or checklist" end
   if not M.ERROR_SHAPES[cfg.error_shape] then return nil, "error_shape must be sdk or checklist" end

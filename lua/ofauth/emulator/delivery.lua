@@ -79,7 +79,7 @@ function M.records(dict, state)
   if not state or state == "queued" then
     for n = head + 1, tail do
       local q = json.decode(dict:get("q:" .. n) or "")
-      if q then
+      if q and not dict:get("d:" .. n) then
         out[#out + 1] = {
           n = q.n, id = q.id, type = q.type, state = "queued",
           created = iso_ms(q.created), attempts = json.array({}),
@@ -88,6 +88,19 @@ function M.records(dict, state)
     end
   end
   return out
+end
+
+--- Events not finished yet, as seen from the dictionary alone (for a caller
+-- whose loop runs in another VM): queued ones plus records still retrying.
+function M.backlog(dict)
+  local n = (dict:get("q:tail") or 0) - (dict:get("q:head") or 0)
+  for _, k in ipairs(dict:keys()) do
+    if k:match("^d:%d+$") then
+      local r = json.decode(dict:get(k) or "")
+      if r and (r.state == "queued" or r.state == "retrying") then n = n + 1 end
+    end
+  end
+  return n
 end
 
 local Loop = {}
@@ -123,17 +136,19 @@ function Loop:pull()
     local raw = dict:get("q:" .. n)
     if not raw then break end -- enqueue in progress: take it next time
     local item = json.decode(raw)
-    dict:delete("q:" .. n)
-    dict:set("q:head", n)
     if item then
       item.n = n -- JSON numbers come back as floats
       self.last_n = n
       item.attempts, item.state, item.next_at = {}, "queued", self.now()
       self.pending[#self.pending + 1] = item
+      -- The record before the queue entry goes: a reader in another VM
+      -- (backlog) always sees the event somewhere.
       self:save(item)
       local old = n - self.cfg.max_delivery_records
       if old > 0 then dict:delete("d:" .. old) end
     end
+    dict:delete("q:" .. n)
+    dict:set("q:head", n)
   end
 end
 

@@ -23,7 +23,6 @@ local signer = require("ofauth.emulator.signer")
 local M = {}
 
 M.config = config
-M.POLL_INTERVAL = 0.05 -- seconds between delivery-loop passes in run()
 
 local function fallback_random_hex(n)
   local t = {}
@@ -45,7 +44,8 @@ function M.default_deps(cfg)
   return deps
 end
 
-local function delivery_loop(cfg, dict, deps)
+--- The delivery loop for `cfg` over `dict` (see ofauth.emulator.delivery).
+function M.delivery_loop(cfg, dict, deps)
   local sign = function() return {} end
   if cfg.webhook_url then
     local s, err = signer.new(cfg, deps.schemes)
@@ -68,18 +68,29 @@ local Emulator = {}
 Emulator.__index = Emulator
 
 --- Deliver what is due now; returns attempts made, seconds to the next retry.
-function Emulator:step() return self.loop:step() end
+-- With delivery = "background" the server's tick VM does this: returns 0.
+function Emulator:step()
+  if not self.loop then return 0, nil end
+  return self.loop:step()
+end
 
---- Run the delivery loop until no event is pending or `timeout_s` (default
--- 30) has passed. Returns true when everything was delivered or given up.
+function Emulator:backlog()
+  if self.loop then return self.loop:backlog() end
+  return delivery.backlog(self.dict)
+end
+
+--- Run the delivery loop (or, in background mode, wait for it) until no
+-- event is pending or `timeout_s` (default 30) has passed. Returns true when
+-- everything was delivered or given up.
 function Emulator:deliver_pending(timeout_s)
+  local interval = self.cfg.poll_interval
   local deadline = self.deps.now() + (timeout_s or 30)
   while true do
-    local _, wait = self.loop:step()
-    if self.loop:backlog() == 0 then return true end
+    local _, wait = self:step()
+    if self:backlog() == 0 then return true end
     local now = self.deps.now()
     if now >= deadline then return false end
-    self.deps.sleep(math.max(0.001, math.min(wait or M.POLL_INTERVAL, M.POLL_INTERVAL, deadline - now)))
+    self.deps.sleep(math.max(0.001, math.min(wait or interval, interval, deadline - now)))
   end
 end
 
@@ -88,11 +99,12 @@ function Emulator:deliveries(state) return delivery.records(self.dict, state) en
 
 --- Serve and deliver until the server stops (SIGINT/SIGTERM with handle_signals).
 function Emulator:run()
+  local interval = self.cfg.poll_interval
   while true do
-    local _, wait = self.loop:step()
-    if self.srv:wait(math.min(wait or M.POLL_INTERVAL, M.POLL_INTERVAL)) then break end
+    local _, wait = self:step()
+    if self.srv:wait(math.min(wait or interval, interval)) then break end
   end
-  self.loop:step()
+  self:step()
 end
 
 function Emulator:url() return self.base_url end
@@ -137,9 +149,12 @@ function M.start(opts)
   instances = instances + 1
   local name = ("ofauth.emulator.%d.%d.%s"):format(core.getpid(), instances, deps.random_hex(4))
   local dict = server.shared(name, { size = cfg.shared_size })
+  -- Build the loop here even in background mode: it checks the signer and
+  -- the HTTP client where errors can be reported.
   local loop
-  loop, err = delivery_loop(cfg, dict, deps)
+  loop, err = M.delivery_loop(cfg, dict, deps)
   if not loop then return nil, err end
+  if cfg.delivery == "background" then loop = nil end
   local srv
   srv, err = server.listen({
     host = cfg.host, port = cfg.port, workers = 1,
@@ -169,7 +184,7 @@ function M.new_local(opts, deps)
   app, err = app_mod.new(cfg, d)
   if not app then return nil, err end
   local loop
-  loop, err = delivery_loop(cfg, d.dict, d)
+  loop, err = M.delivery_loop(cfg, d.dict, d)
   if not loop then return nil, err end
   return { app = app, loop = loop, dict = d.dict, cfg = cfg }
 end
