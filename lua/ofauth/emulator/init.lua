@@ -13,7 +13,9 @@
 -- queue and delivery records live in a shared dictionary; the VM that called
 -- `start` runs the delivery loop: `emu:step()` / `emu:deliver_pending()` when
 -- it drives it itself, `emu:run()` (the `oflua emulator` command) until the
--- server stops. Options and defaults: ofauth.emulator.config.
+-- server stops. With `delivery = "background"` the server's tick VM runs it
+-- instead and `deliver_pending` only waits. Options and defaults:
+-- ofauth.emulator.config; endpoints: ofauth.emulator.app.
 local config = require("ofauth.emulator.config")
 local memdict = require("ofauth.emulator.memdict")
 local app_mod = require("ofauth.emulator.app")
