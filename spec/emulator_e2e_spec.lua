@@ -272,6 +272,29 @@ describe_e2e("emulator over HTTP", function()
     assert.equal("durable", c.clientReferenceId)
   end)
 
+  it("stops at the end of a <close> scope, and stop() is idempotent", function()
+    local url
+    do
+      local emu <close> = assert(emulator.start({ api_keys = { KEY } }))
+      url = emu:url()
+      assert.equal(200, (call(emu, "GET", "/v2/account/whoami")))
+    end
+    local res, err = http.request({ url = url .. "/emulator/health", timeout_ms = 2000 })
+    assert.is_nil(res)
+    assert.equal("connect", err.kind)
+    local emu = assert(emulator.start({ api_keys = { KEY } }))
+    emu:stop()
+    emu:stop()
+  end)
+
+  it("reports a port already in use", function()
+    local emu = assert(emulator.start({ api_keys = { KEY } }))
+    finally(function() emu:stop() end)
+    local other, err = emulator.start({ api_keys = { KEY }, port = emu:port() })
+    assert.is_nil(other)
+    assert.is_string(err)
+  end)
+
   it("refuses bad options without starting", function()
     local emu, err = emulator.start({ signing = "nope" })
     assert.is_nil(emu)

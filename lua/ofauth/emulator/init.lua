@@ -119,7 +119,7 @@ function Emulator:stop(grace_s)
   end
 end
 Emulator.close = Emulator.stop
-Emulator.__close = Emulator.stop
+Emulator.__close = function(self) self:stop() end
 
 local instances = 0
 
