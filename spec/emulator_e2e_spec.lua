@@ -311,8 +311,10 @@ describe_e2e("oflua emulator (the command)", function()
     os.remove(ready_file)
     local errf, pidf = os.tmpname(), os.tmpname()
     finally(function() os.remove(ready_file); os.remove(errf); os.remove(pidf) end)
-    helper.sh(("{ %s emulator --port 0 --api-key %s --ready-file %s >/dev/null 2>%s & echo $! >%s; }"):format(
-      helper.shq(helper.bin), KEY, helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
+    -- under `timeout`: the emulator goes away by itself even if this spec dies
+    -- (TERM sent to timeout is passed on to it)
+    local cmd = "{ timeout 120 %s emulator --port 0 --api-key %s --ready-file %s >/dev/null 2>%s & echo $! >%s; }"
+    helper.sh(cmd:format(helper.shq(helper.bin), KEY, helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
     local pid = helper.slurp(pidf):match("%d+")
     assert.is_string(pid)
     finally(function() helper.sh("kill " .. pid .. " 2>/dev/null") end)
