@@ -211,6 +211,19 @@ describe_e2e("emulator over HTTP", function()
     assert.equal(2, #d[1].attempts)
   end)
 
+  it("delivers to a webhook URL set after start", function()
+    local rcv = start_receiver(0)
+    local emu = assert(emulator.start({ api_keys = { KEY }, webhook_secret = SVIX_SECRET }))
+    finally(function() emu:stop(); rcv.stop() end)
+    assert.is_nil((emu:set_webhook_url("not a url")))
+    assert.is_true(emu:set_webhook_url(rcv.url))
+    connect(emu, "late-url")
+    assert.is_true(emu:deliver_pending(20))
+    assert.equal(1, rcv.count())
+    assert.is_table((webhooks.verify(rcv.request(1), select(2, rcv.request(1)), SVIX_SECRET)))
+    assert.equal(200, emu:deliveries()[1].status)
+  end)
+
   it("records a failed delivery when the receiver is down", function()
     local emu = assert(emulator.start({ api_keys = { KEY }, webhook_url = "http://127.0.0.1:1/none",
       webhook_secret = SVIX_SECRET, webhook_base_delay = 0.01, webhook_attempts = 2,

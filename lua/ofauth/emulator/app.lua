@@ -17,6 +17,7 @@
 --   POST /emulator/connections/{id}/expire     expire + connection.expired
 --   GET|POST /emulator/rules                   rules.updated
 --   POST /emulator/webhooks/send               {type, data?, connection_id?, live?}
+--   PUT  /emulator/webhook                     {url}: deliver to another URL from now on
 -- Every error uses the configured shape (`M.error_body`). The app keeps its
 -- model in this VM (run the server with one worker) and its webhook queue in
 -- `deps.dict`, shared with the delivery loop.
@@ -505,10 +506,11 @@ function H.state(self)
   local counts = {}
   for _, r in ipairs(records) do counts[r.state] = (counts[r.state] or 0) + 1 end
   local summary = self.model:summary()
+  local url = delivery.webhook_url(self.dict, cfg)
   summary.config = {
     api_keys = #cfg.api_keys, -- how many, never which
     signing = cfg.signing, error_shape = cfg.error_shape,
-    webhook = cfg.webhook_url and (cfg.webhook_url:match("^%a+://[^/?#]*") or "?") or json.null,
+    webhook = url and (url:match("^%a+://[^/?#]*") or "?") or json.null,
     webhook_attempts = cfg.webhook_attempts, webhook_timeout_ms = cfg.webhook_timeout_ms,
     webhook_base_delay = cfg.webhook_base_delay,
     redirect_uris = json.array(cfg.redirect_uris), subscribers = cfg.subscribers,
@@ -546,6 +548,22 @@ end
 
 function H.faults_clear(self)
   return self:json(200, { cleared = self.faults:clear() })
+end
+
+-- Point deliveries at another URL (the same as emu:set_webhook_url).
+function H.webhook_set(self, req)
+  local b, err = body_object(req)
+  if not b then return self:fail("VALIDATION_ERROR", err) end
+  local url = json.value(b.url)
+  if not config.parse_url(url) then
+    return self:fail("VALIDATION_ERROR", "url must be an http(s) URL", { field = "url" })
+  end
+  if not self.cfg.webhook_secret then
+    return self:fail("CONFLICT", "the emulator was started without a webhook secret")
+  end
+  local ok, why = self.dict:set(delivery.URL_KEY, url)
+  if not ok then return self:fail("SERVICE_UNAVAILABLE", tostring(why)) end
+  return self:json(200, { webhook = url:match("^%a+://[^/?#]*") })
 end
 
 function H.rules_get(self)
@@ -626,6 +644,7 @@ function M.routes()
     { "GET", "/emulator/rules", H.rules_get },
     { "POST", "/emulator/rules", H.rules_set },
     { "POST", "/emulator/webhooks/send", H.send },
+    { "PUT", "/emulator/webhook", H.webhook_set },
   }
 end
 

@@ -19,6 +19,12 @@ local json = require("ofauth.emulator.json")
 local M = {}
 
 M.USER_AGENT = "ofauth-emulator"
+M.URL_KEY = "webhook_url" -- dict key: a webhook URL set after start (emu:set_webhook_url)
+
+--- The webhook URL in force: one set after start, else the configured one.
+function M.webhook_url(dict, cfg)
+  return dict:get(M.URL_KEY) or cfg.webhook_url
+end
 M.MAX_RESPONSE_BODY = 65536 -- bytes read from the receiver's answer
 
 --- The JSON envelope: {eventType, live, data} for svix signing (the SDKs'
@@ -55,7 +61,7 @@ end
 
 local function record_json(item)
   return json.encode({
-    n = item.n, id = item.id, type = item.type, state = item.state,
+    n = item.n, id = item.id, type = item.type, state = item.state, status = item.status,
     created = iso_ms(item.created),
     attempts = json.array(item.attempts),
     next_attempt_at = item.next_at and item.state == "retrying" and iso_ms(item.next_at) or nil,
@@ -156,15 +162,15 @@ local function host_of(url)
   return (url:match("^%a+://([^/?#]*)") or "?")
 end
 
--- One POST of `item`; returns true when delivered (2xx).
-function Loop:attempt(item)
+-- One POST of `item` to `url`; returns true when delivered (2xx).
+function Loop:attempt(item, url)
   local cfg = self.cfg
   local t = self.now()
   local headers = self.sign(item.body, item.id, math.floor(t))
   headers["content-type"] = "application/json"
   headers["user-agent"] = M.USER_AGENT
   local ok, res, err = pcall(self.request, {
-    method = "POST", url = cfg.webhook_url, headers = headers, body = item.body,
+    method = "POST", url = url, headers = headers, body = item.body,
     timeout_ms = cfg.webhook_timeout_ms,
     connect_timeout_ms = math.min(cfg.webhook_timeout_ms, 5000),
     max_body = M.MAX_RESPONSE_BODY,
@@ -180,9 +186,10 @@ function Loop:attempt(item)
     rec.error = type(err) == "table" and tostring(err.kind or "error") or "error"
   end
   item.attempts[#item.attempts + 1] = rec
+  item.status = rec.status -- the last answer, for a quick look
   if self.log then
     self.log(("emulator: webhook %s #%d attempt %d to %s -> %s"):format(
-      item.type, item.n, rec.attempt, host_of(cfg.webhook_url),
+      item.type, item.n, rec.attempt, host_of(url),
       rec.status and tostring(rec.status) or rec.error))
   end
   return delivered
@@ -192,17 +199,18 @@ end
 -- of seconds until the next retry is due (nil when nothing is pending).
 function Loop:step()
   self:pull()
+  local url = M.webhook_url(self.dict, self.cfg)
   local now = self.now()
   local blocked, keep, made, soonest = {}, {}, 0, nil
   for _, item in ipairs(self.pending) do
     local done = false
     if not blocked[item.key] then
-      if not self.cfg.webhook_url then
+      if not url then
         item.state, done = "skipped", true
         self:save(item)
       elseif item.next_at <= now then
         made = made + 1
-        if self:attempt(item) then
+        if self:attempt(item, url) then
           item.state, done = "delivered", true
         elseif #item.attempts >= self.cfg.webhook_attempts then
           item.state, done = "failed", true

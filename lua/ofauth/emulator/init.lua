@@ -47,15 +47,17 @@ function M.default_deps(cfg)
 end
 
 --- The delivery loop for `cfg` over `dict` (see ofauth.emulator.delivery).
+-- The signer exists whenever a secret is configured, so a webhook URL can be
+-- set later (emu:set_webhook_url).
 function M.delivery_loop(cfg, dict, deps)
   local sign = function() return {} end
-  if cfg.webhook_url then
+  if cfg.webhook_secret then
     local s, err = signer.new(cfg, deps.schemes)
     if not s then return nil, err end
     sign = s
   end
   local request = deps.request
-  if not request and cfg.webhook_url then
+  if not request and cfg.webhook_secret then
     local ok, http = pcall(require, "oflua.http")
     if not ok or not http.request then return nil, "oflua.http is not available" end
     request = http.request
@@ -107,6 +109,18 @@ function Emulator:run()
     if self.srv:wait(math.min(wait or interval, interval)) then break end
   end
   self:step()
+end
+
+--- Point webhook deliveries at `url` from now on (e.g. an app whose port is
+-- known only after the emulator started). Needs the webhook secret given to
+-- start(). Returns true or nil, message.
+function Emulator:set_webhook_url(url)
+  if not config.parse_url(url) then return nil, "the webhook URL must be an http(s) URL" end
+  if not self.cfg.webhook_secret then return nil, "start the emulator with a webhook_secret first" end
+  self.cfg.webhook_url = url
+  local ok, err = self.dict:set(delivery.URL_KEY, url)
+  if not ok then return nil, err end
+  return true
 end
 
 function Emulator:url() return self.base_url end

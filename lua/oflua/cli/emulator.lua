@@ -45,7 +45,8 @@ Options:
 Control API (no key; loopback): POST /emulator/link/{session}/complete
 {outcome, step, error_code}; GET /emulator/state, /emulator/deliveries;
 POST|GET|DELETE /emulator/faults; POST /emulator/connections/{id}/expire;
-POST /emulator/rules; POST /emulator/webhooks/send {type, data?}.
+POST /emulator/rules; POST /emulator/webhooks/send {type, data?};
+PUT /emulator/webhook {url} (deliver elsewhere from now on).
 ]]
 
 local opts = cli.parse({ ... }, {
