@@ -68,6 +68,15 @@ local function record_json(item)
   })
 end
 
+-- cjson decodes every number as a float: give integers back as integers.
+local function ints(t)
+  for k, v in pairs(t) do
+    if type(v) == "number" then t[k] = math.tointeger(v) or v
+    elseif type(v) == "table" then ints(v) end
+  end
+  return t
+end
+
 --- Delivery records, oldest first, plus events not yet taken by the loop.
 function M.records(dict, state)
   local out = {}
@@ -79,7 +88,7 @@ function M.records(dict, state)
   table.sort(nums)
   for _, n in ipairs(nums) do
     local r = json.decode(dict:get("d:" .. n) or "")
-    if r and (not state or r.state == state) then out[#out + 1] = r end
+    if r and (not state or r.state == state) then out[#out + 1] = ints(r) end
   end
   local head, tail = dict:get("q:head") or 0, dict:get("q:tail") or 0
   if not state or state == "queued" then
