@@ -142,6 +142,7 @@ describe("secrets through a full flow", function()
     -- Access API calls, forged webhooks, a rate limit, SESSION_EXPIRED
     assert.equal(200, (call("GET", app .. "/users/bob/profile")))
     status, b = call("GET", app .. "/users/bob/subscribers?limit=100")
+    assert.equal(200, status)
     assert.equal(250, b.subscribers)
     local webhooks = require("ofauth.webhooks")
     local body = cjson.encode({ eventType = "connection.updated", data = { clientReferenceId = "bob",
