@@ -1,0 +1,223 @@
+# Webhooks: receiving Svix-signed deliveries on 127.0.0.1, 2 workers each.
+#   oflua verify   `oflua serve` with a handler doing ofauth.webhooks.verify
+#                  (signature, timestamp, JSON parse) and answering
+#   oflua durable  ofauth.webhooks.app over oflua.store: verify, dedupe,
+#                  encrypted inbox insert, a no-op handler run from the inbox
+#   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC,
+#                  nothing else (the ceiling of this stack)
+#   node           bench/peers/node_webhook.js: http cluster, crypto HMAC,
+#                  JSON.parse (what most integrators write)
+# Load: wrk -t2 -c50 --latency with bench/wrk/webhook.lua, which sends
+# deliveries signed beforehand by oflua (fresh timestamps; unique ids for the
+# durable path), then a run with bad signatures (rejections). Rounds
+# alternate between servers; the best round counts. Prints the load average
+# (the machine is shared). Progress lines go to stdout.
+#   BENCH_WEBHOOK_SECONDS (5) wrk duration, BENCH_WEBHOOK_ROUNDS (2) rounds
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/lib.sh"
+root=$(dirname "$here")
+WORKERS=2
+SECS=${BENCH_WEBHOOK_SECONDS:-5}
+ROUNDS=${BENCH_WEBHOOK_ROUNDS:-2}
+THREADS=2
+CONNS=50
+
+tmp=$(mktemp -d)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+secret=$("$OFLUA_BIN" -e 'print(require("ofauth.webhooks").new_secret())')
+store_key=$("$OFLUA_BIN" -e 'print(require("oflua.store").keygen())')
+export BENCH_SECRET=$secret
+
+# shellcheck disable=SC2046
+gcc -O2 -o "$tmp/mhd_webhook" "$here/peers/mhd_webhook.c" $(pkg-config --cflags --libs libmicrohttpd libcrypto)
+
+# ---- request pools (signed by oflua; timestamps now + 60 s: valid for 6 min) ----
+# pool FILE COUNT good|bad PREFIX
+pool() {
+  "$OFLUA_BIN" - "$1" "$2" "$3" "$4" <<'LUA'
+local out, count, kind, prefix = ...
+local cjson = require("cjson")
+local webhooks = require("ofauth.webhooks")
+local secret = os.getenv("BENCH_SECRET")
+local wrong = webhooks.new_secret()
+local t = math.floor(require("oflua.core").now()) + 60
+local f = assert(io.open(out, "wb"))
+for i = 1, tonumber(count) do
+  local id = ("msg_%s_%d"):format(prefix, i)
+  local body = cjson.encode({ eventType = "connection.updated", live = false, data = {
+    clientReferenceId = "user_" .. i, connection = { id = "conn_bench" .. i, platformUserId = tostring(i),
+    status = "active", permissions = { "profile", "subscribers" },
+    userData = { userId = tostring(i), name = "Creator " .. i, username = "creator_" .. i } } } })
+  local h = webhooks.sign_svix(body, kind == "good" and secret or wrong, id, t)
+  f:write(id, "\t", h["svix-timestamp"], "\t", h["svix-signature"], "\t", body, "\n")
+end
+f:close()
+LUA
+}
+pool "$tmp/good.tsv" 2000 good verify
+pool "$tmp/bad.tsv" 2000 bad bad
+body_bytes=$(head -1 "$tmp/good.tsv" | cut -f4 | wc -c)
+
+# ---- servers ----
+cat >"$tmp/verify.lua" <<'LUA'
+-- verify + parse + answer (the oflua counterpart of the peers)
+local webhooks = require("ofauth.webhooks")
+local secret = os.getenv("BENCH_SECRET")
+local ok_body, hdr = '{"ok":true}', { ["content-type"] = "application/json" }
+return function(req)
+  if req.method ~= "POST" then return 405, '{"error":"method_not_allowed"}', hdr end
+  local event, why = webhooks.verify(req.body, req.headers, secret)
+  if not event then return webhooks.reasons[why] or 400, '{"error":"' .. why .. '"}', hdr end
+  return 200, ok_body, hdr
+end
+LUA
+cat >"$tmp/durable.lua" <<'LUA'
+-- the full durable path: ofauth.webhooks.app over oflua.store, no-op handler
+local webhooks = require("ofauth.webhooks")
+local st = assert(require("oflua.store").open({ path = os.getenv("BENCH_STORE"),
+  key = os.getenv("BENCH_STORE_KEY") }))
+local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st })
+app:on("*", function() end)
+local r = require("oflua.router").new()
+r:post("/webhooks/ofauth", app:handler())
+return r
+LUA
+
+wait_for() {
+  for _ in $(seq 200); do [ -s "$1" ] && return 0; sleep 0.05; done
+  echo "bench/webhook: $1 stayed empty" >&2
+  return 1
+}
+
+# OFAUTH_LOG=warn: no info line per accepted delivery (the peers log nothing)
+OFAUTH_LOG=warn "$OFLUA_BIN" serve "$tmp/verify.lua" --port 0 --workers "$WORKERS" \
+  >"$tmp/oflua.out" 2>"$tmp/oflua.err" &
+pids+=($!)
+"$tmp/mhd_webhook" "$WORKERS" >"$tmp/mhd.out" &
+pids+=($!)
+node "$here/peers/node_webhook.js" "$WORKERS" >"$tmp/node.out" &
+pids+=($!)
+wait_for "$tmp/oflua.out"
+wait_for "$tmp/mhd.out"
+wait_for "$tmp/node.out"
+oflua_url="$(sed -n 's/^listening on //p' "$tmp/oflua.out")"
+mhd_url="http://127.0.0.1:$(head -1 "$tmp/mhd.out")"
+node_url="http://127.0.0.1:$(head -1 "$tmp/node.out")"
+
+# durable: a fresh store per round (deliveries must be new to it)
+durable_pid=
+durable_url=
+start_durable() {
+  if [ -n "$durable_pid" ]; then kill -TERM "$durable_pid"; wait "$durable_pid" 2>/dev/null || true; fi
+  rm -f "$tmp/durable.out" "$tmp"/inbox.db*
+  BENCH_STORE="$tmp/inbox.db" BENCH_STORE_KEY="$store_key" OFAUTH_LOG=warn \
+    "$OFLUA_BIN" serve "$tmp/durable.lua" --port 0 --workers "$WORKERS" >"$tmp/durable.out" 2>"$tmp/durable.err" &
+  durable_pid=$!
+  pids+=("$durable_pid")
+  wait_for "$tmp/durable.out"
+  durable_url="$(sed -n 's/^listening on //p' "$tmp/durable.out")"
+}
+start_durable
+
+# one good and one bad delivery to each: right answers before measuring
+check() { # check URL POOL STATUS
+  local line status
+  line=$(head -1 "$2")
+  status=$(printf '%s' "$line" | cut -f4 | curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
+    -H "Content-Type: application/json" -H "svix-id: $(printf '%s' "$line" | cut -f1)" \
+    -H "svix-timestamp: $(printf '%s' "$line" | cut -f2)" -H "svix-signature: $(printf '%s' "$line" | cut -f3)" \
+    --data-binary @- "$1/webhooks/ofauth")
+  [ "$status" = "$3" ] || { echo "bench/webhook: $1 answered $status, expected $3" >&2; exit 1; }
+}
+for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url"; do
+  check "$u" "$tmp/good.tsv" 200
+  check "$u" "$tmp/bad.tsv" 401
+done
+start_durable
+
+# bench_wrk URL POOL SECONDS -> "requests_per_s p99_ms requests non2xx"
+bench_wrk() {
+  WEBHOOK_POOL="$2" WEBHOOK_THREADS=$THREADS wrk -t$THREADS -c$CONNS -d"$3"s --latency \
+    -s "$here/wrk/webhook.lua" "$1" | awk '
+    /Requests\/sec/ { rps = $2 }
+    /^ +99%/ { v = $2
+      if (v ~ /us$/) { sub(/us$/, "", v); v = v / 1000 }
+      else if (v ~ /ms$/) { sub(/ms$/, "", v) }
+      else if (v ~ /s$/) { sub(/s$/, "", v); v = v * 1000 }
+      p99 = v }
+    / requests in / { n = $1 }
+    /Non-2xx or 3xx responses/ { bad = $5 }
+    END { printf "%s %s %s %s\n", rps, p99, n, bad + 0 }'
+}
+
+best() { # best NAME rps p99: keep the highest rps (and its p99)
+  local name=$1 rps=$2 p99=$3 cur
+  cur=$(cat "$tmp/$name.best" 2>/dev/null || echo "0 0")
+  if awk -v a="$rps" -v b="${cur%% *}" 'BEGIN { exit !(a > b) }'; then
+    echo "$rps $p99" >"$tmp/$name.best"
+  fi
+}
+
+# warm-up
+for u in "$oflua_url" "$mhd_url" "$node_url"; do bench_wrk "$u" "$tmp/good.tsv" 1 >/dev/null; done
+
+echo "bench/webhook: load average before: $(cut -d' ' -f1-3 /proc/loadavg); body $body_bytes bytes"
+for round in $(seq "$ROUNDS"); do
+  # the durable path needs a delivery it has not seen for every request
+  pool "$tmp/durable.tsv" $((SECS * 12000)) good "r$round"
+  [ "$round" -gt 1 ] && start_durable
+  for name in oflua mhd node durable; do
+    url_var="${name}_url"
+    p="$tmp/good.tsv"
+    [ "$name" = durable ] && p="$tmp/durable.tsv"
+    read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$p" "$SECS")
+    echo "bench/webhook: round $round $name: $rps req/s, p99 $p99 ms ($n requests, $bad not 2xx)"
+    if [ "$bad" != 0 ]; then echo "bench/webhook: $name answered $bad requests with an error" >&2; fi
+    if [ "$name" = durable ] && [ "$n" -gt $((SECS * 12000)) ]; then
+      echo "bench/webhook: the durable pool ran out (duplicates were sent)" >&2
+    fi
+    best "$name" "$rps" "$p99"
+  done
+  for name in oflua mhd node; do
+    url_var="${name}_url"
+    read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$tmp/bad.tsv" "$SECS")
+    echo "bench/webhook: round $round $name bad signatures: $rps req/s, p99 $p99 ms ($n requests, $bad rejected)"
+    if [ "$bad" != "$n" ]; then echo "bench/webhook: $name accepted a bad signature" >&2; fi
+    best "${name}_bad" "$rps" "$p99"
+  done
+done
+echo "bench/webhook: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+stats=$("$OFLUA_BIN" -e "local s = assert(require('oflua.store').open({path='$tmp/inbox.db', key='$store_key'}))
+  local t = s:inbox_stats(); print(t.total, t.done, t.pending + t.claimed, t.dead)")
+echo "bench/webhook: durable inbox after the last round (total done open dead): $stats"
+
+for name in oflua mhd node durable oflua_bad mhd_bad node_bad; do
+  read -r rps p99 <"$tmp/$name.best"
+  printf -v "${name}_rps" '%s' "$rps"
+  printf -v "${name}_p99" '%s' "$p99"
+done
+
+result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL" "$oflua_rps" "req/s" \
+  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_rps" ge 0.7
+result "webhook verify+parse req/s vs node" "$oflua_rps" "req/s" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.5
+result "webhook durable path req/s vs node verify+parse" "$durable_rps" "req/s" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
+result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL" "$oflua_p99" "ms" \
+  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_p99"
+result "webhook verify+parse p99 vs node" "$oflua_p99" "ms" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
+result "webhook durable path p99 vs node verify+parse" "$durable_p99" "ms" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
+result "webhook bad-signature rejections/s vs libmicrohttpd+OpenSSL" "$oflua_bad_rps" "req/s" \
+  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_bad_rps"
+result "webhook bad-signature rejections/s vs node" "$oflua_bad_rps" "req/s" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_bad_rps"
