@@ -46,7 +46,19 @@ json.decode_max_depth(M.defaults.max_json_depth)
 
 local MAX_TS_DIGITS = 12
 
+-- Header names lower-cased. oflua.server already gives lower-case names, so
+-- the table is only copied when a name has an upper-case letter (or is not
+-- a string).
+local find = string.find
 local function lower_keys(h)
+  local copy = false
+  for k in pairs(h) do
+    if type(k) ~= "string" or find(k, "%u") then
+      copy = true
+      break
+    end
+  end
+  if not copy then return h end
   local out = {}
   for k, v in pairs(h) do
     if type(k) == "string" then out[k:lower()] = v end
@@ -61,12 +73,17 @@ local function secrets_list(secret)
   return { secret }
 end
 
--- whsec_<base64> -> key bytes, or nil
+-- whsec_<base64> -> key bytes, or nil. The last answer is kept: a receiver
+-- verifies every delivery with the same secret.
+local last_secret, last_key
 local function svix_key(secret)
   if type(secret) ~= "string" then return nil end
+  if secret == last_secret then return last_key end
   local b64 = secret:match("^whsec_(.*)$") or secret
   if b64 == "" then return nil end
-  return crypto.unbase64(b64)
+  local key = crypto.unbase64(b64)
+  last_secret, last_key = secret, key
+  return key
 end
 M.svix_key = svix_key
 
@@ -109,10 +126,18 @@ local function verify_svix(body, h, secret, opts)
   -- v1). A stray comma means two headers were joined ("v1,a, v1,b" when the
   -- header is sent twice): ambiguous, so the whole header is refused.
   local candidates = {}
-  for entry in sig:gmatch("%S+") do
+  local function add(entry)
     local version, value = entry:match("^(v%d+[a-z]?),([^,]+)$")
-    if not version then return nil, "malformed_header" end
+    if not version then return false end
     if version == "v1" then candidates[#candidates + 1] = value end
+    return true
+  end
+  if not find(sig, " ", 1, true) then -- one entry: the usual case
+    if not add(sig) then return nil, "malformed_header" end
+  else
+    for entry in sig:gmatch("%S+") do
+      if not add(entry) then return nil, "malformed_header" end
+    end
   end
   if #candidates == 0 then return nil, "malformed_header" end
   local signed = id .. "." .. ts .. "." .. body
@@ -168,9 +193,9 @@ end
 
 --- Which scheme a request uses: "svix", "checklist" (with the header value),
 -- or nil. headers: lower-case table, or the checklist header's value.
-function M.detect(headers, opts)
+function M.detect(headers, opts, lowered)
   if type(headers) == "string" then return "checklist", headers end
-  local h = lower_keys(headers)
+  local h = lowered and headers or lower_keys(headers)
   if h["svix-id"] or h["svix-signature"] or h["svix-timestamp"] then return "svix" end
   local ws = h["webhook-signature"]
   if h["webhook-id"] or h["webhook-timestamp"] or (ws and not ws:match("^%s*t=")) then
@@ -195,10 +220,11 @@ function M.verify(raw_body, headers, secret, opts)
     error("verify: headers must be a table or a signature header string", 2)
   end
   if secret == nil or (type(secret) == "table" and #secret == 0) then return nil, "bad_secret" end
-  local scheme, value = M.detect(headers, opts)
+  if type(headers) == "table" then headers = lower_keys(headers) end
+  local scheme, value = M.detect(headers, opts, true)
   local meta, reason
   if scheme == "svix" then
-    meta, reason = verify_svix(raw_body, lower_keys(headers), secret, opts)
+    meta, reason = verify_svix(raw_body, headers, secret, opts)
   elseif scheme == "checklist" then
     meta, reason = verify_checklist(raw_body, value, secret, opts)
   else
