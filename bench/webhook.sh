@@ -14,6 +14,7 @@
 # (the machine is shared). Progress lines go to stdout.
 #   BENCH_WEBHOOK_SECONDS (5) wrk duration, BENCH_WEBHOOK_ROUNDS (2) rounds
 set -euo pipefail
+[ -n "${BENCH_DEBUG:-}" ] && set -x
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/lib.sh"
 root=$(dirname "$here")
@@ -129,13 +130,16 @@ start_durable
 
 # one good and one bad delivery to each: right answers before measuring
 check() { # check URL POOL STATUS
-  local line status
+  local line f status
   line=$(head -1 "$2")
-  status=$(printf '%s' "$line" | cut -f4 | curl -s -o /dev/null -w '%{http_code}' --max-time 5 \
-    -H "Content-Type: application/json" -H "svix-id: $(printf '%s' "$line" | cut -f1)" \
-    -H "svix-timestamp: $(printf '%s' "$line" | cut -f2)" -H "svix-signature: $(printf '%s' "$line" | cut -f3)" \
-    --data-binary @- "$1/webhooks/ofauth")
-  [ "$status" = "$3" ] || { echo "bench/webhook: $1 answered $status, expected $3" >&2; exit 1; }
+  f() { printf '%s' "$line" | cut -f"$1"; }
+  status=$(printf '%s' "$(f 4)" | curl -s -o "$tmp/check.out" -w '%{http_code}' --max-time 5 \
+    -H "Content-Type: application/json" -H "svix-id: $(f 1)" -H "svix-timestamp: $(f 2)" \
+    -H "svix-signature: $(f 3)" --data-binary @- "$1/webhooks/ofauth")
+  if [ "$status" != "$3" ]; then
+    echo "bench/webhook: $1 answered $status ($(cat "$tmp/check.out")), expected $3" >&2
+    exit 1
+  fi
 }
 for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url"; do
   check "$u" "$tmp/good.tsv" 200
