@@ -16,6 +16,9 @@ set(OFLUA_TEST_ENV
   "OFLUA_STORE="
   "OFLUA_STORE_KEY="
   "OFLUA_STORE_KEY_FILE="
+  # specs talk to 127.0.0.1 (and *.invalid for DNS failures): never through a proxy
+  "no_proxy=127.0.0.1,localhost,invalid"
+  "NO_PROXY=127.0.0.1,localhost,invalid"
   "ASAN_OPTIONS=halt_on_error=1:detect_leaks=1"
   "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
   "LSAN_OPTIONS=suppressions=${CMAKE_CURRENT_SOURCE_DIR}/spec/lsan.supp:print_suppressions=0")

@@ -69,6 +69,13 @@ describe("ofauth.policy", function()
         { attempt = 1, waited = 0, method = "GET", idempotent = false }))
     end)
 
+    it("retries a POST whose request never left (connect, dns)", function()
+      assert.equal(1, policy.next_delay(p, "retryable",
+        { attempt = 1, waited = 0, method = "POST", transport = "connect" }))
+      assert.is_nil(policy.next_delay(p, "retryable",
+        { attempt = 1, waited = 0, method = "POST", transport = "timeout" }))
+    end)
+
     it("honours Retry-After for rate limits, for any method", function()
       assert.equal(3, policy.next_delay(p, "rate_limited",
         { attempt = 1, waited = 0, method = "POST", retry_after = 3 }))

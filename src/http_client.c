@@ -31,10 +31,11 @@
  *     with __tostring -> "<kind>: <message>". kind is one of
  *       invalid    the request cannot be sent: bad URL, a scheme other than
  *                  http/https, CR/LF/NUL in a header or method
- *       dns        the host name does not resolve
+ *       dns        the host name does not resolve (or resolving timed out)
  *       connect    the request was not sent: connection refused or
  *                  unreachable, or a timeout passed before the connection
- *                  (and TLS handshake) was ready
+ *                  (and TLS handshake) was ready; so retrying is safe for
+ *                  any method
  *       tls        TLS handshake or certificate verification failed
  *       timeout    timeout_ms passed after the request was sent (a server
  *                  that does not answer or sends its body too slowly)
@@ -47,15 +48,17 @@
  *
  * http.request_many({req1, req2, ...}[, {max_parallel = 32}]) -> results
  *   Runs the requests in parallel (curl multi; at most max_parallel in
- *   flight, the rest start as others finish) and returns an array in the
- *   order of the requests; each element is
+ *   flight, the rest start as others finish; at most 1000 requests per call)
+ *   and returns an array in the order of the requests; each element is
  *       {resp, response = resp}        on success
  *       {nil, err, error = err}        on failure
  *   so both `local resp, err = table.unpack(results[i])` and
  *   `results[i].response` / `results[i].error` work.
  *
  * http.curl_version   libcurl's version string (used by `oflua version`)
- * http.defaults       {timeout_ms, connect_timeout_ms, max_body} (read-only copy)
+ * http.defaults       {timeout_ms, connect_timeout_ms, max_body}: the values used
+ *                     when a field is absent (for display; changing them has
+ *                     no effect)
  *
  * Design
  * ------
@@ -79,16 +82,18 @@
  */
 #include "internal.h"
 
+#include <ctype.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <curl/curl.h>
 
-#define STATE_KEY "oflua.http.state"
+#define STATE_KEY "oflua.http.state.instance" /* registry slot of this state's http_state */
 #define STATE_MT "oflua.http.state"
 #define XFER_MT "oflua.http.transfer"
 #define ERR_MT "oflua.http.error"
@@ -100,6 +105,7 @@
 #define MAX_HEADER_BYTES (256 * 1024) /* response header block */
 #define MAX_REDIRECTS 10L
 #define POOL_MAX 32
+#define MAX_MANY 1000 /* requests per request_many call */
 
 /* ---- process-wide init ------------------------------------------------------ */
 
@@ -183,9 +189,13 @@ static void xfer_release(transfer *t) {
     if (t->easy != NULL) {
       if (t->in_multi) curl_multi_remove_handle(st->multi, t->easy);
       if (st->npool < POOL_MAX) {
-        /* reset drops every pointer into this transfer; the connection
-         * stays in the multi handle's cache */
-        curl_easy_reset(t->easy);
+        /* Back to the pool without curl_easy_reset (which would redo the
+         * handle's whole setup on the next request): configure() sets every
+         * per-request option again. Pointers into this transfer that curl
+         * keeps are cleared; the rest are only read during a transfer. */
+        curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, (struct curl_slist *)NULL);
+        curl_easy_setopt(t->easy, CURLOPT_ERRORBUFFER, (char *)NULL);
+        curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, (char *)NULL);
         st->pool[st->npool++] = t->easy;
       } else {
         curl_easy_cleanup(t->easy);
@@ -208,12 +218,12 @@ static void xfer_release(transfer *t) {
 }
 
 static int xfer_gc(lua_State *L) {
-  xfer_release(luaL_checkudata(L, 1, XFER_MT));
+  xfer_release(lua_touserdata(L, 1));
   return 0;
 }
 
 static int state_gc(lua_State *L) {
-  http_state *st = luaL_checkudata(L, 1, STATE_MT);
+  http_state *st = lua_touserdata(L, 1); /* private metatable: only ever our userdata */
   while (st->xfers != NULL) xfer_release(st->xfers); /* unlinks itself */
   for (int i = 0; i < st->npool; i++) curl_easy_cleanup(st->pool[i]);
   st->npool = 0;
@@ -238,6 +248,31 @@ static http_state *get_state(lua_State *L) {
   return st;
 }
 
+static size_t on_body(char *p, size_t size, size_t n, void *ud);
+static size_t on_header(char *p, size_t size, size_t n, void *ud);
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal,
+                       curl_off_t ulnow);
+
+/* A new easy handle with the options that are the same for every request. */
+static CURL *easy_new(void) {
+  CURL *e = curl_easy_init();
+  if (e == NULL) return NULL;
+  if (curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L) != CURLE_OK || /* several threads */
+      curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https") != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_MAXREDIRS, MAX_REDIRECTS) != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L) != CURLE_OK ||
+      /* sent unless the request has its own User-Agent header */
+      curl_easy_setopt(e, CURLOPT_USERAGENT, "oflua/" OFLUA_VERSION) != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body) != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header) != CURLE_OK ||
+      curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress) != CURLE_OK) {
+    curl_easy_cleanup(e);
+    return NULL;
+  }
+  return e;
+}
+
 /* A new transfer userdata on the stack, linked into st, with an easy handle. */
 static transfer *xfer_new(lua_State *L, http_state *st) {
   transfer *t = lua_newuserdatauv(L, sizeof *t, 1); /* uservalue 1: the request body */
@@ -247,8 +282,8 @@ static transfer *xfer_new(lua_State *L, http_state *st) {
   t->next = st->xfers;
   if (st->xfers != NULL) st->xfers->prev = t;
   st->xfers = t;
-  t->easy = st->npool > 0 ? st->pool[--st->npool] : curl_easy_init();
-  if (t->easy == NULL) luaL_error(L, "oflua.http: curl_easy_init failed");
+  t->easy = st->npool > 0 ? st->pool[--st->npool] : easy_new();
+  if (t->easy == NULL) luaL_error(L, "oflua.http: cannot create a curl handle");
   t->last_now = t->last_total = -1;
   return t;
 }
@@ -302,10 +337,12 @@ static const char *kind_of(CURLcode rc) {
       return "tls";
     case CURLE_FILESIZE_EXCEEDED:
       return "too_large";
+    case CURLE_URL_MALFORMAT:
+      return "invalid";
     default:
-      /* includes CURLE_UNSUPPORTED_PROTOCOL / CURLE_URL_MALFORMAT: the URL
-       * was checked before sending, so these come from the peer (an HTTP/0.9
-       * reply, a redirect to another scheme), not from the caller */
+      /* includes CURLE_UNSUPPORTED_PROTOCOL: the scheme was checked before
+       * sending, so this comes from the peer (an HTTP/0.9 reply, a redirect
+       * to another scheme), not from the caller */
       return "reset";
   }
 }
@@ -335,8 +372,15 @@ static void push_xfer_error(lua_State *L, transfer *t) {
     /* No TCP connection yet: the request was never sent, which is what
      * "connect" promises a retry policy (safe to retry any method). */
     long sent = 0;
-    if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0)
-      kind = "connect";
+    curl_off_t resolved = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent) == CURLE_OK && sent == 0) {
+      /* name lookup time stays 0 until the name resolved (it is > 0 even
+       * for an IP address), so a DNS timeout is "dns" */
+      kind = curl_easy_getinfo(t->easy, CURLINFO_NAMELOOKUP_TIME_T, &resolved) == CURLE_OK &&
+                     resolved == 0
+                 ? "dns"
+                 : "connect";
+    }
   }
   push_err(L, kind, msg, (int)t->result);
 }
@@ -512,9 +556,9 @@ static int name_is(const char *name, size_t nlen, const char *want) {
 
 /* Fills the header list from the headers field (table at idx). Sets
  * t->invalid for bad names/values; raises for wrong types. Reports whether
- * Content-Type / Expect / User-Agent were given. */
+ * Content-Type / Expect were given. */
 static void read_headers(lua_State *L, int idx, transfer *t, where_t w, int *has_ctype,
-                         int *has_expect, int *has_ua) {
+                         int *has_expect) {
   lua_pushnil(L);
   while (lua_next(L, idx) != 0) {
     if (lua_type(L, -2) != LUA_TSTRING) {
@@ -525,7 +569,6 @@ static void read_headers(lua_State *L, int idx, transfer *t, where_t w, int *has
     const char *name = lua_tolstring(L, -2, &nlen);
     if (name_is(name, nlen, "content-type")) *has_ctype = 1;
     if (name_is(name, nlen, "expect")) *has_expect = 1;
-    if (name_is(name, nlen, "user-agent")) *has_ua = 1;
     int vt = lua_type(L, -1);
     if (vt == LUA_TSTRING || vt == LUA_TNUMBER) {
       size_t vlen;
@@ -548,27 +591,64 @@ static void read_headers(lua_State *L, int idx, transfer *t, where_t w, int *has
   }
 }
 
-static void check_url(lua_State *L, transfer *t, const char *url, size_t len) {
+/* A light syntax check, so that a bad URL is "invalid" before anything is
+ * sent: scheme http or https (any case), no spaces or control characters, a
+ * non-empty host and a numeric port. libcurl parses the URL again (a
+ * malformed URL it finds is also reported as invalid). */
+static void check_url(transfer *t, const char *url, size_t len) {
   if (strlen(url) != len) {
     t->invalid = "bad URL: contains a NUL byte";
     return;
   }
-  CURLU *u = curl_url();
-  if (u == NULL) luaL_error(L, "oflua.http: not enough memory");
-  CURLUcode rc = curl_url_set(u, CURLUPART_URL, url, 0);
-  char *scheme = NULL, *host = NULL;
-  if (rc == CURLUE_OK) rc = curl_url_get(u, CURLUPART_SCHEME, &scheme, 0);
-  if (rc == CURLUE_OK) rc = curl_url_get(u, CURLUPART_HOST, &host, 0);
-  if (rc == CURLUE_UNSUPPORTED_SCHEME || (rc == CURLUE_OK && strcmp(scheme, "http") != 0 &&
-                                          strcmp(scheme, "https") != 0))
-    t->invalid = "unsupported URL scheme (only http and https)";
-  else if (rc == CURLUE_OUT_OF_MEMORY)
-    t->invalid = "bad URL: out of memory";
-  else if (rc != CURLUE_OK || host == NULL || host[0] == '\0')
-    t->invalid = "bad URL";
-  curl_free(scheme);
-  curl_free(host);
-  curl_url_cleanup(u);
+  size_t skip = 0;
+  if (len >= 7 && strncasecmp(url, "http://", 7) == 0) skip = 7;
+  else if (len >= 8 && strncasecmp(url, "https://", 8) == 0) skip = 8;
+  else {
+    size_t i = 0;
+    while (i < len && (isalnum((unsigned char)url[i]) || strchr("+-.", url[i]) != NULL)) i++;
+    t->invalid = i > 0 && i < len && url[i] == ':' && isalpha((unsigned char)url[0])
+                     ? "unsupported URL scheme (only http and https)"
+                     : "bad URL: expected http://host/... or https://host/...";
+    return;
+  }
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)url[i];
+    if (c <= 0x20 || c == 0x7f) {
+      t->invalid = "bad URL: contains spaces or control characters";
+      return;
+    }
+  }
+  const char *auth = url + skip, *end = auth + strcspn(auth, "/?#");
+  const char *at = NULL;
+  for (const char *c = auth; c < end; c++)
+    if (*c == '@') at = c;
+  const char *host = at != NULL ? at + 1 : auth, *hend;
+  if (host < end && *host == '[') {
+    hend = memchr(host, ']', (size_t)(end - host));
+    if (hend == NULL) {
+      t->invalid = "bad URL: unterminated IPv6 address";
+      return;
+    }
+    hend++;
+  } else {
+    hend = memchr(host, ':', (size_t)(end - host));
+    if (hend == NULL) hend = end;
+  }
+  if (hend == host) {
+    t->invalid = "bad URL: no host";
+    return;
+  }
+  if (hend < end) {
+    if (*hend != ':') {
+      t->invalid = "bad URL: bad host";
+      return;
+    }
+    for (const char *c = hend + 1; c < end; c++)
+      if (!isdigit((unsigned char)*c)) {
+        t->invalid = "bad URL: bad port";
+        return;
+      }
+  }
 }
 
 #define SETOPT(opt, val)                                                         \
@@ -590,7 +670,7 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   if (lua_getfield(L, ridx, "url") != LUA_TSTRING) field_error(L, w, "url", "string");
   size_t ulen;
   const char *url = lua_tolstring(L, -1, &ulen);
-  check_url(L, t, url, ulen);
+  check_url(t, url, ulen);
   if (t->invalid == NULL) SETOPT(CURLOPT_URL, url); /* copied by curl */
   lua_pop(L, 1);
 
@@ -614,9 +694,9 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   }
   lua_pop(L, 1);
 
-  int has_ctype = 0, has_expect = 0, has_ua = 0;
+  int has_ctype = 0, has_expect = 0;
   int ht = lua_getfield(L, ridx, "headers");
-  if (ht == LUA_TTABLE) read_headers(L, lua_gettop(L), t, w, &has_ctype, &has_expect, &has_ua);
+  if (ht == LUA_TTABLE) read_headers(L, lua_gettop(L), t, w, &has_ctype, &has_expect);
   else if (ht != LUA_TNIL) field_error(L, w, "headers", "table");
   lua_pop(L, 1);
 
@@ -640,6 +720,12 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
     return;
   }
 
+  /* Every per-request option is set on every request: pooled handles are
+   * not reset. First back to a plain GET without a body. */
+  SETOPT(CURLOPT_POSTFIELDS, (char *)NULL);
+  SETOPT(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)-1);
+  SETOPT(CURLOPT_CUSTOMREQUEST, (char *)NULL);
+  SETOPT(CURLOPT_HTTPGET, 1L);
   int has_body = body != NULL;
   if (strcmp(method, "HEAD") == 0) {
     SETOPT(CURLOPT_NOBODY, 1L);
@@ -660,23 +746,15 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   }
   lua_pop(L, 1); /* method */
 
-  if (!has_ua) SETOPT(CURLOPT_USERAGENT, "oflua/" OFLUA_VERSION);
-  if (t->req_headers != NULL) SETOPT(CURLOPT_HTTPHEADER, t->req_headers);
-  SETOPT(CURLOPT_NOSIGNAL, 1L);
-  SETOPT(CURLOPT_PROTOCOLS_STR, "http,https");
+  SETOPT(CURLOPT_HTTPHEADER, t->req_headers);
   SETOPT(CURLOPT_TIMEOUT_MS, timeout);
   SETOPT(CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
   SETOPT(CURLOPT_MAXFILESIZE_LARGE, t->max_body);
-  SETOPT(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-  if (follow) {
-    SETOPT(CURLOPT_FOLLOWLOCATION, 1L);
-    SETOPT(CURLOPT_MAXREDIRS, MAX_REDIRECTS);
-    SETOPT(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  }
-  SETOPT(CURLOPT_WRITEFUNCTION, on_body);
+  SETOPT(CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
   SETOPT(CURLOPT_WRITEDATA, t);
-  SETOPT(CURLOPT_HEADERFUNCTION, on_header);
   SETOPT(CURLOPT_HEADERDATA, t);
+  SETOPT(CURLOPT_XFERINFODATA, t);
+  SETOPT(CURLOPT_NOPROGRESS, 1L); /* prepare() turns it on for a progress callback */
   SETOPT(CURLOPT_ERRORBUFFER, t->errbuf);
   SETOPT(CURLOPT_PRIVATE, t);
 }
@@ -693,10 +771,7 @@ static transfer *prepare(lua_State *L, http_state *st, int ridx, where_t w) {
   lua_getfield(L, ridx, "progress");
   if (t->invalid == NULL && lua_type(L, -1) == LUA_TFUNCTION) {
     t->progress_idx = lua_gettop(L);
-    CURL *e = t->easy;
-    if (curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress) != CURLE_OK ||
-        curl_easy_setopt(e, CURLOPT_XFERINFODATA, t) != CURLE_OK ||
-        curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)
+    if (curl_easy_setopt(t->easy, CURLOPT_NOPROGRESS, 0L) != CURLE_OK)
       t->invalid = "libcurl refused the progress callback";
   }
   return t;
@@ -784,7 +859,9 @@ static void push_response(lua_State *L, transfer *t) {
   lua_setfield(L, -2, "body");
 
   /* Pass 1: header_list, one {name, value} per header line. */
-  lua_newtable(L);
+  int lines = 0;
+  for (size_t i = 0; i < t->head.len; i++) lines += t->head.p[i] == '\n';
+  lua_createtable(L, lines, 0);
   int lidx = lua_gettop(L);
   lua_Integer count = 0;
   const char *p = t->head.p, *end = p + t->head.len;
@@ -815,14 +892,15 @@ static void push_response(lua_State *L, transfer *t) {
       continue;
     }
     lua_createtable(L, 2, 0);
-    luaL_Buffer name;
-    luaL_buffinit(L, &name);
-    for (const char *c = p; c < colon; c++) {
-      char ch = *c;
-      if (ch >= 'A' && ch <= 'Z') ch = (char)(ch + 32);
-      luaL_addchar(&name, ch);
+    size_t nlen = (size_t)(colon - p);
+    char small[64];
+    char *lower = nlen <= sizeof small ? small : lua_newuserdatauv(L, nlen, 0);
+    for (size_t i = 0; i < nlen; i++) {
+      char ch = p[i];
+      lower[i] = ch >= 'A' && ch <= 'Z' ? (char)(ch + 32) : ch;
     }
-    luaL_pushresult(&name);
+    lua_pushlstring(L, lower, nlen);
+    if (lower != small) lua_remove(L, -2);
     lua_rawseti(L, -2, 1);
     v = colon + 1;
     while (v < ve && (*v == ' ' || *v == '\t')) v++;
@@ -905,7 +983,8 @@ static int http_request_many(lua_State *L) {
   }
   lua_settop(L, 1);
   lua_Integer n = luaL_len(L, 1);
-  luaL_argcheck(L, n >= 0 && n <= 100000, 1, "too many requests (at most 100000)");
+  /* every request holds a curl handle (~5 KiB) until the call returns */
+  luaL_argcheck(L, n >= 0 && n <= MAX_MANY, 1, "too many requests (at most 1000 per call)");
   http_state *st = get_state(L);
   if (st->busy) return luaL_error(L, "oflua.http: request_many called from a progress callback");
   lua_pushnil(L); /* 2: progress error slot */

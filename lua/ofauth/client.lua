@@ -248,6 +248,7 @@ function Client:request(method, path, opts)
     end
     local ctx = {
       attempt = attempt, waited = waited, method = method, idempotent = opts.idempotent,
+      transport = terr and terr.kind,
       retry_after = resp and policy_mod.retry_after(resp.headers and resp.headers["retry-after"], pol.now()),
     }
     if outcome == "session_expired" then

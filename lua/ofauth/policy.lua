@@ -25,6 +25,9 @@ M.defaults = {
   jitter = "full", -- "full" (random in [0, d]) or "none"
   retry_statuses = { [500] = true, [502] = true, [503] = true, [504] = true },
   idempotent_methods = { GET = true, HEAD = true, OPTIONS = true, PUT = true, DELETE = true },
+  -- Transport failures where the request never left this machine (oflua.http
+  -- reports them so): retried for any method, POST included.
+  unsent_errors = { connect = true, dns = true },
   rate_limit_status = 429,
   rate_limit_codes = { RATE_LIMIT_EXCEEDED = true },
   session_expired_codes = { SESSION_EXPIRED = true },
@@ -100,14 +103,17 @@ function M.classify(policy, status, code, transport_err)
 end
 
 --- Decide about one failed attempt. ctx: {attempt, waited (seconds so far),
--- method, idempotent, retry_after (seconds or nil)}. Returns the delay before
+-- method, idempotent, retry_after (seconds or nil), transport (the transport
+-- error kind, if any)}. Returns the delay before
 -- the next attempt, or nil when the call must fail now.
 function M.next_delay(policy, outcome, ctx)
   if outcome == "ok" or outcome == "fatal" or outcome == "session_expired" then return nil end
   if ctx.attempt >= policy.max_attempts then return nil end
   if outcome == "retryable" then
     local idem = ctx.idempotent
-    if idem == nil then idem = policy.idempotent_methods[ctx.method] or false end
+    if idem == nil then
+      idem = policy.idempotent_methods[ctx.method] or policy.unsent_errors[ctx.transport] or false
+    end
     if not idem then return nil end
   end
   local delay

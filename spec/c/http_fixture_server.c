@@ -6,6 +6,10 @@
  *                                      "<port> <pid>\n" on stdout, serve until
  *                                      killed or lifetime_s (default 60) passed
  *   http_fixture_server --closed-port  print a port that nothing listens on
+ *   http_fixture_server --no-accept [lifetime_s]
+ *                                      like the first form, but the listen
+ *                                      queue is full and never drained, so a
+ *                                      client's connect() stalls (connect timeout)
  *
  * One thread per connection, keep-alive, so a client can be checked for
  * connection reuse (every response carries X-Conn: <connection number>).
@@ -26,9 +30,12 @@
  *   /redirect         302 to /hello
  *   /close            200 with Connection: close, then close
  * A request that does not parse (e.g. a TLS ClientHello) gets a 400 and close.
+ * A request in absolute form (http://host/path, as sent to a proxy) is served
+ * by its path, so the server can stand in for an HTTP proxy.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -42,14 +49,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#define HEAD_MAX (64 * 1024)
+#define REQ_MAX (1024 * 1024) /* whole request, head and body */
 
 static atomic_int conn_seq;
 
 typedef struct {
   int fd;
   int id;
-  char buf[HEAD_MAX + 1];
+  char buf[REQ_MAX + 1];
   size_t len; /* bytes in buf */
   int head;   /* the current request is HEAD: no body in the reply */
 } conn_t;
@@ -98,9 +105,9 @@ static int respond(conn_t *c, int status, const char *reason, const char *extra,
 
 /* Reads more bytes into c->buf; -1 on EOF/error. */
 static int fill(conn_t *c) {
-  if (c->len >= HEAD_MAX) return -1;
+  if (c->len >= REQ_MAX) return -1;
   ssize_t r;
-  do r = recv(c->fd, c->buf + c->len, HEAD_MAX - c->len, 0);
+  do r = recv(c->fd, c->buf + c->len, REQ_MAX - c->len, 0);
   while (r < 0 && errno == EINTR);
   if (r <= 0) return -1;
   c->len += (size_t)r;
@@ -146,11 +153,16 @@ static int serve_one(conn_t *c) {
   const char *expect = find_header(c->buf, "Expect");
   if (expect != NULL && strncasecmp(expect, "100-continue", 12) == 0)
     write_all(c->fd, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-  if (head_len + body_len > HEAD_MAX) return respond(c, 413, "Too Large", NULL, "", 0, 1);
+  if (head_len + body_len > REQ_MAX) return respond(c, 413, "Too Large", NULL, "", 0, 1);
   while (c->len < head_len + body_len)
     if (fill(c) != 0) return -1;
   size_t req_len = head_len + body_len;
 
+  /* absolute-form (a request sent through a proxy): serve it by its path */
+  if (strncmp(target, "http://", 7) == 0) {
+    char *path = strchr(target + 7, '/');
+    memmove(target, path != NULL ? path : "/", strlen(path != NULL ? path : "/") + 1);
+  }
   int rc;
   long arg = 0;
   if (strcmp(target, "/hello") == 0) {
@@ -286,10 +298,31 @@ int main(int argc, char **argv) {
     printf("%d\n", port);
     return 0;
   }
-  long lifetime = argc > 1 ? strtol(argv[1], NULL, 10) : 60;
+  int no_accept = argc > 1 && strcmp(argv[1], "--no-accept") == 0;
+  const char *life_arg = argc > 1 + no_accept ? argv[1 + no_accept] : "60";
+  long lifetime = strtol(life_arg, NULL, 10);
   if (lifetime <= 0) lifetime = 60;
   signal(SIGPIPE, SIG_IGN);
   alarm((unsigned)lifetime); /* default action: terminate, so it never outlives a run */
+  if (no_accept) {
+    /* backlog 0 holds one pending connection; fill it (and then some) with
+     * our own connects so further SYNs are dropped */
+    if (listen(fd, 0) != 0) return 1;
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons((unsigned short)port);
+    for (int i = 0; i < 4; i++) {
+      int s = socket(AF_INET, SOCK_STREAM, 0);
+      if (s < 0) return 1;
+      fcntl(s, F_SETFL, O_NONBLOCK);
+      (void)connect(s, (struct sockaddr *)&a, sizeof a); /* EINPROGRESS; kept open */
+    }
+    printf("%d %d\n", port, (int)getpid());
+    fflush(stdout);
+    for (;;) pause();
+  }
   printf("%d %d\n", port, (int)getpid());
   fflush(stdout);
   for (;;) {
