@@ -178,7 +178,9 @@ end
 srv:stop(2)
 srv:close()
 
-if not result then fail("no callback came back (timed out or interrupted); the session stays valid until it expires") end
+if not result then
+  fail("no callback came back (timed out or interrupted); the session stays valid until it expires")
+end
 if (shared:get("refused") or 0) > 0 then
   print(("(%d callback(s) that did not match this session were refused)"):format(shared:get("refused")))
 end

@@ -171,8 +171,10 @@ end
 local function session_expired(self, conn_id, ctx)
   self.metrics.session_expired()
   local record, changed = nil, true
-  if conn_id and self.connections then
-    local ok, rec, ch = pcall(self.connections.mark_expired, self.connections, conn_id, "session_expired")
+  -- rawget: without a repository, self.connections is the connections() method
+  local repo = rawget(self, "connections")
+  if conn_id and repo then
+    local ok, rec, ch = pcall(repo.mark_expired, repo, conn_id, "session_expired")
     if ok and rec then record, changed = rec, ch end
   end
   record = record or { connection_id = conn_id }
