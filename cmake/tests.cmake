@@ -49,7 +49,7 @@ else()
 endif()
 
 if(LUACHECK)
-  add_test(NAME luacheck COMMAND ${LUACHECK} --no-color -q lua spec examples
+  add_test(NAME luacheck COMMAND ${LUACHECK} --no-color -q lua spec examples scripts/lib bench
     WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
 else()
   message(WARNING "luacheck not found (apt-get install lua-check): lint will not run")

@@ -6,7 +6,8 @@
 --
 -- Routes:
 --   POST /webhooks/ofauth          signed OFAuth webhooks (both schemes)
---   GET  /link/start?user=ID       start Link for a user (302 to OFAuth's page)
+--   GET  /link/start?user=ID       start Link for a user (302 to OFAuth's page;
+--                                  &reconnect=1 reuses the stored connection id)
 --   GET  /link/callback            where OFAuth sends the browser back
 --   GET  /users/ID                 the stored connection (status, no secrets)
 --   GET  /users/ID/profile         Access API: the creator profile
@@ -44,10 +45,13 @@ local function notify(text, fields)
   end
 end
 
+-- Where OFAuth sends the browser back: APP_PUBLIC_URL when set (behind a
+-- proxy or TLS terminator), else this server as the last request reached it.
 local public_url = os.getenv("APP_PUBLIC_URL")
+local last_host = "127.0.0.1"
 local function callback_url(req)
-  local base = public_url or ("http://" .. (req and req.headers.host or "127.0.0.1"))
-  return base .. "/link/callback"
+  if req and req.headers.host then last_host = req.headers.host end
+  return (public_url or ("http://" .. last_host)) .. "/link/callback"
 end
 
 local conns
@@ -95,7 +99,12 @@ router:get("/link/start", function(req)
   local user = req.query.user
   if not client then return json(503, { error = "OFAUTH_API_KEY is not configured" }) end
   if type(user) ~= "string" or user == "" then return json(400, { error = "?user= is required" }) end
-  local res, err = ofauth.link.start(client, user, { store = st, redirect_url = callback_url(req) })
+  local res, err
+  if req.query.reconnect then -- reconnect the stored (expired) connection
+    res, err = ofauth.link.reconnect(client, user, { connections = conns, redirect_url = callback_url(req) })
+  else
+    res, err = ofauth.link.start(client, user, { store = st, redirect_url = callback_url(req) })
+  end
   if not res then return json(502, { error = err.kind, message = err.message }) end
   if req.query.format == "json" then return json(200, { url = res.url, expires_at = res.expires_at }) end
   return 302, "", { location = res.url }
@@ -177,7 +186,10 @@ router:get("/", function()
 end)
 
 return {
-  handler = router,
+  handler = function(req)
+    callback_url(req) -- remember the Host this server is reached at
+    return router:handle(req)
+  end,
   webhooks = webhooks, -- for `oflua webhook replay --app examples/webhook_receiver.lua`
   -- Retry failed webhook events in the background (oflua.server runs tick in its own VM).
   tick = webhooks and function() webhooks:drain(10) end or nil,

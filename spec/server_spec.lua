@@ -140,6 +140,12 @@ describe("oflua.server", function()
     assert.equal("a b|42", body)
   end)
 
+  it("closes the connection without an answer when a handler returns server.DROP", function()
+    local _, _, _, code = curl(url .. "/drop")
+    assert.equal(52, code) -- curl: empty reply from server
+    assert.equal(200, (curl(url .. "/hello")))
+  end)
+
   it("answers 404 for an unknown path and 405 with Allow for a wrong method", function()
     local status, body, headers = curl(url .. "/nope")
     assert.equal(404, status)

@@ -314,7 +314,16 @@ static void add_resp_header(lua_State *L, oflua_http_response *resp, size_t cap,
 
 /* Converts status, body, headers at index base..base+2 into resp; raises
  * on a value that is not a valid response (the caller turns that into 500). */
+/* server.DROP: a handler returning it as the status gets no answer at all:
+ * the connection is closed (for fault injection, like a peer that dies). */
+static const char drop_sentinel = 'D';
+#define DROP_STATUS 0
+
 static void take_response(lua_State *L, int base, oflua_http_response *resp) {
+  if (lua_touserdata(L, base) == (void *)&drop_sentinel) {
+    resp->status = DROP_STATUS;
+    return;
+  }
   int isint = 0;
   lua_Integer status = lua_tointegerx(L, base, &isint);
   if (!isint || lua_type(L, base) != LUA_TNUMBER) {
@@ -1047,6 +1056,10 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   lua_settop(w->L, 2);
   free(heap);
   if (err[0] != '\0') log_json("error", "handler_error", w->id, "method", method, "error", err);
+  if (resp.status == DROP_STATUS) { /* server.DROP: close without an answer */
+    response_free(&resp);
+    return MHD_NO;
+  }
 
   if (resp.status == 204 || resp.status == 304) { /* no body allowed */
     free(resp.body);
@@ -1836,5 +1849,7 @@ int luaopen_oflua_server(lua_State *L) {
   luaL_newlib(L, funcs);
   lua_pushstring(L, MHD_get_version());
   lua_setfield(L, -2, "mhd_version");
+  lua_pushlightuserdata(L, (void *)&drop_sentinel);
+  lua_setfield(L, -2, "DROP");
   return 1;
 }

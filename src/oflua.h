@@ -79,7 +79,7 @@ typedef struct oflua_http_request {
 } oflua_http_request;
 
 typedef struct oflua_http_response {
-  int status;
+  int status;             /* 0: the handler returned server.DROP (close, no answer) */
   oflua_header *headers;  /* owned by the response */
   size_t nheaders;
   char *body;             /* owned by the response */

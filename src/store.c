@@ -849,13 +849,22 @@ static int open_store(lua_State *L, Store *s, const OpenOpts *o) {
            strcasecmp(o->sync, "FULL") == 0 ? "FULL" : "NORMAL");
   if (simple_exec(s, pragmas) != 0) goto db_fail;
   if (!memory) {
-    sqlite3_stmt *st = NULL;
-    int ok = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL) == SQLITE_OK &&
-             sqlite3_step(st) == SQLITE_ROW;
-    const char *mode = ok ? (const char *)sqlite3_column_text(st, 0) : NULL;
-    ok = ok && mode != NULL && strcmp(mode, "wal") == 0;
-    if (!ok) record(s);
-    sqlite3_finalize(st);
+    /* Switching a new file to WAL needs an exclusive lock, and SQLite answers
+     * SQLITE_BUSY here without calling the busy handler when another
+     * connection is opening the same new file: retry for busy_timeout_ms. */
+    int ok = 0;
+    for (lua_Integer waited = 0;; waited += 5) {
+      sqlite3_stmt *st = NULL;
+      int rc = sqlite3_prepare_v2(s->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
+      if (rc == SQLITE_OK) rc = sqlite3_step(st);
+      const char *mode = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
+      ok = mode != NULL && strcmp(mode, "wal") == 0;
+      int busy = (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED;
+      if (!ok) record(s);
+      sqlite3_finalize(st);
+      if (ok || !busy || waited >= o->busy_ms) break;
+      sqlite3_sleep(5);
+    }
     if (!ok) goto db_fail;
   }
 

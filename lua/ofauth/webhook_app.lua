@@ -158,7 +158,9 @@ return function(webhooks)
   --- Claim up to n due events from the inbox and run their handlers.
   -- Returns the number processed successfully and the number that failed.
   function App:process(n)
-    local items, err = self.store:inbox_claim(n or self.drain_batch, self.lease_s)
+    -- max_attempts also applies when a lease runs out (a handler that crashed
+    -- its worker counts as a failed attempt).
+    local items, err = self.store:inbox_claim(n or self.drain_batch, self.lease_s, nil, self.max_attempts)
     if not items then return nil, err end
     local done, failed = 0, 0
     for _, item in ipairs(items) do
