@@ -226,7 +226,9 @@ static void serve_one(oflua_runtime *rt, int fd, const char *peer) {
       /* On a Lua error the response is a generic 500 and err says why:
        * the details go to our log, never to the client. */
       if (err[0] != '\0') fprintf(stderr, "service: handler error: %s\n", err);
-      send_response(fd, resp.status, resp.headers, resp.nheaders, resp.body, resp.body_len);
+      /* Status 0: the handler returned server.DROP (close without answering). */
+      if (resp.status != 0)
+        send_response(fd, resp.status, resp.headers, resp.nheaders, resp.body, resp.body_len);
       oflua_http_response_free(&resp);
     }
   }
