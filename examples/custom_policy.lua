@@ -81,7 +81,7 @@ end
 -- ---- 1. global default override ------------------------------------------
 -- Fields of ofauth.policy.defaults (see lua/ofauth/policy.lua): max_attempts,
 -- base_delay, max_delay, max_total_delay, jitter, retry_statuses,
--- idempotent_methods, rate_limit_status, rate_limit_codes,
+-- idempotent_methods, unsent_errors, rate_limit_status, rate_limit_codes,
 -- session_expired_codes, on_reauth_required, on_retry, sleep, now, random.
 policy.defaults.max_attempts = 3
 policy.defaults.base_delay = 0.1
