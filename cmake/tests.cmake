@@ -68,3 +68,10 @@ add_executable(http_fixture_server ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/http_fixtu
 target_compile_options(http_fixture_server PRIVATE ${OFLUA_WARNINGS})
 target_compile_definitions(http_fixture_server PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
 target_link_libraries(http_fixture_server PRIVATE Threads::Threads)
+
+# The end-to-end demo (scripts/demo without the bootstrap/build part): the
+# emulator, the example app under `oflua serve`, Link, webhooks, policies,
+# doctor and the secrets scan, on loopback ports.
+add_test(NAME demo COMMAND $<TARGET_FILE:oflua> scripts/lib/demo.lua
+  WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+set_tests_properties(demo PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 180)

@@ -147,6 +147,27 @@ describe("ofauth.client", function()
       assert.equal(1, #calls)
     end)
 
+    it("SESSION_EXPIRED without a repository still notifies, and connections() keeps working", function()
+      local calls = 0
+      local c = make({ json(401, { code = "SESSION_EXPIRED" }), json(200, { list = {}, hasMore = false }) },
+        { policy = { on_reauth_required = function(rec)
+          calls = calls + 1
+          assert.equal("conn_x1", rec.connection_id)
+        end } })
+      local _, err = c:access("conn_x1"):self()
+      assert.equal("reauth_required", err.kind)
+      assert.equal(1, calls)
+      for _ in c:connections() do end
+    end)
+
+    it("keeps connections() usable when a repository is given", function()
+      local conns = require("ofauth.connections").new({ store = fakes.store() })
+      local c = make({ json(200, { list = { { id = "conn_1" } }, hasMore = false }) }, { connections = conns })
+      local n = 0
+      for _ in c:connections() do n = n + 1 end
+      assert.equal(1, n)
+    end)
+
     it("429: backs off honouring Retry-After, then succeeds", function()
       local c, http, clock = make({
         json(429, { error = "slow down", code = "RATE_LIMIT_EXCEEDED" }, { ["retry-after"] = "3" }),

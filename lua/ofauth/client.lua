@@ -151,7 +151,7 @@ function M.new(opts)
     max_body = opts.max_body or M.defaults.max_body,
     policy = policy_mod.new(opts.policy),
     paths = paths,
-    connections = opts.connections,
+    repo = opts.connections, -- not `connections`: that is the method listing them
     http = opts.http,
     metrics = opts.metrics or metrics,
     user_agent = opts.user_agent or user_agent(),
@@ -171,10 +171,8 @@ end
 local function session_expired(self, conn_id, ctx)
   self.metrics.session_expired()
   local record, changed = nil, true
-  -- rawget: without a repository, self.connections is the connections() method
-  local repo = rawget(self, "connections")
-  if conn_id and repo then
-    local ok, rec, ch = pcall(repo.mark_expired, repo, conn_id, "session_expired")
+  if conn_id and self.repo then
+    local ok, rec, ch = pcall(self.repo.mark_expired, self.repo, conn_id, "session_expired")
     if ok and rec then record, changed = rec, ch end
   end
   record = record or { connection_id = conn_id }

@@ -130,7 +130,7 @@ assert(store.save_key(key_file, store_key))
 local db = path("app.db")
 for _, s in ipairs({ api_key, secret, store_key }) do redact.register_secret(s) end
 
-say("oflua demo: the OFAuth integration end to end, offline (state in %s)", tmp)
+say("oflua demo: the OFAuth integration end to end, offline (state in %s, removed after a pass)", tmp)
 say("")
 
 local emu, app_url, conn_id, emu_url
