@@ -242,7 +242,12 @@ run("access", function()
   local me, err = client:access(rec.connection_id):self()
   if not me then
     local hint = "check the connection's permissions in the dashboard"
-    if err.kind == "reauth_required" then hint = "the connection expired: the user must reconnect through Link" end
+    if err.kind == "reauth_required" then
+      hint = "the connection expired: the user must reconnect through Link"
+    elseif err.status == 404 then
+      hint = ("OFAuth does not know user %s's stored connection (disconnected, or stored from a test "
+        .. "event): pick another with --user"):format(rec.user_id)
+    end
     return report("access", false, tostring(err), hint)
   end
   report("access", true, ("access/self works for user %s (%s)"):format(rec.user_id,
