@@ -13,6 +13,12 @@ describe("ofauth.policy", function()
       assert.equal(0, policy.retry_after("Wed, 21 Oct 2015 07:28:00 GMT", 1445412999))
     end)
 
+    it("reads HTTP dates as unix seconds", function()
+      assert.equal(1445412480, policy.http_date("Wed, 21 Oct 2015 07:28:00 GMT"))
+      assert.equal(951782400, policy.http_date("Tue, 29 Feb 2000 00:00:00 GMT"))
+      assert.is_nil(policy.http_date("21 Oct 2015"))
+    end)
+
     it("ignores what it cannot read", function()
       assert.is_nil(policy.retry_after(nil))
       assert.is_nil(policy.retry_after("soon"))

@@ -3,7 +3,8 @@
  * embedding API that lets a C service with its own HTTP server hand requests
  * to the same Lua handlers `oflua serve` runs. The request -> Lua -> response
  * conversion itself is oflua__dispatch in http_server.c, shared with the
- * server workers. Only in liboflua (the binary does not need it).
+ * server workers (which also owns oflua_http_response_free). Only in
+ * liboflua (the binary does not need it).
  */
 #include "internal.h"
 #include "oflua.h"
@@ -49,15 +50,4 @@ int oflua_handle_http(oflua_runtime *rt, const oflua_http_request *req, oflua_ht
   int rc = oflua__dispatch(L, lua_gettop(L), req, resp, errbuf, errlen);
   lua_settop(L, top);
   return rc;
-}
-
-void oflua_http_response_free(oflua_http_response *resp) {
-  if (resp == NULL) return;
-  for (size_t i = 0; i < resp->nheaders; i++) {
-    free((char *)resp->headers[i].name);
-    free((char *)resp->headers[i].value);
-  }
-  free(resp->headers);
-  free(resp->body);
-  memset(resp, 0, sizeof *resp);
 }

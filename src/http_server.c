@@ -253,7 +253,10 @@ static void push_request(lua_State *L, const oflua_http_request *r) {
   lua_setfield(L, -2, "params");
 }
 
-static void response_free(oflua_http_response *resp) {
+/* Public (oflua.h); here rather than in embed_http.c because the server
+ * workers free their responses with it too. */
+void oflua_http_response_free(oflua_http_response *resp) {
+  if (resp == NULL) return;
   for (size_t i = 0; i < resp->nheaders; i++) {
     free((char *)resp->headers[i].name);
     free((char *)resp->headers[i].value);
@@ -428,7 +431,7 @@ static int dispatch_protected(lua_State *L) {
 }
 
 static void generic_500(oflua_http_response *resp) {
-  response_free(resp);
+  oflua_http_response_free(resp);
   resp->status = 500;
   resp->body = dup_bytes(GENERIC_500, sizeof GENERIC_500 - 1);
   if (resp->body != NULL) resp->body_len = sizeof GENERIC_500 - 1;
@@ -1057,7 +1060,7 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   free(heap);
   if (err[0] != '\0') log_json("error", "handler_error", w->id, "method", method, "error", err);
   if (resp.status == DROP_STATUS) { /* server.DROP: close without an answer */
-    response_free(&resp);
+    oflua_http_response_free(&resp);
     return MHD_NO;
   }
 
@@ -1069,7 +1072,7 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   struct MHD_Response *mr =
       MHD_create_response_from_buffer_with_free_callback(resp.body_len, resp.body, free);
   if (mr == NULL) {
-    response_free(&resp);
+    oflua_http_response_free(&resp);
     return queue_static(conn, 500, s->r500);
   }
   resp.body = NULL; /* owned by mr now */
@@ -1084,7 +1087,7 @@ static enum MHD_Result run_handler(server *s, struct MHD_Connection *conn, reque
   if (atomic_load(&s->stopping)) MHD_add_response_header(mr, "Connection", "close");
   enum MHD_Result ret = MHD_queue_response(conn, (unsigned)resp.status, mr);
   MHD_destroy_response(mr);
-  response_free(&resp);
+  oflua_http_response_free(&resp);
   return ret;
 }
 

@@ -148,51 +148,37 @@ function Repo:notify_reauth(rec, ctx)
   end
 end
 
+-- What each connection event forces on the fields it carries.
+local event_rules = {
+  ["connection.created"] = function(f) f.status = f.status or "active" end,
+  ["connection.updated"] = function() end,
+  ["connection.expired"] = function(f) f.status = "expired" end,
+}
+
 --- Default handlers: connection.created saves, connection.updated updates,
--- connection.expired marks expired and calls on_reauth_required.
+-- connection.expired marks expired; a record that becomes expired (by either
+-- event) calls on_reauth_required, once per expiry (an API call may have
+-- found it expired first).
 function Repo:handlers()
   local h = {}
-  h["connection.created"] = function(event)
-    local f = fields_from(event.data)
-    if not f then error("connection.created without data.connection.id", 0) end
-    local user = user_for(self, event.data, f)
-    if not user then
-      log.warn("connection.unmatched", { connection_id = f.connection_id })
-      return
-    end
-    f.status = f.status or "active"
-    assert(self:save(user, f))
-    log.info("connection.saved", { user_id = user, status = f.status })
-  end
-  h["connection.updated"] = function(event)
-    local f = fields_from(event.data)
-    if not f then error("connection.updated without data.connection.id", 0) end
-    local user = user_for(self, event.data, f)
-    if not user then
-      log.warn("connection.unmatched", { connection_id = f.connection_id })
-      return
-    end
-    local before = self:get(user)
-    local rec = assert(self:save(user, f))
-    if rec.status == "expired" and (not before or before.status ~= "expired") then
-      self:notify_reauth(rec, { source = "webhook", event = event.type })
-    end
-  end
-  h["connection.expired"] = function(event)
-    local f = fields_from(event.data)
-    if not f then error("connection.expired without data.connection.id", 0) end
-    local user = user_for(self, event.data, f)
-    if not user then
-      log.warn("connection.unmatched", { connection_id = f.connection_id })
-      return
-    end
-    local before = self:get(user)
-    f.status = "expired"
-    if not (before and before.status == "expired") then f.expired_at = self.now() end
-    local rec = assert(self:save(user, f))
-    -- Told once per expiry: an API call may have found it expired first.
-    if not (before and before.status == "expired") then
-      self:notify_reauth(rec, { source = "webhook", event = event.type })
+  for typ, rule in pairs(event_rules) do
+    h[typ] = function(event)
+      local f = fields_from(event.data)
+      if not f then error(typ .. " without data.connection.id", 0) end
+      local user = user_for(self, event.data, f)
+      if not user then
+        log.warn("connection.unmatched", { connection_id = f.connection_id, type = typ })
+        return
+      end
+      local before = self:get(user)
+      local was_expired = before ~= nil and before.status == "expired"
+      rule(f)
+      if f.status == "expired" and not was_expired then f.expired_at = self.now() end
+      local rec = assert(self:save(user, f))
+      log.info("connection.saved", { user_id = user, status = rec.status, type = typ })
+      if rec.status == "expired" and not was_expired then
+        self:notify_reauth(rec, { source = "webhook", event = typ })
+      end
     end
   end
   return h

@@ -65,9 +65,18 @@ local function days_from_civil(y, m, d)
   return era * 146097 + doe - 719468
 end
 
---- Seconds to wait from a Retry-After value: delta-seconds or an HTTP date
--- (IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT"). nil when absent or
--- unreadable; never negative.
+--- Unix seconds of an HTTP date (IMF-fixdate, e.g. "Wed, 21 Oct 2015
+-- 07:28:00 GMT"), or nil.
+function M.http_date(value)
+  if type(value) ~= "string" then return nil end
+  local d, mon, y, hh, mm, ss = value:match("^%s*%a+, (%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT%s*$")
+  if not d or not months[mon] then return nil end
+  return days_from_civil(tonumber(y), months[mon], tonumber(d)) * 86400
+    + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
+end
+
+--- Seconds to wait from a Retry-After value: delta-seconds or an HTTP date.
+-- nil when absent or unreadable; never negative.
 function M.retry_after(value, now)
   if type(value) ~= "string" then return nil end
   value = value:match("^%s*(.-)%s*$")
@@ -75,10 +84,8 @@ function M.retry_after(value, now)
     if #value > 9 then return nil end
     return tonumber(value)
   end
-  local d, mon, y, hh, mm, ss = value:match("^%a+, (%d%d?) (%a%a%a) (%d%d%d%d) (%d%d):(%d%d):(%d%d) GMT$")
-  if not d or not months[mon] then return nil end
-  local t = days_from_civil(tonumber(y), months[mon], tonumber(d)) * 86400
-    + tonumber(hh) * 3600 + tonumber(mm) * 60 + tonumber(ss)
+  local t = M.http_date(value)
+  if not t then return nil end
   return math.max(0, t - (now or os.time()))
 end
 

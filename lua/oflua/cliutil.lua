@@ -75,6 +75,24 @@ function M.parse(argv, spec)
   return opts
 end
 
+--- For commands with sub-commands (`oflua webhook sign ...`): the
+-- sub-command's name and its parsed options; or nil and the exit status once
+-- the usage text was printed (none given: status 1; help or --help: 0).
+function M.subcommand(argv, usage, spec)
+  local args = { table.unpack(argv) }
+  local command = table.remove(args, 1)
+  if command == nil or command == "--help" or command == "-h" or command == "help" then
+    io.write(usage)
+    return nil, command and 0 or 1
+  end
+  local opts = M.parse(args, spec)
+  if opts.help then
+    io.write(usage)
+    return nil, 0
+  end
+  return command, opts
+end
+
 --- First non-empty of the given values (flag, then environment variables).
 function M.pick(...)
   for i = 1, select("#", ...) do

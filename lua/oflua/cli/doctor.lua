@@ -77,6 +77,7 @@ run("api_key", function()
     return report("api_key", false, client_err, "export OFAUTH_API_KEY=<your Sandbox key> (dashboard > API keys)")
   end
   local me, err = client:whoami()
+  local meta = err -- on success the second result is {status, headers, attempts}
   if not me then
     local hint = "check the network and OFAUTH_BASE_URL (" .. client.base_url .. ")"
     if err.status == 401 or err.status == 403 then
@@ -89,7 +90,21 @@ run("api_key", function()
     local key = config.api_key(opts)
     envname = (key:match("test") or key:match("sandbox")) and "sandbox" or "production (assumed)"
   end
-  report("api_key", true, ("works: account %s, %s environment"):format(tostring(me.name or me.id), envname))
+  -- Clock skew against the API's Date header: webhook timestamps are refused
+  -- beyond the tolerance (300 s), so a skewed clock rejects every delivery.
+  local skew = ""
+  local server_time = require("ofauth.policy").http_date(meta and meta.headers and meta.headers.date)
+  if server_time then
+    local d = os.time() - server_time
+    if math.abs(d) > 60 then
+      return report("api_key", false, ("works, but this clock is %d s %s OFAuth's"):format(math.abs(d),
+        d > 0 and "ahead of" or "behind"), "sync the clock (NTP): webhook timestamps older or newer "
+        .. "than 5 minutes are refused")
+    end
+    skew = (", clock within %d s"):format(math.max(1, math.abs(d)))
+  end
+  report("api_key", true, ("works: account %s, %s environment%s"):format(tostring(me.name or me.id), envname,
+    skew))
   if tostring(envname):match("^production") then
     io.stderr:write("  note: use a Sandbox key for development and login tests ",
       "(many logins on real accounts can get an account reset)\n")
@@ -227,7 +242,12 @@ run("access", function()
   local me, err = client:access(rec.connection_id):self()
   if not me then
     local hint = "check the connection's permissions in the dashboard"
-    if err.kind == "reauth_required" then hint = "the connection expired: the user must reconnect through Link" end
+    if err.kind == "reauth_required" then
+      hint = "the connection expired: the user must reconnect through Link"
+    elseif err.status == 404 then
+      hint = ("OFAuth does not know user %s's stored connection (disconnected, or stored from a test "
+        .. "event): pick another with --user"):format(rec.user_id)
+    end
     return report("access", false, tostring(err), hint)
   end
   report("access", true, ("access/self works for user %s (%s)"):format(rec.user_id,

@@ -34,17 +34,8 @@ local spec = {
     template = "string", purpose = "string", disconnect_where = "string" },
 }
 
-local args = { ... }
-local command = table.remove(args, 1)
-if command == nil or command == "--help" or command == "-h" or command == "help" then
-  io.write(USAGE)
-  return command and 0 or 1
-end
-local opts = cli.parse(args, spec)
-if opts.help then
-  io.write(USAGE)
-  return 0
-end
+local command, opts = cli.subcommand({ ... }, USAGE, spec)
+if not command then return opts end -- usage printed; opts is the exit status
 local format = opts.json and "json" or opts.format or "table"
 if format ~= "table" and format ~= "json" and format ~= "csv" then
   cli.fail("--format must be table, json or csv")

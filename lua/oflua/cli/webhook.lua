@@ -10,8 +10,10 @@ usage: oflua webhook <command> [options]
            print the signature headers for a body (stdin or --file)
   verify   --header 'name: value' ... [--file F] [--tolerance S] [--now T]
            verify a body against its headers; exit 0 if valid, 1 with the reason
-  trigger  --url URL [--type connection.created] [--data JSON] [--scheme svix|checklist]
-           send a signed test event; prints the receiver's status
+  trigger  --url URL [--type TYPE] [--data JSON] [--scheme svix|checklist]
+           send a signed test event (default type oflua.test, which receivers
+           acknowledge and ignore; connection.* types store a made-up connection
+           unless --data names a real one); prints the receiver's status
   replay   --app APP.lua [--id KEY ... | --dead]
            put dead-lettered (or chosen) inbox events back and run the handlers of
            the app that APP.lua returns as its `webhooks` field (the same script
@@ -28,17 +30,8 @@ local spec = {
     type = "string", data = "string", app = "string", timeout_ms = "number" },
 }
 
-local args = { ... }
-local command = table.remove(args, 1)
-if command == nil or command == "--help" or command == "-h" or command == "help" then
-  io.write(USAGE)
-  return command and 0 or 1
-end
-local opts = cli.parse(args, spec)
-if opts.help then
-  io.write(USAGE)
-  return 0
-end
+local command, opts = cli.subcommand({ ... }, USAGE, spec)
+if not command then return opts end -- usage printed; opts is the exit status
 
 local webhooks = require("ofauth.webhooks")
 
@@ -112,7 +105,9 @@ elseif command == "verify" then
   return 0
 elseif command == "trigger" then
   if not opts.url then cli.fail("--url is required") end
-  local typ = opts.type or "connection.created"
+  -- The default type has no effect on a receiver (unknown types are
+  -- acknowledged); a connection.* test event would store a made-up connection.
+  local typ = opts.type or "oflua.test"
   local data
   if opts.data then
     local ok, d = pcall(cjson.decode, opts.data)
