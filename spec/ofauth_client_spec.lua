@@ -147,6 +147,25 @@ describe("ofauth.client", function()
       assert.equal(1, #calls)
     end)
 
+    it("SESSION_EXPIRED: a hook that failed is called again on the next such answer", function()
+      local conns = require("ofauth.connections").new({ store = fakes.store() })
+      conns:save("u", { connection_id = "conn_h2", status = "active" })
+      local attempts, ok_calls = 0, 0
+      local c, http = make({ json(401, { code = "SESSION_EXPIRED" }) }, { connections = conns, policy = {
+        on_reauth_required = function()
+          attempts = attempts + 1
+          if attempts == 1 then error("notifier down") end
+          ok_calls = ok_calls + 1
+        end } })
+      c:access("conn_h2"):self()
+      http.script[1] = json(401, { code = "SESSION_EXPIRED" })
+      c:access("conn_h2"):self()
+      http.script[1] = json(401, { code = "SESSION_EXPIRED" })
+      c:access("conn_h2"):self()
+      assert.equal(2, attempts)
+      assert.equal(1, ok_calls)
+    end)
+
     it("SESSION_EXPIRED without a repository still notifies, and connections() keeps working", function()
       local calls = 0
       local c = make({ json(401, { code = "SESSION_EXPIRED" }), json(200, { list = {}, hasMore = false }) },

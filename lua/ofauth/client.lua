@@ -167,20 +167,22 @@ local function transport(self)
   return self.http
 end
 
--- Reaction to SESSION_EXPIRED: mark, notify once, never retry.
+-- Reaction to SESSION_EXPIRED: mark, notify once per expiry, never retry.
+-- With a connections repository the "once" is kept there (shared with the
+-- connection.expired webhook); without one the hook runs on every such answer.
 local function session_expired(self, conn_id, ctx)
-  self.metrics.session_expired()
-  local record, changed = nil, true
-  if conn_id and self.repo then
-    local ok, rec, ch = pcall(self.repo.mark_expired, self.repo, conn_id, "session_expired")
-    if ok and rec then record, changed = rec, ch end
-  end
-  record = record or { connection_id = conn_id }
   log.warn("ofauth.session_expired", { path = ctx.path, connection_id = conn_id })
-  -- Once per expiry: a connection already marked expired was already reported.
   local hook = self.policy.on_reauth_required
-  if hook and changed then
-    local ok, err = pcall(hook, record, ctx)
+  if conn_id and self.repo then
+    local ok, rec = pcall(self.repo.mark_expired, self.repo, conn_id, "session_expired")
+    if ok and rec then
+      pcall(self.repo.notify_reauth, self.repo, rec, ctx, hook) -- failures are logged there
+      return
+    end
+  end
+  self.metrics.session_expired()
+  if hook then
+    local ok, err = pcall(hook, { connection_id = conn_id }, ctx)
     if not ok then log.error("ofauth.reauth_hook_failed", { error = tostring(err) }) end
   end
 end

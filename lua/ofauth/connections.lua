@@ -63,6 +63,8 @@ function Repo:save(user_id, fields)
     for k, v in pairs(fields) do
       if v ~= cjson.null then rec[k] = v end
     end
+    -- A connection that is no longer expired will need a new notice next time.
+    if fields.status and fields.status ~= "expired" then rec.reauth_notified = nil end
     rec.updated_at = self.now()
     self.store:put("user:" .. user_id, cjson.encode(rec))
     if old_conn and old_conn ~= rec.connection_id then self.store:delete("conn:" .. old_conn) end
@@ -73,13 +75,14 @@ function Repo:save(user_id, fields)
 end
 
 --- Mark the connection expired (from SESSION_EXPIRED or a webhook).
--- Returns the updated record and whether it was not expired before (so a
--- user is told once per expiry), or nil when the connection is unknown here.
+-- Returns the updated record and whether it was not expired before, or nil
+-- when the connection is unknown here.
 function Repo:mark_expired(connection_id, reason)
   local user = self.store:get("conn:" .. connection_id)
   if not user then return nil end
   local before = self:get(user)
   if before and before.status == "expired" then return before, false end
+  metrics.session_expired()
   return self:save(user, { status = "expired", expired_at = self.now(), expired_reason = reason }), true
 end
 
@@ -137,15 +140,22 @@ local function user_for(self, data, f)
   return self.store:get("conn:" .. f.connection_id) -- clientReferenceId may be null
 end
 
-function Repo:notify_reauth(rec, ctx)
-  metrics.session_expired()
-  if self.on_reauth_required then
-    local ok, err = pcall(self.on_reauth_required, rec, ctx)
+--- Tell the user once per expiry: calls `hook` (default: the repository's
+-- on_reauth_required) unless this expiry was already reported, then records
+-- that it was. A hook that raises leaves it unreported (the caller retries:
+-- a webhook event goes back to the inbox; the client tries on the next call).
+function Repo:notify_reauth(rec, ctx, hook)
+  if rec.reauth_notified then return false end
+  hook = hook or self.on_reauth_required
+  if hook then
+    local ok, err = pcall(hook, rec, ctx)
     if not ok then
       log.error("connection.reauth_hook_failed", { error = tostring(err) })
-      error(err, 0) -- let the webhook be retried: the user has not been told yet
+      error(err, 0)
     end
   end
+  self:save(rec.user_id, { reauth_notified = true })
+  return true
 end
 
 -- What each connection event forces on the fields it carries.
@@ -156,9 +166,9 @@ local event_rules = {
 }
 
 --- Default handlers: connection.created saves, connection.updated updates,
--- connection.expired marks expired; a record that becomes expired (by either
--- event) calls on_reauth_required, once per expiry (an API call may have
--- found it expired first).
+-- connection.expired marks expired; an expired record calls
+-- on_reauth_required once per expiry (an API call may have reported it
+-- first; a hook that failed is called again when the event is retried).
 function Repo:handlers()
   local h = {}
   for typ, rule in pairs(event_rules) do
@@ -176,7 +186,8 @@ function Repo:handlers()
       if f.status == "expired" and not was_expired then f.expired_at = self.now() end
       local rec = assert(self:save(user, f))
       log.info("connection.saved", { user_id = user, status = rec.status, type = typ })
-      if rec.status == "expired" and not was_expired then
+      if rec.status == "expired" then
+        if not was_expired then metrics.session_expired() end
         self:notify_reauth(rec, { source = "webhook", event = typ })
       end
     end
