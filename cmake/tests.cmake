@@ -19,7 +19,11 @@ set(OFLUA_TEST_ENV
   # specs talk to 127.0.0.1 (and *.invalid for DNS failures): never through a proxy
   "no_proxy=127.0.0.1,localhost,invalid"
   "NO_PROXY=127.0.0.1,localhost,invalid"
-  "ASAN_OPTIONS=halt_on_error=1:detect_leaks=1"
+  # intercept_tls_get_addr=0: GCC 12's sanitizer runtime misreads glibc >= 2.25
+  # dynamic TLS blocks when one happens to sit at a certain page offset, and
+  # LeakSanitizer's tracer then dies at exit ("Tracer caught signal 11", seen
+  # in spec/secrets_flow_spec; google/sanitizers#1322). Leaks are still found.
+  "ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:intercept_tls_get_addr=0"
   "UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1"
   "LSAN_OPTIONS=suppressions=${CMAKE_CURRENT_SOURCE_DIR}/spec/lsan.supp:print_suppressions=0")
 
