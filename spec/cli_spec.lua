@@ -183,6 +183,9 @@ describe("oflua ofauth", function()
     assert.is_true(#lines >= 4)
     for _, id in ipairs(ids) do assert.not_matches(id, out, 1, true) end
     assert.matches("csv%-user%-2", out)
+    out = h.oflua({ "ofauth", "connections", "--format", "json" }, { env = env() })
+    for _, id in ipairs(ids) do assert.not_matches(id, out, 1, true) end
+    assert.matches('"id":"conn_…', out, 1, true)
     out = h.oflua({ "ofauth", "connections", "--format", "json", "--reveal-ids" }, { env = env() })
     local list = cjson.decode(out)
     local seen = {}

@@ -326,8 +326,11 @@ describe_e2e("oflua emulator (the command)", function()
     finally(function() os.remove(ready_file); os.remove(errf); os.remove(pidf) end)
     -- under `timeout`: the emulator goes away by itself even if this spec dies
     -- (TERM sent to timeout is passed on to it)
-    local cmd = "{ timeout 120 %s emulator --port 0 --api-key %s --ready-file %s >/dev/null 2>%s & echo $! >%s; }"
-    helper.sh(cmd:format(helper.shq(helper.bin), KEY, helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
+    -- the secret from the environment, no --webhook-url: PUT /emulator/webhook works later
+    local cmd = "{ OFAUTH_WEBHOOK_SECRET=%s timeout 120 %s emulator --port 0 --api-key %s --ready-file %s"
+      .. " >/dev/null 2>%s & echo $! >%s; }"
+    helper.sh(cmd:format(helper.shq(require("ofauth.webhooks").new_secret()), helper.shq(helper.bin), KEY,
+      helper.shq(ready_file), helper.shq(errf), helper.shq(pidf)))
     local pid = helper.slurp(pidf):match("%d+")
     assert.is_string(pid)
     finally(function() helper.sh("kill " .. pid .. " 2>/dev/null") end)
@@ -339,6 +342,9 @@ describe_e2e("oflua emulator (the command)", function()
     end
     if not url then error("the emulator did not start: " .. helper.slurp(errf)) end
     local res = assert(http.request({ url = url .. "/v2/account/whoami", headers = { apikey = KEY } }))
+    assert.equal(200, res.status)
+    res = assert(http.request({ method = "PUT", url = url .. "/emulator/webhook",
+      body = '{"url":"http://127.0.0.1:7/later"}', headers = { ["content-type"] = "application/json" } }))
     assert.equal(200, res.status)
     local _, _, code = helper.sh("kill -TERM " .. pid)
     assert.equal(0, code)

@@ -229,9 +229,6 @@ describe("secrets through a full flow", function()
     print(("\nsecrets: %d bytes of output scanned, store file %d bytes"):format(captured, #files.db))
   end)
 
-  -- lua/oflua/cli/ofauth.lua writes each item as is in json format (the
-  -- columns, which shorten ids unless --reveal-ids, only apply to table/csv)
-  pending("oflua ofauth connections --format json shortens connection ids unless --reveal-ids")
 
   it("keeps them out of the demo's output too", function()
     local demo = h.source_dir .. "/scripts/lib/demo.lua"

@@ -16,6 +16,11 @@
  *     connect_timeout_ms  default 10000
  *     max_body            response body limit in bytes, default 16 MiB
  *     follow_redirects    boolean, default false (at most 10, http(s) only)
+ *     reuse               boolean: may this request go over a kept-alive
+ *                         connection? Default true for GET, HEAD, OPTIONS, PUT
+ *                         and DELETE, false for POST, PATCH and others (on a
+ *                         reused connection found closed libcurl re-sends the
+ *                         request, which must not happen to a POST)
  *     progress            function(dlnow, dltotal) called while the response
  *                         body arrives (dltotal is 0 when unknown); an error
  *                         raised in it aborts the call and is re-raised
@@ -497,7 +502,7 @@ static lua_Integer opt_int_field(lua_State *L, int idx, const char *name, lua_In
 
 static const char *const known_fields[] = {
     "url",        "method",             "headers",  "body",     "timeout_ms",
-    "connect_timeout_ms", "max_body", "follow_redirects", "progress", NULL};
+    "connect_timeout_ms", "max_body", "follow_redirects", "progress", "reuse", NULL};
 
 static void check_fields(lua_State *L, int idx, where_t w) {
   lua_pushnil(L);
@@ -715,6 +720,18 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   if (pt != LUA_TNIL && pt != LUA_TFUNCTION) field_error(L, w, "progress", "function");
   lua_pop(L, 1);
 
+  /* libcurl sends a request again, once, when a kept-alive connection it
+   * reused turns out closed before any answer. The server may have acted on
+   * the first copy, so non-idempotent methods take a fresh connection (on
+   * which libcurl never retries) unless the caller says reuse = true. */
+  int reuse = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0 ||
+              strcmp(method, "OPTIONS") == 0 || strcmp(method, "PUT") == 0 ||
+              strcmp(method, "DELETE") == 0;
+  int rt = lua_getfield(L, ridx, "reuse");
+  if (rt == LUA_TBOOLEAN) reuse = lua_toboolean(L, -1);
+  else if (rt != LUA_TNIL) field_error(L, w, "reuse", "boolean");
+  lua_pop(L, 1);
+
   if (t->invalid != NULL) {
     lua_pop(L, 1); /* method */
     return;
@@ -751,6 +768,7 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   SETOPT(CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
   SETOPT(CURLOPT_MAXFILESIZE_LARGE, t->max_body);
   SETOPT(CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
+  SETOPT(CURLOPT_FRESH_CONNECT, reuse ? 0L : 1L);
   SETOPT(CURLOPT_WRITEDATA, t);
   SETOPT(CURLOPT_HEADERDATA, t);
   SETOPT(CURLOPT_XFERINFODATA, t);

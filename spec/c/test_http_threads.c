@@ -34,7 +34,7 @@ static void *worker(void *arg) {
            "local base = %s\n"
            "local conn\n"
            "for i = 1, 50 do\n"
-           "  local r = assert(http.request({url = base .. '/echo', method = 'POST', body = tostring(i)}))\n"
+           "  local r = assert(http.request({url = base .. '/echo', method = 'POST', body = tostring(i), reuse = true}))\n"
            "  assert(r.status == 200 and r.body:sub(-#tostring(i)) == tostring(i))\n"
            "  conn = conn or r.headers['x-conn']\n"
            "  assert(conn == r.headers['x-conn'], 'connection not reused')\n"

@@ -98,8 +98,13 @@ local cfg = {
   log = not opts.quiet,
   handle_signals = true,
 }
--- The secret from the environment only matters with a webhook URL.
-if not cfg.webhook_url then cfg.webhook_secret = opts.webhook_secret end
+-- Without --webhook-url a secret from the environment is kept (so that
+-- PUT /emulator/webhook can name a receiver later) when it suits the signing
+-- scheme; one that does not (a raw secret with svix) is ignored, not an error.
+if not cfg.webhook_url and not opts.webhook_secret and cfg.webhook_secret
+  and (cfg.signing or "svix") == "svix" and not cfg.webhook_secret:match("^whsec_") then
+  cfg.webhook_secret = nil
+end
 
 local emu, err = emulator.start(cfg)
 if not emu then cli.fail(err) end

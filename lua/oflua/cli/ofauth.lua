@@ -132,10 +132,12 @@ local function show_id(id)
 end
 
 -- Iterate, streaming rows; an error mid-way keeps the rows already written.
-local function export(iter, columns)
+-- `clean` (optional) makes the item written in JSON (e.g. ids shortened).
+local function export(iter, columns, clean)
   local w = writer(columns)
   local ok, err = pcall(function()
     for item in iter do
+      if clean and format == "json" then item = clean(item) end
       w.row(item)
       progress.update(w.n)
     end
@@ -200,7 +202,12 @@ elseif command == "connections" then
     { "username", function(x) return type(x.userData) == "table" and x.userData.username or nil end },
     { "permissions", function(x) return x.permissions end, width = 24 },
     { "updatedAt", function(x) return x.updatedAt end, width = 24 },
-  })
+  }, function(x)
+    local copy = {}
+    for k, v in pairs(x) do copy[k] = v end
+    copy.id = show_id(x.id)
+    return copy
+  end)
 elseif command == "subscribers" then
   local conn_id = opts.connection
   if not conn_id and opts.user then
