@@ -279,6 +279,45 @@ describe("webhook receiver app", function()
     assert.equal(3, metrics.value("ofauth_webhook_handler_failures_total"))
   end)
 
+  it("runs a retry that came due on the next delivery", function()
+    local t = NOW
+    local st = fakes.store()
+    st.clock = function() return t end
+    local app = webhooks.app({ secret = SECRET, store = st, now = function() return t end, max_attempts = 3,
+      tolerance = 1e6 })
+    local fail, calls = true, {}
+    app:on("connection.created", function(_, ctx)
+      calls[#calls + 1] = ctx.id
+      if fail then error("flaky") end
+    end)
+    local b1 = event("connection.created", "conn_r1")
+    assert.equal(200, (deliver(app, b1, webhooks.sign_svix(b1, SECRET, "msg_r1", NOW))))
+    fail = false
+    local b0 = event("connection.created", "conn_r0") -- before the retry is due: not run
+    assert.equal(200, (deliver(app, b0, webhooks.sign_svix(b0, SECRET, "msg_r0", NOW))))
+    t = t + 10 -- the retry is due
+    local b2 = event("connection.created", "conn_r2")
+    assert.equal(200, (deliver(app, b2, webhooks.sign_svix(b2, SECRET, "msg_r2", NOW))))
+    assert.same({ "svix:msg_r1", "svix:msg_r0", "svix:msg_r2", "svix:msg_r1" }, calls)
+    assert.equal("done", st._inbox["svix:msg_r1"].state)
+  end)
+
+  it("in deferred mode answers once stored and runs handlers from drain()", function()
+    local st = fakes.store()
+    local app = webhooks.app({ secret = SECRET, store = st, now = function() return NOW end,
+      process = "deferred" })
+    local n = 0
+    app:on("*", function() n = n + 1 end)
+    local body = event("connection.created")
+    assert.equal(200, (deliver(app, body, webhooks.sign_svix(body, SECRET, "msg_d", NOW))))
+    assert.equal(0, n)
+    assert.equal("pending", st._inbox["svix:msg_d"].state)
+    assert.equal(1, (app:drain()))
+    assert.equal(1, n)
+    assert.equal("done", st._inbox["svix:msg_d"].state)
+    assert.has_error(function() webhooks.app({ secret = SECRET, store = st, process = "later" }) end)
+  end)
+
   it("answers 503 (so the sender retries) when the inbox cannot store the event", function()
     local app, st = new_app()
     st.inbox_add = function() return nil, "disk full" end

@@ -49,7 +49,8 @@
  *                        nested calls are savepoints)
  *   s:rekey(key | {key = } | {key_file = }) -> true, rows | nil, err
  *   s:info() -> {path, namespace, key_id, format, sqlite_version}
- *   s:inbox_add(id, payload[, now]) -> true (new) | false (seen) | nil, err
+ *   s:inbox_add(id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err
+ *                            (with lease_s: inserted already claimed by the caller)
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
  *   s:inbox_done(id[, now]) -> true | false
  *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
@@ -201,7 +202,7 @@ static const char *const SQL[ST_COUNT] = {
     [ST_KV_RESEAL] = "UPDATE oflua_kv SET kidx = ?2, kid = ?3, kbox = ?4, vbox = ?5 WHERE id = ?1",
     [ST_IN_ADD] = "INSERT INTO oflua_inbox (ns, eidx, kid, ebox, pbox, state, attempts, next_at,"
                   " created_at, updated_at)"
-                  " SELECT ?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?6, ?6 WHERE " KID_GUARD " = ?3"
+                  " SELECT ?1, ?2, ?3, ?4, ?5, ?7, 0, ?8, ?6, ?6 WHERE " KID_GUARD " = ?3"
                   " ON CONFLICT (ns, eidx) DO NOTHING",
     [ST_IN_DUE] = "SELECT id FROM oflua_inbox WHERE ns = ?1 AND state IN ('pending', 'claimed')"
                   " AND next_at <= ?2 ORDER BY next_at, id LIMIT ?3",
@@ -1598,7 +1599,7 @@ static int check_event(lua_State *L, Store *s, int arg, const char **eid, size_t
   return blind(s->keys.index, aad(&a, s, D_IN_INDEX, *eid, *elen), idx);
 }
 
-/* s:inbox_add(event_id, payload[, now]) -> true (new) | false (seen) | nil, err */
+/* s:inbox_add(event_id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err */
 static int store_inbox_add(lua_State *L) {
   Store *s = check_open(L, 1);
   const char *eid;
@@ -1607,6 +1608,11 @@ static int store_inbox_add(lua_State *L) {
   if (check_event(L, s, 2, &eid, &elen, idx) != 0) return push_fail(L, "oflua.store: HMAC failed");
   const char *payload = luaL_checklstring(L, 3, &plen);
   double now = opt_now(L, 4);
+  /* With lease_s the new event is inserted already claimed by the caller
+   * (as inbox_claim would hand it out): one write instead of two. */
+  lua_Number lease = luaL_optnumber(L, 5, -1);
+  luaL_argcheck(L, lease == -1 || (lease > 0 && lease <= 86400 * 7), 5,
+                "lease_s must be within (0, 604800] seconds");
   if (!value_fits(s, plen)) return push_fail(L, "oflua.store: payload too large");
   Aad a;
   unsigned char ebox[MAX_KEY + BOX_OVERHEAD], small[SMALL_BOX];
@@ -1622,6 +1628,8 @@ static int store_inbox_add(lua_State *L) {
   sqlite3_bind_blob(st, 4, ebox, (int)(elen + BOX_OVERHEAD), SQLITE_STATIC);
   sqlite3_bind_blob(st, 5, pbox, (int)(plen + BOX_OVERHEAD), SQLITE_STATIC);
   sqlite3_bind_double(st, 6, now);
+  sqlite3_bind_text(st, 7, lease > 0 ? "claimed" : "pending", -1, SQLITE_STATIC);
+  sqlite3_bind_double(st, 8, lease > 0 ? now + (double)lease : now);
   int rc = step(s, st);
   sqlite3_reset(st);
   if (rc != SQLITE_DONE) return push_db_fail(L, s);

@@ -3,10 +3,12 @@
 -- Order of work for one delivery (DESIGN.md):
 --   method and size check -> signature and timestamp -> JSON parse ->
 --   dedupe by idempotency key + durable insert into the store's inbox (one
---   atomic inbox_add) -> 2xx -> run handlers -> mark done.
--- The 2xx is only sent once the event is in the inbox, so nothing acknowledged
--- is lost; handlers run from the inbox (claimed with a lease, so two workers
--- never run the same event), a failing handler leaves the event for retry with
+--   atomic inbox_add, the event already leased to this worker) -> handlers ->
+--   mark done -> 2xx. With process = "deferred" the answer follows the insert
+--   and the handlers run later from app:drain() (the server's tick).
+-- Nothing is acknowledged before it is in the inbox, so nothing acknowledged
+-- is lost; an event is leased to one worker at a time, so two workers never
+-- run it together; a failing handler leaves the event for retry with
 -- backoff, and after max_attempts it is dead-lettered (`oflua webhook replay`
 -- re-runs it). Every rejected delivery gets a 4xx and no handler runs
 -- (a webhook secret that is not valid base64 is our fault: 500, so the sender
@@ -33,8 +35,10 @@ return function(webhooks)
 
   --- opts: secret (string or list, required), store (an oflua.store handle,
   -- required), tolerance, max_body, max_attempts, lease_s, drain_batch,
-  -- signature_headers, now (function returning unix seconds; for tests),
-  -- metrics (ofauth.metrics-like).
+  -- drain_every, process ("inline": run the handlers before answering, the
+  -- default; "deferred": answer once stored, handlers run from app:drain(),
+  -- e.g. in the server's tick), signature_headers, now (function returning
+  -- unix seconds; for tests), metrics (ofauth.metrics-like).
   function App.new(opts)
     opts = opts or {}
     if opts.secret == nil or opts.secret == "" then
@@ -42,6 +46,9 @@ return function(webhooks)
     end
     if type(opts.store) ~= "userdata" and type(opts.store) ~= "table" then
       error("webhooks.app: store (an oflua.store handle) is required", 2)
+    end
+    if opts.process ~= nil and opts.process ~= "inline" and opts.process ~= "deferred" then
+      error('webhooks.app: process must be "inline" or "deferred"', 2)
     end
     for _, s in ipairs(type(opts.secret) == "table" and opts.secret or { opts.secret }) do
       redact.register_secret(s)
@@ -55,6 +62,9 @@ return function(webhooks)
       max_attempts = opts.max_attempts or d.max_attempts,
       lease_s = opts.lease_s or d.lease_s,
       drain_batch = opts.drain_batch or d.drain_batch,
+      drain_every = opts.drain_every or d.drain_every,
+      process_mode = opts.process or d.process,
+      deliveries = 0,
       signature_headers = opts.signature_headers,
       now = opts.now,
       metrics = opts.metrics or metrics,
@@ -111,7 +121,11 @@ return function(webhooks)
     self.metrics.webhook("verified")
     local stored = { scheme = meta.scheme, id = meta.id, timestamp = meta.timestamp,
       type = event.type, received_at = now(self) }
-    local inserted, err = self.store:inbox_add(meta.idempotency_key, pack(stored, raw_body))
+    -- Inline: the new event is inserted already claimed by this worker (one
+    -- write), so no other worker runs it while its handlers run here.
+    local inline = self.process_mode == "inline"
+    local key = meta.idempotency_key
+    local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), nil, inline and self.lease_s or nil)
     if inserted == nil then
       log.error("webhook.inbox_failed", { error = tostring(err) })
       return reply(503, { error = "unavailable" }, { ["retry-after"] = "5" })
@@ -124,8 +138,21 @@ return function(webhooks)
     self.metrics.webhook("accepted")
     log.info("webhook.accepted", { type = event.type, scheme = meta.scheme })
     -- The event is durable; handler problems can no longer change the answer.
-    local ok, perr = pcall(self.process, self, self.drain_batch)
-    if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
+    if inline then
+      local ok, perr = pcall(function()
+        self:settle({ id = key, attempts = 0 }, self:dispatch(event, stored, { id = key, attempts = 0 }))
+        self.deliveries = self.deliveries + 1
+        -- Retries of earlier events: when one this VM failed is due, and now
+        -- and then for other workers' (a tick or `oflua webhook replay` also
+        -- drains).
+        local t = now(self)
+        if (self.next_due and t >= self.next_due) or self.deliveries % self.drain_every == 0 then
+          self.next_due = nil
+          self:process(self.drain_batch)
+        end
+      end)
+      if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
+    end
     return reply(200, { status = "accepted" })
   end
 
@@ -134,12 +161,8 @@ return function(webhooks)
     return function(req) return self:receive(req.method, req.body or "", req.headers or {}) end
   end
 
-  -- Run the handlers of one inbox event; true or false, error text.
-  function App:run(item)
-    local meta, body = unpack(item.payload)
-    if not meta then return false, "corrupt inbox payload" end
-    local event, perr = webhooks.parse_event(body)
-    if not event then return false, "payload is not an event: " .. tostring(perr) end
+  -- Run the handlers for one parsed event; true, or false and the error text.
+  function App:dispatch(event, meta, item)
     local list = {}
     for _, fn in ipairs(self.handlers[event.type] or {}) do list[#list + 1] = fn end
     for _, fn in ipairs(self.handlers["*"] or {}) do list[#list + 1] = fn end
@@ -155,6 +178,36 @@ return function(webhooks)
     return true
   end
 
+  -- Run the handlers of one inbox item; true, or false and the error text.
+  function App:run(item)
+    local meta, body = unpack(item.payload)
+    if not meta then return false, "corrupt inbox payload" end
+    local event, perr = webhooks.parse_event(body)
+    if not event then return false, "payload is not an event: " .. tostring(perr) end
+    return self:dispatch(event, meta, item)
+  end
+
+  -- Record how a claimed item's handlers went: done, or failed (retried with
+  -- backoff, dead after max_attempts). Returns ok.
+  function App:settle(item, ok, herr)
+    if ok then
+      self.store:inbox_done(item.id)
+      return true
+    end
+    self.metrics.handler_failure()
+    local reason = redact.text(tostring(herr)):sub(1, 2000)
+    local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts)
+    local dead = state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
+    if dead then
+      self.metrics.dead_lettered()
+    elseif type(next_at) == "number" then
+      self.next_due = math.min(self.next_due or next_at, next_at)
+    end
+    log.event(dead and "error" or "warn", dead and "webhook.dead_lettered" or "webhook.handler_failed",
+      { attempt = (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
+    return false
+  end
+
   --- Claim up to n due events from the inbox and run their handlers.
   -- Returns the number processed successfully and the number that failed.
   function App:process(n)
@@ -164,20 +217,7 @@ return function(webhooks)
     if not items then return nil, err end
     local done, failed = 0, 0
     for _, item in ipairs(items) do
-      local ok, herr = self:run(item)
-      if ok then
-        self.store:inbox_done(item.id)
-        done = done + 1
-      else
-        failed = failed + 1
-        self.metrics.handler_failure()
-        local reason = redact.text(tostring(herr)):sub(1, 2000)
-        local state = self.store:inbox_fail(item.id, reason, self.max_attempts)
-        local dead = state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
-        if dead then self.metrics.dead_lettered() end
-        log.event(dead and "error" or "warn", dead and "webhook.dead_lettered" or "webhook.handler_failed",
-          { attempt = (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
-      end
+      if self:settle(item, self:run(item)) then done = done + 1 else failed = failed + 1 end
     end
     return done, failed
   end

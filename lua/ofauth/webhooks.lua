@@ -27,7 +27,9 @@ M.defaults = {
   max_json_depth = 32,
   max_attempts = 5, -- handler attempts before an event is dead-lettered
   lease_s = 60, -- how long a worker owns a claimed event
-  drain_batch = 8, -- due events processed after each accepted delivery
+  drain_batch = 8, -- due events processed per drain round
+  drain_every = 50, -- inline mode: also drain every N deliveries (other workers' retries)
+  process = "inline", -- or "deferred" (handlers run from app:drain(), e.g. in a tick)
 }
 
 -- Header names for the checklist scheme (its name is not documented; see

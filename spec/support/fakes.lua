@@ -54,9 +54,9 @@ function M.store()
     if not ok then kv = snapshot; error(err, 0) end
     return true
   end
-  function s.inbox_add(_, id, payload)
+  function s.inbox_add(_, id, payload, _, lease_s)
     if inbox[id] then return false end
-    inbox[id] = { id = id, payload = payload, attempts = 0, state = "pending", due = 0 }
+    inbox[id] = { id = id, payload = payload, attempts = 0, state = lease_s and "claimed" or "pending", due = 0 }
     order[#order + 1] = id
     return true
   end
@@ -79,7 +79,7 @@ function M.store()
     e.last_error = reason
     if e.attempts >= (max or 5) then e.state = "dead"
     else e.state = "pending"; e.due = s.clock() + 2 ^ e.attempts end
-    return e.state
+    return e.state, e.state == "pending" and e.due or nil
   end
   function s.inbox_retry(_, id) local e = inbox[id]; e.state = "pending"; e.due = 0 return true end
   function s.inbox_dead()
