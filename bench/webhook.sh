@@ -85,10 +85,14 @@ cat >"$tmp/durable.lua" <<'LUA'
 local webhooks = require("ofauth.webhooks")
 local st = assert(require("oflua.store").open({ path = os.getenv("BENCH_STORE"),
   key = os.getenv("BENCH_STORE_KEY") }))
-local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st })
+local mode = os.getenv("BENCH_PROCESS") or "inline"
+local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st, process = mode })
 app:on("*", function() end)
 local r = require("oflua.router").new()
 r:post("/webhooks/ofauth", app:handler())
+if mode == "deferred" then -- handlers run in the tick VM, in batches
+  return { handler = r, tick = function() app:drain(50) end, tick_interval = 0.05 }
+end
 return r
 LUA
 
@@ -113,20 +117,25 @@ oflua_url="$(sed -n 's/^listening on //p' "$tmp/oflua.out")"
 mhd_url="http://127.0.0.1:$(head -1 "$tmp/mhd.out")"
 node_url="http://127.0.0.1:$(head -1 "$tmp/node.out")"
 
-# durable: a fresh store per round (deliveries must be new to it)
+# durable (handlers inline) and deferred (handlers in the tick): a fresh
+# store per round (deliveries must be new to it)
 durable_pid=
 durable_url=
-start_durable() {
-  if [ -n "$durable_pid" ]; then kill -TERM "$durable_pid"; wait "$durable_pid" 2>/dev/null || true; fi
-  rm -f "$tmp/durable.out" "$tmp"/inbox.db*
-  BENCH_STORE="$tmp/inbox.db" BENCH_STORE_KEY="$store_key" OFAUTH_LOG=warn \
-    "$OFLUA_BIN" serve "$tmp/durable.lua" --port 0 --workers "$WORKERS" >"$tmp/durable.out" 2>"$tmp/durable.err" &
-  durable_pid=$!
-  pids+=("$durable_pid")
-  wait_for "$tmp/durable.out"
-  durable_url="$(sed -n 's/^listening on //p' "$tmp/durable.out")"
+deferred_pid=
+deferred_url=
+start_durable() { # start_durable NAME MODE
+  local name=$1 mode=$2 pid_var="${1}_pid" url_var="${1}_url"
+  if [ -n "${!pid_var}" ]; then kill -TERM "${!pid_var}"; wait "${!pid_var}" 2>/dev/null || true; fi
+  rm -f "$tmp/$name.out" "$tmp/$name".db*
+  BENCH_STORE="$tmp/$name.db" BENCH_STORE_KEY="$store_key" BENCH_PROCESS="$mode" OFAUTH_LOG=warn \
+    "$OFLUA_BIN" serve "$tmp/durable.lua" --port 0 --workers "$WORKERS" >"$tmp/$name.out" 2>"$tmp/$name.err" &
+  printf -v "$pid_var" '%s' "$!"
+  pids+=("${!pid_var}")
+  wait_for "$tmp/$name.out"
+  printf -v "$url_var" '%s' "$(sed -n 's/^listening on //p' "$tmp/$name.out")"
 }
-start_durable
+start_durable durable inline
+start_durable deferred deferred
 
 # one good and one bad delivery to each: right answers before measuring
 check() { # check URL POOL STATUS
@@ -141,11 +150,12 @@ check() { # check URL POOL STATUS
     exit 1
   fi
 }
-for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url"; do
+for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url" "$deferred_url"; do
   check "$u" "$tmp/good.tsv" 200
   check "$u" "$tmp/bad.tsv" 401
 done
-start_durable
+start_durable durable inline
+start_durable deferred deferred
 
 # bench_wrk URL POOL SECONDS -> "requests_per_s p99_ms requests non2xx"
 bench_wrk() {
@@ -177,15 +187,15 @@ echo "bench/webhook: load average before: $(cut -d' ' -f1-3 /proc/loadavg); body
 for round in $(seq "$ROUNDS"); do
   # the durable path needs a delivery it has not seen for every request
   pool "$tmp/durable.tsv" $((SECS * 12000)) good "r$round"
-  [ "$round" -gt 1 ] && start_durable
-  for name in oflua mhd node durable; do
+  if [ "$round" -gt 1 ]; then start_durable durable inline; start_durable deferred deferred; fi
+  for name in oflua mhd node durable deferred; do
     url_var="${name}_url"
     p="$tmp/good.tsv"
-    [ "$name" = durable ] && p="$tmp/durable.tsv"
+    [ "$name" = durable ] || [ "$name" = deferred ] && p="$tmp/durable.tsv"
     read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$p" "$SECS")
     echo "bench/webhook: round $round $name: $rps req/s, p99 $p99 ms ($n requests, $bad not 2xx)"
     if [ "$bad" != 0 ]; then echo "bench/webhook: $name answered $bad requests with an error" >&2; fi
-    if [ "$name" = durable ] && [ "$n" -gt $((SECS * 12000)) ]; then
+    if { [ "$name" = durable ] || [ "$name" = deferred ]; } && [ "$n" -gt $((SECS * 12000)) ]; then
       echo "bench/webhook: the durable pool ran out (duplicates were sent)" >&2
     fi
     best "$name" "$rps" "$p99"
@@ -199,11 +209,14 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo "bench/webhook: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-stats=$("$OFLUA_BIN" -e "local s = assert(require('oflua.store').open({path='$tmp/inbox.db', key='$store_key'}))
-  local t = s:inbox_stats(); print(t.total, t.done, t.pending + t.claimed, t.dead)")
-echo "bench/webhook: durable inbox after the last round (total done open dead): $stats"
+sleep 0.5 # let the tick finish the deferred backlog
+for name in durable deferred; do
+  stats=$("$OFLUA_BIN" -e "local s = assert(require('oflua.store').open({path='$tmp/$name.db', key='$store_key'}))
+    local t = s:inbox_stats(); print(t.total, t.done, t.pending + t.claimed, t.dead)")
+  echo "bench/webhook: $name inbox after the last round (total done open dead): $stats"
+done
 
-for name in oflua mhd node durable oflua_bad mhd_bad node_bad; do
+for name in oflua mhd node durable deferred oflua_bad mhd_bad node_bad; do
   read -r rps p99 <"$tmp/$name.best"
   printf -v "${name}_rps" '%s' "$rps"
   printf -v "${name}_p99" '%s' "$p99"
@@ -214,6 +227,8 @@ result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL" "$oflua_rps" "req/s
 result "webhook verify+parse req/s vs node" "$oflua_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.5
 result "webhook durable path req/s vs node verify+parse" "$durable_rps" "req/s" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
+result "webhook durable path, deferred handlers, req/s vs node verify+parse" "$deferred_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
 result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL" "$oflua_p99" "ms" \
   "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_p99"
