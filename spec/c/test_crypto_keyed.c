@@ -6,14 +6,8 @@
 #include <stdio.h>
 #include <string.h>
 
-static int failures = 0;
-#define CHECK(cond)                                                               \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-      failures++;                                                                 \
-    }                                                                             \
-  } while (0)
+#include "check.h"
+
 
 int main(void) {
   unsigned char key[32], nonce[12], pt[600], aad[90], a[700], b[700], back[600];

@@ -10,17 +10,11 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "check.h"
+
 #define THREADS 4
 #define EVENTS 60
 
-static int failures = 0;
-#define CHECK(cond)                                                               \
-  do {                                                                            \
-    if (!(cond)) {                                                                \
-      fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);   \
-      failures++;                                                                 \
-    }                                                                             \
-  } while (0)
 
 static const char WORK[] =
     "function work(path, key, tid)\n"
