@@ -8,7 +8,6 @@
 
 #include "check.h"
 
-
 int main(void) {
   unsigned char key[32], nonce[12], pt[600], aad[90], a[700], b[700], back[600];
   unsigned char m1[64], m2[64];

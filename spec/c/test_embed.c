@@ -7,7 +7,6 @@
 
 #include "check.h"
 
-
 static const char *lua_dir(char *buf, size_t len) {
   const char *src = getenv("OFLUA_SOURCE_DIR");
   snprintf(buf, len, "%s/lua", src ? src : ".");

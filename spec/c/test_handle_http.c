@@ -11,7 +11,6 @@
 
 #include "check.h"
 
-
 static char lua_dir[1024], fixtures[1024];
 
 static const char *header(const oflua_http_response *r, const char *name) {
