@@ -63,7 +63,8 @@ if type(worker_args) == "table" then
   end
   local router = require("oflua.router").new()
   router:get("/callback", function(req)
-    local cb, why = link.callback(req.query, { store = st })
+    -- This callback server waits for one user's session only.
+    local cb, why = link.callback(req.query, { store = st, user_id = worker_args.user })
     if not cb then
       -- Not a session started here (forged, replayed, expired): refuse, keep waiting.
       shared:incr("refused", 1, 0)
@@ -137,7 +138,7 @@ end
 
 -- The script path as given on the command line: the worker VM loads this file.
 local srv, lerr = server.listen({ port = opts.port, workers = 1, script = arg[0],
-  args = { store = store_kind }, handle_signals = true })
+  args = { store = store_kind, user = opts.user }, handle_signals = true })
 if not srv then fail("cannot listen on 127.0.0.1:" .. opts.port .. ": " .. tostring(lerr)) end
 local shared = server.shared(SHARED)
 shared:delete("result")

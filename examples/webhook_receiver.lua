@@ -106,12 +106,20 @@ router:get("/link/start", function(req)
     res, err = ofauth.link.start(client, user, { store = st, redirect_url = callback_url(req) })
   end
   if not res then return json(502, { error = err.kind, message = err.message }) end
-  if req.query.format == "json" then return json(200, { url = res.url, expires_at = res.expires_at }) end
-  return 302, "", { location = res.url }
+  -- The browser carries the session's state back to /link/callback: a
+  -- redirect forged for another user id then fails (wrong_session).
+  local cookie = ("ofauth_link=%s; Path=/link; HttpOnly; SameSite=Lax; Max-Age=3600"):format(res.state)
+  if req.query.format == "json" then
+    local status, body, headers = json(200, { url = res.url, expires_at = res.expires_at })
+    headers["set-cookie"] = cookie
+    return status, body, headers
+  end
+  return 302, "", { location = res.url, ["set-cookie"] = cookie }
 end)
 
 router:get("/link/callback", function(req)
-  local cb, why = ofauth.link.callback(req.query, { store = st })
+  local state = (req.headers.cookie or ""):match("ofauth_link=(%x+)") or ""
+  local cb, why = ofauth.link.callback(req.query, { store = st, state = state })
   if not cb then return json(400, { error = why }) end
   -- Only a user-experience signal: the connection.created webhook decides.
   local rec = conns:get(cb.user_id)

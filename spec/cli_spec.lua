@@ -224,6 +224,10 @@ describe("oflua ofauth", function()
     out, err, code = h.oflua({ "ofauth", "link", "--user", "bob" }, { env = env() })
     assert.equal(1, code)
     assert.matches("--redirect-url is required", err, 1, true)
+    out, err, code = h.oflua({ "ofauth", "link", "--user", "--redirect-url", "http://127.0.0.1:1/cb" },
+      { env = env() })
+    assert.equal(1, code)
+    assert.equal("oflua ofauth: option --user needs a value\n", err)
   end)
 end)
 
@@ -256,6 +260,12 @@ describe("oflua doctor", function()
     assert.equal(0, code, out)
     assert.matches("✓ webhook", out, 1, true)
     assert.matches("answers 200 to a signed event and 401 to a forged one", out, 1, true)
+  end)
+
+  it("refuses an unknown --skip name", function()
+    local _, err, code = h.oflua({ "doctor", "--skip", "acces" })
+    assert.equal(1, code)
+    assert.matches("--skip acces: no such check", err, 1, true)
   end)
 
   it("flags an endpoint that accepts forged events", function()

@@ -132,6 +132,22 @@ describe("ofauth.connections", function()
       assert.equal(1, n)
     end)
 
+    it("ignores late updated/expired events about a connection the user no longer has", function()
+      local n = 0
+      local r = connections.new({ store = fakes.store(), on_reauth_required = function() n = n + 1 end })
+      local h = r:handlers()
+      local function ev(typ, id) return event(typ, { clientReferenceId = "u", connection = { id = id } }) end
+      h["connection.created"](ev("connection.created", "conn_OLD"))
+      h["connection.created"](ev("connection.created", "conn_NEW"))
+      h["connection.expired"](ev("connection.expired", "conn_OLD"))
+      h["connection.updated"](event("connection.updated", { clientReferenceId = "u",
+        connection = { id = "conn_OLD", status = "awaiting_2fa" } }))
+      local rec = r:get("u")
+      assert.equal("conn_NEW", rec.connection_id)
+      assert.equal("active", rec.status)
+      assert.equal(0, n)
+    end)
+
     it("raises on an event without a connection id (the inbox retries it)", function()
       local r = repo()
       assert.has_error(function() r:handlers()["connection.created"](event("connection.created", {})) end)

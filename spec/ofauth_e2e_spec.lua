@@ -53,7 +53,7 @@ describe("ofauth end to end against the emulator", function()
     assert.equal(200, resp.status)
     local done = cjson.decode(resp.body)
     conn_id = done.connectionId
-    local cb = assert(ofauth.link.callback(done.redirectUrl:match("%?(.*)$"), { store = st }))
+    local cb = assert(ofauth.link.callback(done.redirectUrl:match("%?(.*)$"), { store = st, state = s.state }))
     assert.equal("success", cb.status)
     assert.equal("user-e2e", cb.user_id)
     assert.equal(conn_id, cb.connection_id)

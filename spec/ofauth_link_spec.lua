@@ -45,22 +45,41 @@ describe("ofauth.link", function()
   it("rejects a forged callback with no pending session", function()
     local st = fakes.store()
     assert.same({ nil, "unknown_session" },
-      { link.callback("status=success&connection_id=conn_x&client_reference_id=victim", { store = st }) })
-    assert.same({ nil, "unknown_session" }, { link.callback("status=success", { store = st }) })
+      { link.callback("status=success&connection_id=conn_x&client_reference_id=victim",
+        { store = st, state = "x" }) })
+    assert.same({ nil, "unknown_session" }, { link.callback("status=success", { store = st, user_id = "u" }) })
   end)
 
   it("rejects an expired session and accepts a live one once", function()
     local st = fakes.store()
-    st:put("link:u1", cjson.encode({ user_id = "u1", expires_at = 100 }))
+    st:put("link:u1", cjson.encode({ user_id = "u1", expires_at = 100, state = "s1" }))
     assert.same({ nil, "expired_session" },
-      { link.callback("status=success&client_reference_id=u1", { store = st, now = 101 }) })
-    st:put("link:u2", cjson.encode({ user_id = "u2", expires_at = 100 }))
+      { link.callback("status=success&client_reference_id=u1", { store = st, now = 101, state = "s1" }) })
+    st:put("link:u2", cjson.encode({ user_id = "u2", expires_at = 100, state = "s2" }))
     local cb = assert(link.callback("status=success&connection_id=conn_9&client_reference_id=u2",
-      { store = st, now = 50 }))
+      { store = st, now = 50, state = "s2" }))
     assert.equal("u2", cb.user_id)
     assert.equal("conn_9", cb.connection_id)
     assert.same({ nil, "unknown_session" },
-      { link.callback("status=success&client_reference_id=u2", { store = st, now = 50 }) })
+      { link.callback("status=success&client_reference_id=u2", { store = st, now = 50, state = "s2" }) })
+  end)
+
+  it("refuses a redirect forged for another user's pending session, and keeps that session", function()
+    local c = client_with({ status = 200, body = '{"url":"https://l/9"}' })
+    local st = fakes.store()
+    local s = assert(link.start(c, "user-42", { redirect_url = "https://a/cb", store = st, now = 0 }))
+    assert.matches("^%x+$", s.state)
+    local forged = "status=cancelled&client_reference_id=user-42"
+    assert.same({ nil, "wrong_session" }, { link.callback(forged, { store = st, state = "00", now = 1 }) })
+    assert.same({ nil, "wrong_session" }, { link.callback(forged, { store = st, user_id = "mallory", now = 1 }) })
+    -- the real redirect still works afterwards
+    local cb = assert(link.callback("status=success&client_reference_id=user-42", { store = st, state = s.state,
+      now = 1 }))
+    assert.equal("user-42", cb.user_id)
+  end)
+
+  it("requires something that binds the redirect to its browser or user", function()
+    assert.has_error(function() link.callback("status=success", { store = fakes.store() }) end)
   end)
 
   it("reconnects with the stored connection id", function()

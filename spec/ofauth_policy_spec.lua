@@ -87,6 +87,11 @@ describe("ofauth.policy", function()
         { attempt = 1, waited = 0, method = "POST", retry_after = 3 }))
     end)
 
+    it("waits at least base_delay when Retry-After is 0 or in the past", function()
+      assert.equal(1, policy.next_delay(p, "rate_limited",
+        { attempt = 1, waited = 0, method = "GET", retry_after = 0 }))
+    end)
+
     it("gives up when Retry-After is longer than it may wait", function()
       assert.is_nil(policy.next_delay(p, "rate_limited",
         { attempt = 1, waited = 0, method = "GET", retry_after = 60 }))

@@ -66,8 +66,9 @@ describe("secrets through a full flow", function()
     texts[name .. " stderr"] = h.slurp(path(name .. ".err"))
   end
 
-  local function call(method, url, body)
+  local function call(method, url, body, extra)
     local headers = {}
+    for k, v in pairs(extra or {}) do headers[k] = v end
     if type(body) == "table" then
       body = cjson.encode(body)
       headers["content-type"] = "application/json"
@@ -78,7 +79,7 @@ describe("secrets through a full flow", function()
     -- the app's answers are scanned; the emulator's control API hands the
     -- test its connection ids on purpose
     if not url:find("/emulator/", 1, true) then texts[("response %s %s"):format(method, url)] = r.body end
-    return r.status, ok and decoded or r.body
+    return r.status, ok and decoded or r.body, r
   end
 
   local function cli(name, env, argv)
@@ -126,14 +127,15 @@ describe("secrets through a full flow", function()
     assert.equal(200, (call("PUT", emu .. "/emulator/webhook", { url = app .. "/webhooks/ofauth" })))
 
     -- Link, the callback, connection.created into the store
-    local status, b = call("GET", app .. "/link/start?user=bob&format=json")
+    local status, b, resp = call("GET", app .. "/link/start?user=bob&format=json")
     assert.equal(200, status, cjson.encode(b))
+    local cookie = (resp.headers["set-cookie"] or ""):match("^[^;]+") -- the browser's session cookie
     local session = b.url:match("/link/([^/?#]+)")
     status, b = call("POST", emu .. "/emulator/link/" .. session .. "/complete", { outcome = "success" })
     assert.equal(200, status)
     local conn_id = b.connectionId
     assert.matches("^conn_", conn_id)
-    assert.equal(200, (call("GET", b.redirectUrl)))
+    assert.equal(200, (call("GET", b.redirectUrl, nil, { cookie = cookie })))
     assert.truthy(eventually(function()
       local s, u = call("GET", app .. "/users/bob")
       return s == 200 and u.status == "active"

@@ -393,6 +393,15 @@ function Client:disconnect(id)
   return self:request("DELETE", fill(self.paths.connection, id), { endpoint = "disconnect" })
 end
 
+--- Cancel a Link session that has not completed, by its clientSecret.
+function Client:cancel_link(client_secret)
+  if type(client_secret) ~= "string" or client_secret == "" then
+    return nil, errors.invalid("client secret required")
+  end
+  redact.register_secret(client_secret) -- it is a credential for that session
+  return self:request("DELETE", fill(self.paths.link_session, client_secret), { endpoint = "link_session" })
+end
+
 function Client:invalidate(id)
   if type(id) ~= "string" or id == "" then return nil, errors.invalid("connection id required") end
   return self:request("POST", fill(self.paths.invalidate, id), { endpoint = "invalidate" })

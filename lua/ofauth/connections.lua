@@ -181,6 +181,14 @@ function Repo:handlers()
         return
       end
       local before = self:get(user)
+      -- Deliveries can arrive late or out of order: an updated/expired event
+      -- about a connection this user no longer has must not touch the one they
+      -- have now (created replaces it: the user connected again).
+      if typ ~= "connection.created" and before and before.connection_id
+        and before.connection_id ~= f.connection_id then
+        log.info("connection.stale_event", { user_id = user, type = typ })
+        return
+      end
       local was_expired = before ~= nil and before.status == "expired"
       rule(f)
       if f.status == "expired" and not was_expired then f.expired_at = self.now() end

@@ -1,13 +1,14 @@
 --- The Link flow: start a session for a user, check the redirect back.
 --
 --   local s = assert(link.start(client, "user-42", {redirect_url = R, store = st}))
---   -- send the browser to s.url
---   local cb, why = link.callback(req.query, {store = st})
+--   -- set a cookie holding s.state, send the browser to s.url; on its return:
+--   local cb, why = link.callback(req.query, {store = st, state = cookie_value})
 --
 -- The user id is sent as clientReferenceId, so the connection.created webhook
 -- (the authoritative signal) maps back to the user. The pending session is
--- kept (encrypted) in the store under link:<user id> with an expiry; a
--- callback is only accepted for a pending, unexpired session, and it never
+-- kept (encrypted) in the store under link:<user id> with an expiry and a
+-- random state; a callback is only accepted for a pending, unexpired session
+-- of the same browser (state) or logged-in user (user_id), and it never
 -- activates a connection by itself: it is a user-experience signal.
 local cjson = require("cjson")
 local errors = require("ofauth.errors")
@@ -64,11 +65,15 @@ function M.start(client, user_id, opts)
   if not res then return nil, err end
   local now = now_of(opts)
   local expires = M.parse_time(res.expires_at) or (now + (opts.ttl or M.defaults.ttl))
+  -- A random value the browser that started the session carries back (in a
+  -- cookie), so a redirect forged for someone else's user id is refused.
+  local crypto = require("oflua.crypto")
+  local state = crypto.hex(crypto.random(16))
   opts.store:put("link:" .. user_id, cjson.encode({
-    user_id = user_id, started_at = now, expires_at = expires,
+    user_id = user_id, started_at = now, expires_at = expires, state = state,
     reconnect = opts.connection_id ~= nil,
   }))
-  return { url = res.url, client_secret = res.client_secret, expires_at = expires }
+  return { url = res.url, client_secret = res.client_secret, expires_at = expires, state = state }
 end
 
 local function decode_component(s)
@@ -104,20 +109,35 @@ function M.parse_callback(query)
   }
 end
 
---- Check a redirect against the pending sessions. opts: store (required),
--- now, keep (true: leave the pending session in place).
+--- Check a redirect against the pending sessions. opts: store (required);
+-- and what binds the redirect to the browser or user that started the
+-- session, at least one of: state (the value start() returned, kept in the
+-- browser's cookie) or user_id (your logged-in user); now, keep (true: leave
+-- the pending session in place).
 -- Returns the parsed callback plus user_id, or nil, reason:
---   invalid_callback, unknown_session (forged or never started), expired_session.
--- A success callback does not activate anything: wait for connection.created.
+--   invalid_callback, unknown_session (forged or never started),
+--   wrong_session (not this browser's / user's session), expired_session.
+-- A refused redirect leaves the pending session as it was. A success callback
+-- does not activate anything: wait for connection.created.
 function M.callback(query, opts)
   opts = opts or {}
   if not opts.store then error("link.callback: store is required", 2) end
+  if opts.state == nil and opts.user_id == nil then
+    error("link.callback: pass state (from the browser's cookie) or user_id (the logged-in user), "
+      .. "so that a forged redirect cannot complete another user's session", 2)
+  end
   local cb, why = M.parse_callback(query)
   if not cb then return nil, why end
   if not cb.client_reference_id then return nil, "unknown_session" end
   local raw = opts.store:get("link:" .. cb.client_reference_id)
   local ok, pending = pcall(cjson.decode, raw or "")
   if not raw or not ok or type(pending) ~= "table" then return nil, "unknown_session" end
+  local crypto = require("oflua.crypto")
+  if opts.user_id ~= nil and opts.user_id ~= pending.user_id then return nil, "wrong_session" end
+  if opts.state ~= nil and (type(opts.state) ~= "string" or type(pending.state) ~= "string"
+      or not crypto.equal(opts.state, pending.state)) then
+    return nil, "wrong_session"
+  end
   if now_of(opts) > (pending.expires_at or 0) then
     opts.store:delete("link:" .. cb.client_reference_id)
     return nil, "expired_session"

@@ -125,7 +125,9 @@ function M.next_delay(policy, outcome, ctx)
   end
   local delay
   if outcome == "rate_limited" and ctx.retry_after then
-    delay = ctx.retry_after
+    -- at least base_delay: "Retry-After: 0" (or a date in the past) must not
+    -- turn the retries into a burst
+    delay = math.max(ctx.retry_after, policy.base_delay)
     if delay > policy.max_delay then return nil end -- the server asks for longer than we wait
   else
     delay = M.backoff(policy, ctx.attempt)

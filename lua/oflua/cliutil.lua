@@ -48,7 +48,11 @@ function M.parse(argv, spec)
         if value == nil then
           i = i + 1
           value = argv[i]
-          if value == nil then M.fail(("option --%s needs a value"):format(name)) end
+          -- "--user --redirect-url x" is a forgotten value, not a user named
+          -- "--redirect-url" (a value that starts with "--" goes as --opt=value)
+          if value == nil or value:match("^%-%-%a") then
+            M.fail(("option --%s needs a value"):format(name))
+          end
         end
         local kind = options[name] or options[key]
         if kind == "number" then

@@ -8,13 +8,15 @@ local fakes = require("spec.support.fakes")
 local NOW = 1700000000
 local st = fakes.store()
 local function reset()
-  st:put("link:user_1", cjson.encode({ user_id = "user_1", started_at = NOW, expires_at = NOW + 600 }))
+  st:put("link:user_1", cjson.encode({ user_id = "user_1", started_at = NOW, expires_at = NOW + 600,
+    state = "s1" }))
   st:put("link:user_2", cjson.encode({ user_id = "user_2", started_at = NOW - 7200, expires_at = NOW - 3600 }))
   st:put("link:user_3", "not json")
 end
 reset()
 
-local reasons = { invalid_callback = true, unknown_session = true, expired_session = true }
+local reasons = { invalid_callback = true, unknown_session = true, expired_session = true,
+  wrong_session = true }
 
 local function check_cb(cb)
   assert(link.statuses[cb.status], "unknown status accepted")
@@ -27,7 +29,7 @@ end
 return function(data)
   local cb, why = link.parse_callback(data)
   if cb then check_cb(cb) else assert(why == "invalid_callback") end
-  cb, why = link.callback(data, { store = st, now = NOW, keep = true })
+  cb, why = link.callback(data, { store = st, now = NOW, keep = true, state = "s1" })
   if cb then
     check_cb(cb)
     assert(cb.client_reference_id == "user_1" and cb.user_id == "user_1", "callback for a session never started")

@@ -41,7 +41,11 @@ end
 
 local results = {}
 local skip = {}
-for _, s in ipairs(opts.skip or {}) do skip[s] = true end
+local CHECKS = { api_key = true, link = true, webhook = true, store = true, access = true }
+for _, s in ipairs(opts.skip or {}) do
+  if not CHECKS[s] then cli.fail(("--skip %s: no such check (api_key, link, webhook, store, access)"):format(s)) end
+  skip[s] = true
+end
 
 local function report(name, ok, detail, hint)
   local r = { check = name, ok = ok, detail = detail, hint = (not ok) and hint or nil }
@@ -129,9 +133,7 @@ run("link", function()
     return report("link", false, tostring(err), hint)
   end
   -- Cancel the test session when the API gave us its handle.
-  if res.client_secret then
-    client:request("DELETE", client.paths.link_session:gsub("{id}", res.client_secret), { endpoint = "link_session" })
-  end
+  if res.client_secret then client:cancel_link(res.client_secret) end
   report("link", true, "a Link session was created for " .. redirect)
 end)
 

@@ -80,7 +80,8 @@ local function print_headers(h)
 end
 
 if command == "sign" then
-  print_headers(signed_headers(read_body(), secret()))
+  local sec = secret()
+  print_headers(signed_headers(read_body(), sec))
   return 0
 elseif command == "verify" then
   local headers = {}
@@ -90,7 +91,8 @@ elseif command == "verify" then
     headers[k:lower()] = v
   end
   if next(headers) == nil then cli.fail("give the delivery's signature headers with --header 'name: value'") end
-  local event, meta = webhooks.verify(read_body(), headers, secret(),
+  local sec = secret() -- before reading stdin: a missing secret fails at once
+  local event, meta = webhooks.verify(read_body(), headers, sec,
     { tolerance = opts.tolerance, now = opts.now })
   if not event then
     if opts.json then print(cjson.encode({ valid = false, reason = meta })) end
