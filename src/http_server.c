@@ -1330,8 +1330,8 @@ static void *tick_main(void *arg) {
   lua_State *L = s->tickL; /* stack: [1] handler, [2] shutdown, [3] tick */
   pthread_mutex_lock(&s->tick_mu);
   for (;;) {
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
+    struct timespec until; /* the condvar waits on the monotonic clock */
+    clock_gettime(CLOCK_MONOTONIC, &until);
     double secs = floor(s->tick_interval);
     until.tv_sec += (time_t)secs;
     until.tv_nsec += (long)((s->tick_interval - secs) * 1e9);
@@ -1735,7 +1735,11 @@ static int server_listen(lua_State *L) {
       } else {
         lua_settop(s->tickL, 3);
         pthread_mutex_init(&s->tick_mu, NULL);
-        pthread_cond_init(&s->tick_cv, NULL);
+        pthread_condattr_t ca; /* a wall-clock step must not stretch or skip ticks */
+        pthread_condattr_init(&ca);
+        pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+        pthread_cond_init(&s->tick_cv, &ca);
+        pthread_condattr_destroy(&ca);
       }
       if (err[0] != '\0') {
         lua_close(s->tickL);

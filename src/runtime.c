@@ -136,10 +136,26 @@ static int core_chmod(lua_State *L) {
 
 /* listdir(path) -> sorted array of entry names (no "." / ".."), or nil, err */
 
+/* The DIR of a listdir() in progress, in a userdata whose __gc closes it, so
+ * a memory error raised mid-listing cannot leak it. */
+static int dir_gc(lua_State *L) {
+  DIR **d = luaL_checkudata(L, 1, "oflua.core.dir");
+  if (*d != NULL) closedir(*d);
+  *d = NULL;
+  return 0;
+}
+
 static int core_listdir(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
-  DIR *d = opendir(path);
-  if (d == NULL) {
+  DIR **d = lua_newuserdatauv(L, sizeof *d, 0);
+  *d = NULL;
+  if (luaL_newmetatable(L, "oflua.core.dir")) {
+    lua_pushcfunction(L, dir_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
+  *d = opendir(path);
+  if (*d == NULL) {
     luaL_pushfail(L);
     lua_pushfstring(L, "%s: %s", path, strerror(errno));
     return 2;
@@ -147,13 +163,13 @@ static int core_listdir(lua_State *L) {
   lua_newtable(L);
   int n = 0;
   struct dirent *e;
-  while ((e = readdir(d)) != NULL) {
+  while ((e = readdir(*d)) != NULL) {
     if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
     lua_pushstring(L, e->d_name);
     lua_rawseti(L, -2, ++n);
   }
-  closedir(d);
-  /* sort in Lua: table.sort is already there */
+  closedir(*d);
+  *d = NULL;
   lua_getglobal(L, "table");
   lua_getfield(L, -1, "sort");
   lua_pushvalue(L, -3);
@@ -316,6 +332,32 @@ int oflua_run_string(oflua_runtime *rt, const char *code, const char *chunkname,
   return oflua__run_loaded(rt->L, st, 0, errbuf, errlen);
 }
 
+/* The lookup, the argument pushes and the call, all under lua_pcall: a
+ * memory error or a metamethod on the globals cannot escape to a panic. */
+typedef struct call_ctx {
+  const char *name;
+  int nargs;
+  const char *const *args;
+  int found;
+} call_ctx;
+
+static int call_body(lua_State *L) {
+  call_ctx *c = lua_touserdata(L, 1);
+  if (lua_getglobal(L, c->name) != LUA_TFUNCTION) {
+    c->found = 0;
+    lua_pushnil(L);
+    return 1;
+  }
+  c->found = 1;
+  luaL_checkstack(L, c->nargs, "too many arguments");
+  for (int i = 0; i < c->nargs; i++) {
+    if (c->args[i] == NULL) lua_pushnil(L);
+    else lua_pushstring(L, c->args[i]);
+  }
+  lua_call(L, c->nargs, 1);
+  return 1;
+}
+
 int oflua_call(oflua_runtime *rt, const char *name, int nargs, const char *const *args,
                char **result, size_t *result_len, char *errbuf, size_t errlen) {
   if (result != NULL) *result = NULL;
@@ -326,25 +368,24 @@ int oflua_call(oflua_runtime *rt, const char *name, int nargs, const char *const
   }
   lua_State *L = rt->L;
   int top = lua_gettop(L);
-  if (!lua_checkstack(L, nargs + 3)) {
-    oflua__errf(errbuf, errlen, "oflua_call: too many arguments");
-    return OFLUA_ERR_ARG;
+  if (!lua_checkstack(L, 4)) {
+    oflua__errf(errbuf, errlen, "oflua_call: out of memory");
+    return OFLUA_ERR_MEM;
   }
+  call_ctx c = {name, nargs, args, 0};
   lua_pushcfunction(L, oflua__msgh);
-  if (lua_getglobal(L, name) != LUA_TFUNCTION) {
-    lua_settop(L, top);
-    oflua__errf(errbuf, errlen, "oflua_call: no global function '%s'", name);
-    return OFLUA_ERR_NOTFOUND;
-  }
-  for (int i = 0; i < nargs; i++) {
-    if (args[i] == NULL) lua_pushnil(L);
-    else lua_pushstring(L, args[i]);
-  }
-  int st = lua_pcall(L, nargs, 1, top + 1);
+  lua_pushcfunction(L, call_body);
+  lua_pushlightuserdata(L, &c);
+  int st = lua_pcall(L, 1, 1, top + 1);
   if (st != LUA_OK) {
     int code = fail_with(L, st, errbuf, errlen);
     lua_settop(L, top);
     return code;
+  }
+  if (!c.found) {
+    lua_settop(L, top);
+    oflua__errf(errbuf, errlen, "oflua_call: no global function '%s'", name);
+    return OFLUA_ERR_NOTFOUND;
   }
   int rc = OFLUA_OK;
   int t = lua_type(L, -1);
