@@ -1340,30 +1340,47 @@ static void set_ns(Store *s, const unsigned char *ns, size_t n) {
   s->nslen = n;
 }
 
+/* Steps statement `which` (columns id, ns, kid, ...) to the row after *last,
+ * records it as the row being re-sealed (for the error message) and checks
+ * its key id. Returns the statement positioned on that row; NULL with
+ * *rc = 0 when no row is left, or *rc = -1 on an error (r->fail or s->err
+ * says which). */
+static sqlite3_stmt *rekey_row(Rekey *r, int which, const char *table, sqlite3_int64 *last,
+                               int *rc) {
+  Store *s = r->s;
+  *rc = -1;
+  sqlite3_stmt *st = stmt(s, which);
+  if (st == NULL) return NULL;
+  sqlite3_bind_int64(st, 1, *last);
+  int sr = step(s, st);
+  if (sr == SQLITE_DONE) {
+    sqlite3_reset(st);
+    *rc = 0;
+    return NULL;
+  }
+  if (sr != SQLITE_ROW) return NULL;
+  *last = sqlite3_column_int64(st, 0);
+  r->bad_id = *last;
+  r->bad_table = table;
+  set_ns(s, sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1));
+  if (sqlite3_column_int64(st, 2) != s->kid) {
+    r->fail = REKEY_OTHER_KID;
+    sqlite3_reset(st);
+    return NULL;
+  }
+  return st;
+}
+
 /* Re-seals every oflua_kv row. 0, or -1 with r->bad_* or s->err set. */
 static int rekey_kv(Rekey *r) {
   Store *s = r->s;
   Aad a;
   sqlite3_int64 last = 0;
   for (;;) {
-    sqlite3_stmt *st = stmt(s, ST_KV_ALL);
-    if (st == NULL) return -1;
-    sqlite3_bind_int64(st, 1, last);
-    int rc = step(s, st);
-    if (rc == SQLITE_DONE) {
-      sqlite3_reset(st);
-      return 0;
-    }
-    if (rc != SQLITE_ROW) return -1;
-    sqlite3_int64 id = last = sqlite3_column_int64(st, 0);
-    r->bad_id = id;
-    r->bad_table = "oflua_kv";
-    set_ns(s, sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1));
-    if (sqlite3_column_int64(st, 2) != s->kid) {
-      r->fail = REKEY_OTHER_KID;
-      sqlite3_reset(st);
-      return -1;
-    }
+    int rc;
+    sqlite3_stmt *st = rekey_row(r, ST_KV_ALL, "oflua_kv", &last, &rc);
+    if (st == NULL) return rc;
+    sqlite3_int64 id = last;
     unsigned char *key = r->small2;
     size_t klen = 0, vlen;
     const void *vb = sqlite3_column_blob(st, 4);
@@ -1415,24 +1432,10 @@ static int rekey_inbox(Rekey *r) {
   Aad a;
   sqlite3_int64 last = 0;
   for (;;) {
-    sqlite3_stmt *st = stmt(s, ST_IN_ALL);
-    if (st == NULL) return -1;
-    sqlite3_bind_int64(st, 1, last);
-    int rc = step(s, st);
-    if (rc == SQLITE_DONE) {
-      sqlite3_reset(st);
-      return 0;
-    }
-    if (rc != SQLITE_ROW) return -1;
-    sqlite3_int64 id = last = sqlite3_column_int64(st, 0);
-    r->bad_id = id;
-    r->bad_table = "oflua_inbox";
-    set_ns(s, sqlite3_column_text(st, 1), (size_t)sqlite3_column_bytes(st, 1));
-    if (sqlite3_column_int64(st, 2) != s->kid) {
-      r->fail = REKEY_OTHER_KID;
-      sqlite3_reset(st);
-      return -1;
-    }
+    int rc;
+    sqlite3_stmt *st = rekey_row(r, ST_IN_ALL, "oflua_inbox", &last, &rc);
+    if (st == NULL) return rc;
+    sqlite3_int64 id = last;
     unsigned char *eid = r->small2;
     size_t elen = 0;
     const void *pb = sqlite3_column_blob(st, 4), *rb = sqlite3_column_blob(st, 5);
