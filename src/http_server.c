@@ -415,6 +415,25 @@ static int push_callable(lua_State *L, int h) {
                     luaL_typename(L, -1));
 }
 
+/* The error message on top of L, passed through the error filter when one is
+ * set (OFLUA_REG_ERROR_FILTER); replaces the top with the result and returns
+ * it (never NULL). */
+static const char *filtered_error(lua_State *L) {
+  if (lua_type(L, -1) != LUA_TSTRING) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, "(error object is not a string)");
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_ERROR_FILTER) == LUA_TFUNCTION) {
+    lua_pushvalue(L, -2);
+    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
+      lua_replace(L, -2); /* the filtered text replaces the original */
+      return lua_tostring(L, -1);
+    }
+  }
+  lua_pop(L, 1); /* the filter's result or error, or the non-function */
+  return lua_tostring(L, -1);
+}
+
 typedef struct dispatch_ctx {
   const oflua_http_request *req;
   oflua_http_response *resp;
@@ -467,8 +486,8 @@ int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *
   lua_pushlightuserdata(L, &ctx);
   lua_pushvalue(L, handler);
   if (lua_pcall(L, 2, 0, top + 1) != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
-    oflua__errf(errbuf, errlen, "%s", msg != NULL ? msg : "(error object is not a string)");
+    const char *msg = filtered_error(L);
+    oflua__errf(errbuf, errlen, "%s", msg);
     if (errbuf != NULL && errlen > 0 && errbuf[0] == '\0') oflua__errf(errbuf, errlen, "error");
     generic_500(resp);
   }
@@ -1278,7 +1297,7 @@ static void close_workers(server *s) {
     lua_pushvalue(w->L, 1);
     lua_pushvalue(w->L, 2);
     if (lua_pcall(w->L, 2, 0, 3) != LUA_OK)
-      log_json("error", "shutdown_error", w->id, "error", lua_tostring(w->L, -1), NULL, NULL);
+      log_json("error", "shutdown_error", w->id, "error", filtered_error(w->L), NULL, NULL);
     lua_close(w->L);
     w->L = NULL;
   }
@@ -1347,7 +1366,7 @@ static void *tick_main(void *arg) {
     lua_pushcfunction(L, oflua__msgh);
     lua_pushvalue(L, 3);
     if (lua_pcall(L, 0, 0, 4) != LUA_OK)
-      log_json("error", "tick_error", 0, "error", lua_tostring(L, -1), NULL, NULL);
+      log_json("error", "tick_error", 0, "error", filtered_error(L), NULL, NULL);
     lua_settop(L, 3);
     pthread_mutex_lock(&s->tick_mu);
   }
@@ -1374,7 +1393,7 @@ static void tick_stop(server *s) {
     lua_pushvalue(L, 1);
     lua_pushvalue(L, 2);
     if (lua_pcall(L, 2, 0, 3) != LUA_OK)
-      log_json("error", "shutdown_error", 0, "error", lua_tostring(L, -1), NULL, NULL);
+      log_json("error", "shutdown_error", 0, "error", filtered_error(L), NULL, NULL);
     lua_close(L);
     s->tickL = NULL;
     pthread_cond_destroy(&s->tick_cv);

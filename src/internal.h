@@ -55,6 +55,12 @@ int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *
  * in dozens of shared libraries whose start-up would dominate `oflua -e ''`). */
 extern const luaL_Reg oflua__native_modules[];
 
+/* Registry key of an optional function(text) -> text that the server applies
+ * to handler, tick and shutdown error messages before they are logged or
+ * handed to an embedder (ofauth.redact sets it: connection ids and
+ * registered secrets out of logs). Its own errors are ignored. */
+#define OFLUA_REG_ERROR_FILTER "oflua.error_filter"
+
 /* Registry key of the handler loaded by oflua_load_handler. */
 #define OFLUA_REG_HANDLER "oflua.handler"
 

@@ -60,4 +60,12 @@ function M.value(v, depth)
   return setmetatable(out, getmetatable(v))
 end
 
+-- oflua.server passes handler, tick and shutdown errors through this
+-- registry function before logging them (an app's own error text may hold a
+-- connection id). An app that set its own filter keeps it.
+do
+  local reg = debug.getregistry()
+  if reg["oflua.error_filter"] == nil then reg["oflua.error_filter"] = M.text end
+end
+
 return M

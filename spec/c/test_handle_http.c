@@ -92,6 +92,15 @@ static void test_router_handler(void) {
   CHECK(oflua_handle_http(rt, &post, &resp, err, sizeof err) == OFLUA_OK && resp.status == 200);
   oflua_http_response_free(&resp);
 
+  /* error text passes through the error filter ofauth.redact installs */
+  snprintf(path, sizeof path, "%s/leaky.lua", fixtures);
+  CHECK(oflua_load_handler(rt, path, err, sizeof err) == OFLUA_OK);
+  CHECK(oflua_handle_http(rt, &boom, &resp, err, sizeof err) == OFLUA_OK);
+  CHECK(resp.status == 500);
+  CHECK(strstr(err, "conn_abcdef123456") == NULL && strstr(err, "conn_\xe2\x80\xa6" "3456") != NULL);
+  CHECK(strstr(err, "sk_test_leaky_secret_123") == NULL && strstr(err, "[redacted]") != NULL);
+  oflua_http_response_free(&resp);
+
   /* bad arguments */
   CHECK(oflua_handle_http(rt, NULL, &resp, err, sizeof err) == OFLUA_ERR_ARG);
   oflua_http_request nomethod = {NULL, "/", NULL, NULL, 0, NULL, 0, NULL};
