@@ -36,9 +36,7 @@ local function connect(user)
 end
 
 setup(function()
-  tmpdir = os.tmpname()
-  os.remove(tmpdir)
-  os.execute("mkdir -p " .. h.shq(tmpdir))
+  tmpdir = h.tmpdir()
   db = tmpdir .. "/recv.db"
   key = store.keygen()
   emu = assert(require("ofauth.emulator").start({ api_keys = { API_KEY }, subscribers = 230 }))

@@ -9,6 +9,13 @@ function M.shq(s)
   return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
 end
 
+--- A new empty temporary directory (mktemp -d); the caller removes it.
+function M.tmpdir()
+  local out, _, code = M.sh("mktemp -d")
+  assert(code == 0, "mktemp -d failed")
+  return (out:gsub("%s+$", ""))
+end
+
 function M.tmpname()
   local p = os.tmpname()
   return p

@@ -16,9 +16,7 @@ describe("ofauth end to end against the emulator", function()
   local stderr_lines = {}
 
   setup(function()
-    tmpdir = os.tmpname()
-    os.remove(tmpdir)
-    os.execute("mkdir -p " .. h.shq(tmpdir))
+    tmpdir = h.tmpdir()
     db, key = tmpdir .. "/e2e.db", store.keygen()
     local dict_name = "e2e_" .. os.time() .. math.random(1e6)
     dict = server.shared(dict_name)

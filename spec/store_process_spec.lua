@@ -4,11 +4,7 @@ local h = require("spec.helper")
 local store = require("oflua.store")
 local core = require("oflua.core")
 
-local function tmpdir()
-  local out, _, code = h.sh("mktemp -d")
-  assert(code == 0, "mktemp -d failed")
-  return (out:gsub("%s+$", ""))
-end
+local tmpdir = h.tmpdir
 
 local dirs = {}
 local function newdir()
