@@ -40,7 +40,7 @@ int oflua__run_loaded(lua_State *L, int status, int nresults, char *errbuf, size
 void oflua__errf(char *buf, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Dispatch hook for oflua_handle_http, provided by http_server.c:
+/* Dispatch hook for oflua_handle_http, provided by server_dispatch.c:
  * calls the handler at stack index `handler` with a req table built from
  * `req` and fills `resp`. */
 struct oflua_http_request;

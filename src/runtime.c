@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 #include "oflua.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -71,27 +72,19 @@ const char *oflua__state_lua_dir(lua_State *L) {
 /* ---- oflua.core ---------------------------------------------------------- */
 
 static int core_now(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)oflua__wall_now());
   return 1;
 }
 
 static int core_monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)oflua__mono_now());
   return 1;
 }
 
 static int core_sleep(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
-  struct timespec ts;
-  ts.tv_sec = (time_t)s;
-  ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  oflua__sleep((double)s);
   return 0;
 }
 
