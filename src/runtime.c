@@ -251,11 +251,53 @@ static int status_code(int lua_status) {
   }
 }
 
-/* Pops the error value on top of L into errbuf and maps the status. */
+/* ---- error filter ---------------------------------------------------------- */
+
+typedef struct filter_ctx {
+  int has_filter;
+} filter_ctx;
+
+/* Under lua_pcall: [1] ctx, [2] the error value -> the filtered text. */
+static int filter_body(lua_State *L) {
+  filter_ctx *c = lua_touserdata(L, 1);
+  if (lua_type(L, 2) != LUA_TSTRING) {
+    if (!(luaL_callmeta(L, 2, "__tostring") && lua_type(L, -1) == LUA_TSTRING))
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 2));
+    lua_replace(L, 2);
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_ERROR_FILTER) == LUA_TNIL) {
+    lua_pushvalue(L, 2);
+    return 1;
+  }
+  c->has_filter = 1;
+  lua_pushvalue(L, 2);
+  lua_call(L, 1, 1);
+  if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "the error filter returned no string");
+  return 1;
+}
+
+void oflua__filter_error(lua_State *L, char *buf, size_t len) {
+  filter_ctx c = {0};
+  int ok = 0;
+  if (lua_checkstack(L, 4)) {
+    /* pushing a C function and a light userdata allocates nothing */
+    lua_pushcfunction(L, filter_body);
+    lua_pushlightuserdata(L, &c);
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK) ok = 1;
+    if (ok) oflua__errf(buf, len, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (!ok) {
+    /* fail closed: never the raw text when a filter exists (or may exist) */
+    oflua__errf(buf, len, "%s", OFLUA_FILTER_FAILED);
+  }
+  lua_pop(L, 1); /* the error value */
+}
+
+/* Pops the error value on top of L into errbuf (filtered) and maps the status. */
 static int fail_with(lua_State *L, int lua_status, char *errbuf, size_t errlen) {
-  const char *msg = lua_tostring(L, -1);
-  oflua__errf(errbuf, errlen, "%s", msg != NULL ? msg : "(error object is not a string)");
-  lua_pop(L, 1);
+  oflua__filter_error(L, errbuf, errlen);
   return status_code(lua_status);
 }
 

@@ -85,7 +85,7 @@ static void push_headers(lua_State *L, const oflua_header *h, size_t n) {
   }
 }
 
-static void push_request(lua_State *L, const oflua_http_request *r) {
+void srv_push_request(lua_State *L, const oflua_http_request *r) {
   lua_createtable(L, 0, 9);
   lua_pushstring(L, r->method);
   lua_setfield(L, -2, "method");
@@ -149,7 +149,7 @@ static void add_resp_header(lua_State *L, oflua_http_response *resp, size_t cap,
  * the connection is closed (for fault injection, like a peer that dies). */
 const char srv_drop_sentinel = 'D';
 
-static void take_response(lua_State *L, int base, oflua_http_response *resp) {
+void srv_take_response(lua_State *L, int base, oflua_http_response *resp) {
   if (lua_touserdata(L, base) == (void *)&srv_drop_sentinel) {
     resp->status = DROP_STATUS;
     return;
@@ -222,7 +222,7 @@ static void take_response(lua_State *L, int base, oflua_http_response *resp) {
  * is an object with a handle method); returns the number of values pushed
  * before the request (1 or 2). Accepts a function, an object with a
  * `handle` method (a router) or a table {handler = <either>}. */
-static int push_callable(lua_State *L, int h) {
+int srv_push_callable(lua_State *L, int h) {
   lua_pushvalue(L, h);
   for (int depth = 0; depth < 4; depth++) {
     if (lua_type(L, -1) == LUA_TFUNCTION) return 1;
@@ -242,25 +242,6 @@ static int push_callable(lua_State *L, int h) {
                     luaL_typename(L, -1));
 }
 
-/* The error message on top of L, passed through the error filter when one is
- * set (OFLUA_REG_ERROR_FILTER); replaces the top with the result and returns
- * it (never NULL). */
-const char *srv_filtered_error(lua_State *L) {
-  if (lua_type(L, -1) != LUA_TSTRING) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, "(error object is not a string)");
-  }
-  if (lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_ERROR_FILTER) == LUA_TFUNCTION) {
-    lua_pushvalue(L, -2);
-    if (lua_pcall(L, 1, 1, 0) == LUA_OK && lua_type(L, -1) == LUA_TSTRING) {
-      lua_replace(L, -2); /* the filtered text replaces the original */
-      return lua_tostring(L, -1);
-    }
-  }
-  lua_pop(L, 1); /* the filter's result or error, or the non-function */
-  return lua_tostring(L, -1);
-}
-
 typedef struct dispatch_ctx {
   const oflua_http_request *req;
   oflua_http_response *resp;
@@ -269,10 +250,10 @@ typedef struct dispatch_ctx {
 static int dispatch_protected(lua_State *L) {
   dispatch_ctx *c = (dispatch_ctx *)lua_touserdata(L, 1);
   int base = lua_gettop(L);
-  int nself = push_callable(L, 2);
-  push_request(L, c->req);
+  int nself = srv_push_callable(L, 2);
+  srv_push_request(L, c->req);
   lua_call(L, nself, 3);
-  take_response(L, base + 1, c->resp);
+  srv_take_response(L, base + 1, c->resp);
   return 0;
 }
 
@@ -313,9 +294,7 @@ int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *
   lua_pushlightuserdata(L, &ctx);
   lua_pushvalue(L, handler);
   if (lua_pcall(L, 2, 0, top + 1) != LUA_OK) {
-    const char *msg = srv_filtered_error(L);
-    oflua__errf(errbuf, errlen, "%s", msg);
-    if (errbuf != NULL && errlen > 0 && errbuf[0] == '\0') oflua__errf(errbuf, errlen, "error");
+    oflua__filter_error(L, errbuf, errlen); /* pops the error */
     generic_500(resp);
   }
   lua_settop(L, top);
