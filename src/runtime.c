@@ -103,10 +103,11 @@ static int core_getpid(lua_State *L) {
 /* file_mode(path) -> permission bits as an integer, or nil, err */
 static int core_file_mode(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  char ebuf[128];
   struct stat st;
   if (stat(path, &st) != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
@@ -118,9 +119,10 @@ static int core_chmod(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer mode = luaL_checkinteger(L, 2);
   luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "bad mode");
+  char ebuf[128];
   if (chmod(path, (mode_t)mode) != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_pushboolean(L, 1);
@@ -149,8 +151,9 @@ static int core_listdir(lua_State *L) {
   lua_setmetatable(L, -2);
   *d = opendir(path);
   if (*d == NULL) {
+    char ebuf[128];
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_newtable(L);

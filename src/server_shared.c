@@ -41,13 +41,25 @@ static shared_dict *sd_registry = NULL;
 
 #define SD_DEFAULT_SIZE ((size_t)1 << 20)
 
-static uint32_t sd_hash(const char *s, size_t n) {
-  uint32_t h = 2166136261u;
-  for (size_t i = 0; i < n; i++) {
-    h ^= (unsigned char)s[i];
-    h *= 16777619u;
+/* Keyed hash (SipHash) under a per-process random key: keys chosen by a
+ * client (header values, ids) cannot be made to collide into one bucket. */
+static unsigned char sd_key[16];
+static pthread_once_t sd_key_once = PTHREAD_ONCE_INIT;
+
+static void sd_key_init(void) {
+  if (oflua__random_bytes(sd_key, sizeof sd_key) != 0) {
+    /* no getrandom: still unpredictable enough from addresses and clocks */
+    double t = oflua__mono_now() + oflua__wall_now();
+    uintptr_t a = (uintptr_t)&t ^ (uintptr_t)sd_key;
+    memcpy(sd_key, &t, sizeof t);
+    memcpy(sd_key + 8, &a, sizeof a < 8 ? sizeof a : 8);
   }
-  return h;
+}
+
+static uint32_t sd_hash(const char *s, size_t n) {
+  pthread_once(&sd_key_once, sd_key_init);
+  uint64_t h = oflua__siphash(sd_key, s, n);
+  return (uint32_t)(h ^ (h >> 32));
 }
 
 static size_t sd_entry_cost(size_t klen, size_t vlen) { return sizeof(sd_entry) + klen + vlen; }
@@ -126,6 +138,26 @@ static void sd_checkvalue(lua_State *L, int idx, sd_value *v) {
       break;
     default:
       luaL_typeerror(L, idx, "string, number, boolean or nil");
+  }
+}
+
+/* A number argument (a numeric string converts like Lua's arithmetic does:
+ * "5" is the integer 5, "1.5" the float 1.5). */
+static void sd_checknumber(lua_State *L, int idx, sd_value *v) {
+  memset(v, 0, sizeof v[0]);
+  if (lua_type(L, idx) == LUA_TSTRING) {
+    size_t len;
+    const char *s = lua_tolstring(L, idx, &len);
+    if (lua_stringtonumber(L, s) != len + 1) luaL_typeerror(L, idx, "number");
+    lua_replace(L, idx); /* the converted number */
+  }
+  luaL_checknumber(L, idx);
+  if (lua_isinteger(L, idx)) {
+    v->type = SD_INT;
+    v->i = lua_tointeger(L, idx);
+  } else {
+    v->type = SD_NUM;
+    v->n = lua_tonumber(L, idx);
   }
 }
 
@@ -290,14 +322,8 @@ static int sd_lua_incr(lua_State *L) {
   by.type = SD_INT;
   by.i = 1;
   init.type = SD_INT;
-  if (!lua_isnoneornil(L, 3)) {
-    luaL_checknumber(L, 3);
-    sd_checkvalue(L, 3, &by);
-  }
-  if (!lua_isnoneornil(L, 4)) {
-    luaL_checknumber(L, 4);
-    sd_checkvalue(L, 4, &init);
-  }
+  if (!lua_isnoneornil(L, 3)) sd_checknumber(L, 3, &by);
+  if (!lua_isnoneornil(L, 4)) sd_checknumber(L, 4, &init);
   uint32_t h = sd_hash(k, klen);
   sd_value out;
   memset(&out, 0, sizeof out);

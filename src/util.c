@@ -8,6 +8,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <sys/types.h>
 #include <time.h>
 
 double oflua__mono_now(void) {
@@ -172,4 +174,61 @@ const char *oflua__strerror(int err, char *buf, size_t len) {
   }
 #endif
   return buf;
+}
+
+/* ---- SipHash-2-4 (Aumasson & Bernstein), for hash tables whose keys an
+ * attacker may choose: with a secret key, collisions cannot be planned. */
+
+#define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                             \
+  do {                                                                                       \
+    v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);                            \
+    v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                                                 \
+    v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                                                 \
+    v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);                            \
+  } while (0)
+
+static uint64_t load64le(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+uint64_t oflua__siphash(const unsigned char key[16], const void *data, size_t len) {
+  const unsigned char *in = data;
+  uint64_t k0 = load64le(key), k1 = load64le(key + 8);
+  uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+  uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+  size_t end = len - len % 8;
+  for (size_t i = 0; i < end; i += 8) {
+    uint64_t m = load64le(in + i);
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  uint64_t b = (uint64_t)len << 56;
+  for (size_t i = 0; i < len % 8; i++) b |= (uint64_t)in[end + i] << (8 * i);
+  v3 ^= b;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+int oflua__random_bytes(void *buf, size_t len) {
+  unsigned char *p = buf;
+  while (len > 0) {
+    ssize_t n = getrandom(p, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
 }

@@ -47,6 +47,13 @@ int oflua__is_header_value(const char *s, size_t n);
 /* malloc'd copy of s[0..n) plus a NUL, or NULL when out of memory. */
 char *oflua__memdup(const char *s, size_t n);
 
+/* SipHash-2-4 of data under a 16-byte key (hash tables with untrusted keys). */
+#include <stdint.h>
+uint64_t oflua__siphash(const unsigned char key[16], const void *data, size_t len);
+
+/* len bytes from the kernel's random source; 0 or -1. */
+int oflua__random_bytes(void *buf, size_t len);
+
 /* strerror(err) into buf (thread-safe); returns buf. */
 const char *oflua__strerror(int err, char *buf, size_t len);
 
