@@ -319,7 +319,7 @@ void srv_enqueue(server *s, job *j) {
   if (s->qtail != NULL) s->qtail->qnext = j;
   else s->qhead = j;
   s->qtail = j;
-  pthread_cond_signal(&s->qcv);
+  pthread_cond_broadcast(&s->qcv); /* workers wait on different conditions */
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -349,7 +349,15 @@ static void handler_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   if (w == NULL || w->cur == NULL) return;
   job *j = w->cur;
-  if (!atomic_load(&w->srv->abort_handlers) && oflua__mono_now() < j->deadline) return;
+  double now = oflua__mono_now();
+  if (!atomic_load(&w->srv->abort_handlers) && now < j->deadline) {
+    /* inline on an I/O thread: past its slice the handler moves to a worker */
+    if (j->slice_end > 0 && now >= j->slice_end && L == w->cur_co && lua_isyieldable(L)) {
+      j->sliced = 1;
+      lua_yield(L, 0);
+    }
+    return;
+  }
   j->timed_out = 1;
   if (L == w->cur_co && lua_isyieldable(L)) {
     lua_yield(L, 0); /* in a hook: returns, and Lua yields once the hook is done */
@@ -454,6 +462,16 @@ static void after_resume(worker *w, job *j, int st, int nres) {
     lua_pop(co, nres);
     if (j->timed_out) {
       abandon(w, j, atomic_load(&w->srv->abort_handlers) ? "server stopping" : "time limit");
+      return;
+    }
+    if (j->sliced) { /* continue on this VM's worker thread */
+      j->sliced = 0;
+      j->slice_end = 0;
+      pthread_mutex_lock(&w->srv->qmu);
+      w->pending = j;
+      pthread_mutex_unlock(&w->srv->qmu);
+      w->cur = NULL;
+      w->cur_co = NULL;
       return;
     }
     oflua_waiter *wt = j->waiter;
@@ -600,27 +618,110 @@ static void resume_job(worker *w, job *j) {
   lua_settop(w->L, 2);
 }
 
+/* A handler moved off an I/O thread (its slice ran out or it offloaded
+ * before a blocking call): resume it here. */
+static void continue_job(worker *w, job *j) {
+  if (job_answered(j)) {
+    job_done(w, j, 0);
+    return;
+  }
+  w->cur = j;
+  w->cur_co = j->co;
+  int nres = 0;
+  int st = lua_resume(j->co, w->L, 0, &nres);
+  after_resume(w, j, st, nres);
+  lua_settop(w->L, 2);
+}
+
+worker *srv_borrow_vm(server *s) {
+  worker *found = NULL;
+  pthread_mutex_lock(&s->qmu);
+  if (s->qhead == NULL && !s->qstop)
+    for (int i = 0; i < s->nworkers; i++) {
+      worker *w = &s->workers[i];
+      if (!w->busy && w->pending == NULL && w->ready == NULL) {
+        w->busy = 1;
+        found = w;
+        break;
+      }
+    }
+  pthread_mutex_unlock(&s->qmu);
+  return found;
+}
+
+void srv_release_vm(worker *w) {
+  server *s = w->srv;
+  pthread_mutex_lock(&s->qmu);
+  w->busy = 0;
+  if (w->pending != NULL || w->ready != NULL || w->nparked > 0) pthread_cond_broadcast(&s->qcv);
+  pthread_mutex_unlock(&s->qmu);
+}
+
+int srv_run_inline(worker *w, job *j, double slice) {
+  worker *saved = tls_worker;
+  tls_worker = w;
+  atomic_fetch_add(&j->refs, 1); /* the VM side's, as srv_enqueue takes */
+  j->slice_end = oflua__mono_now() + slice;
+  start_job(w, j);
+  tls_worker = saved;
+  return job_answered(j);
+}
+
+static int offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  worker *w = tls_worker;
+  if (w != NULL && w->cur != NULL && w->cur->slice_end > 0 && L == w->cur_co &&
+      lua_isyieldable(L)) {
+    w->cur->sliced = 1;
+    return lua_yieldk(L, 0, ctx, k);
+  }
+  return k(L, LUA_OK, ctx);
+}
+
+int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  return offload(L, k, ctx);
+}
+
+void srv_install_offload(void) { oflua__offload = offload; }
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   server *s = w->srv;
   tls_worker = w;
   pthread_mutex_lock(&s->qmu);
   for (;;) {
+    if (w->busy) { /* lent to an I/O thread for an inline run */
+      pthread_cond_wait(&s->qcv, &s->qmu);
+      continue;
+    }
+    if (w->pending != NULL) {
+      job *j = w->pending;
+      w->pending = NULL;
+      w->busy = 1;
+      pthread_mutex_unlock(&s->qmu);
+      continue_job(w, j);
+      pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
+      continue;
+    }
     if (w->ready != NULL) {
       job *j = w->ready;
       w->ready = j->qnext;
+      w->busy = 1;
       pthread_mutex_unlock(&s->qmu);
       resume_job(w, j);
       pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
       continue;
     }
     if (s->qhead != NULL && !s->qstop) {
       job *j = s->qhead;
       s->qhead = j->qnext;
       if (s->qhead == NULL) s->qtail = NULL;
+      w->busy = 1;
       pthread_mutex_unlock(&s->qmu);
       start_job(w, j);
       pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
       continue;
     }
     /* parked jobs past their deadline (or all, when stopping) */
