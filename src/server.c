@@ -145,6 +145,7 @@ void srv_job_unref(job *r) {
   if (atomic_fetch_sub(&r->refs, 1) != 1) return;
   body_release(r);
   if (r->mr != NULL && r->mr_owned) MHD_destroy_response(r->mr);
+  oflua_http_response_free(&r->resp);
   free(r->mem);
   free(r);
 }

@@ -75,8 +75,9 @@ struct job {
   struct MHD_Response *mr;
   int mr_owned;
   double deadline; /* monotonic: the answer is due (handler_timeout) */
-  /* request */
+  /* request, and the handler's response */
   oflua_http_request req;
+  oflua_http_response resp;
   char *mem; /* headers array and strings */
   char *body;
   size_t body_len, body_cap, reserved;
