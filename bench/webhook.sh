@@ -3,8 +3,12 @@
 #                  (signature, timestamp, JSON parse) and answering
 #   oflua durable  ofauth.webhooks.app over oflua.store: verify, dedupe,
 #                  encrypted inbox insert, a no-op handler run from the inbox
-#   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC,
-#                  nothing else (the ceiling of this stack)
+#   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC +
+#                  cJSON parse, nothing else (the ceiling of this stack)
+#   openresty      bench/peers/openresty_webhook.conf: nginx + ngx_http_lua
+#                  (LuaJIT), HMAC through the FFI, cjson.safe (the strongest
+#                  Lua-extended peer); skipped with a note when nginx or its
+#                  Lua module is missing (scripts/bootstrap --bench installs them)
 #   node           bench/peers/node_webhook.js: http cluster, crypto HMAC,
 #                  JSON.parse (what most integrators write)
 # Load: wrk -t2 -c50 --latency with bench/wrk/webhook.lua, which sends
@@ -38,7 +42,15 @@ store_key=$("$OFLUA_BIN" -e 'print(require("oflua.store").keygen())')
 export BENCH_SECRET=$secret
 
 # shellcheck disable=SC2046
-gcc -O2 -o "$tmp/mhd_webhook" "$here/peers/mhd_webhook.c" $(pkg-config --cflags --libs libmicrohttpd libcrypto)
+gcc -O2 -o "$tmp/mhd_webhook" "$here/peers/mhd_webhook.c" \
+  $(pkg-config --cflags --libs libmicrohttpd libcrypto libcjson)
+have_openresty=
+if command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] &&
+  [ -f /usr/share/lua/5.1/resty/core.lua ]; then
+  have_openresty=1
+else
+  echo "bench/webhook: nginx + libnginx-mod-http-lua + lua-resty-core missing: no OpenResty peer (scripts/bootstrap --bench)"
+fi
 
 # ---- request pools (signed by oflua; timestamps now + 60 s: valid for 6 min) ----
 # pool FILE COUNT good|bad PREFIX
@@ -110,6 +122,22 @@ pids+=($!)
 pids+=($!)
 node "$here/peers/node_webhook.js" "$WORKERS" >"$tmp/node.out" &
 pids+=($!)
+peers=(oflua mhd node)
+if [ -n "$have_openresty" ]; then
+  # nginx binds the port itself (reuseport, one socket per worker): take a
+  # free one from the kernel first. Its own prefix, pid file and logs in $tmp;
+  # daemon off, so the PID we keep is the master's and SIGTERM stops it.
+  or_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
+  mkdir -p "$tmp/openresty/logs"
+  sed -e "s|@DIR@|$tmp/openresty|g" -e "s|@PORT@|$or_port|g" -e "s|@WORKERS@|$WORKERS|g" \
+    "$here/peers/openresty_webhook.conf" >"$tmp/openresty/nginx.conf"
+  nginx -p "$tmp/openresty" -c "$tmp/openresty/nginx.conf" -e "$tmp/openresty/error.log" \
+    >"$tmp/openresty.out" 2>&1 &
+  pids+=($!)
+  openresty_url="http://127.0.0.1:$or_port"
+  for _ in $(seq 100); do curl -s -o /dev/null "$openresty_url/" && break; sleep 0.05; done
+  peers+=(openresty)
+fi
 wait_for "$tmp/oflua.out"
 wait_for "$tmp/mhd.out"
 wait_for "$tmp/node.out"
@@ -150,9 +178,10 @@ check() { # check URL POOL STATUS
     exit 1
   fi
 }
-for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url" "$deferred_url"; do
-  check "$u" "$tmp/good.tsv" 200
-  check "$u" "$tmp/bad.tsv" 401
+for name in "${peers[@]}" durable deferred; do
+  url_var="${name}_url"
+  check "${!url_var}" "$tmp/good.tsv" 200
+  check "${!url_var}" "$tmp/bad.tsv" 401
 done
 start_durable durable inline
 start_durable deferred deferred
@@ -181,14 +210,14 @@ best() { # best NAME rps p99: keep the highest rps (and its p99)
 }
 
 # warm-up
-for u in "$oflua_url" "$mhd_url" "$node_url"; do bench_wrk "$u" "$tmp/good.tsv" 1 >/dev/null; done
+for name in "${peers[@]}"; do url_var="${name}_url"; bench_wrk "${!url_var}" "$tmp/good.tsv" 1 >/dev/null; done
 
 echo "bench/webhook: load average before: $(cut -d' ' -f1-3 /proc/loadavg); body $body_bytes bytes"
 for round in $(seq "$ROUNDS"); do
   # the durable path needs a delivery it has not seen for every request
   pool "$tmp/durable.tsv" $((SECS * 12000)) good "r$round"
   if [ "$round" -gt 1 ]; then start_durable durable inline; start_durable deferred deferred; fi
-  for name in oflua mhd node durable deferred; do
+  for name in "${peers[@]}" durable deferred; do
     url_var="${name}_url"
     p="$tmp/good.tsv"
     [ "$name" = durable ] || [ "$name" = deferred ] && p="$tmp/durable.tsv"
@@ -200,7 +229,7 @@ for round in $(seq "$ROUNDS"); do
     fi
     best "$name" "$rps" "$p99"
   done
-  for name in oflua mhd node; do
+  for name in "${peers[@]}"; do
     url_var="${name}_url"
     read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$tmp/bad.tsv" "$SECS")
     echo "bench/webhook: round $round $name bad signatures: $rps req/s, p99 $p99 ms ($n requests, $bad rejected)"
@@ -216,27 +245,35 @@ for name in durable deferred; do
   echo "bench/webhook: $name inbox after the last round (total done open dead): $stats"
 done
 
-for name in oflua mhd node durable deferred oflua_bad mhd_bad node_bad; do
+for name in "${peers[@]}" durable deferred oflua_bad mhd_bad node_bad ${have_openresty:+openresty_bad}; do
   read -r rps p99 <"$tmp/$name.best"
   printf -v "${name}_rps" '%s' "$rps"
   printf -v "${name}_p99" '%s' "$p99"
 done
 
-result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL" "$oflua_rps" "req/s" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_rps" ge 0.7
+mhd_peer="libmicrohttpd C + OpenSSL HMAC + cJSON (mhd_webhook.c)"
+or_peer="OpenResty: nginx + ngx_http_lua, FFI HMAC, cjson.safe (openresty_webhook.conf)"
+result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL+cJSON" "$oflua_rps" "req/s" \
+  "$mhd_peer" "$mhd_rps" ge 0.85
+if [ -n "$have_openresty" ]; then
+  result "webhook verify+parse req/s vs OpenResty" "$oflua_rps" "req/s" "$or_peer" "$openresty_rps" ge 1.0
+  result "webhook verify+parse p99 vs OpenResty" "$oflua_p99" "ms" "$or_peer" "$openresty_p99"
+  result "webhook bad-signature rejections/s vs OpenResty" "$oflua_bad_rps" "req/s" \
+    "$or_peer" "$openresty_bad_rps"
+fi
 result "webhook verify+parse req/s vs node" "$oflua_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.5
 result "webhook durable path req/s vs node verify+parse" "$durable_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
 result "webhook durable path, deferred handlers, req/s vs node verify+parse" "$deferred_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
-result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL" "$oflua_p99" "ms" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_p99"
+result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL+cJSON" "$oflua_p99" "ms" \
+  "$mhd_peer" "$mhd_p99"
 result "webhook verify+parse p99 vs node" "$oflua_p99" "ms" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
 result "webhook durable path p99 vs node verify+parse" "$durable_p99" "ms" \
-  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99" le 2.0
 result "webhook bad-signature rejections/s vs libmicrohttpd+OpenSSL" "$oflua_bad_rps" "req/s" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_bad_rps"
+  "$mhd_peer" "$mhd_bad_rps" ge 0.7
 result "webhook bad-signature rejections/s vs node" "$oflua_bad_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_bad_rps"
