@@ -151,7 +151,22 @@ function M.verify(raw_body, headers, secret, opts)
     error("verify: headers must be a table or a signature header string", 2)
   end
   if secret == nil or (type(secret) == "table" and #secret == 0) then return nil, "bad_secret" end
-  if type(headers) == "table" then headers = lower_keys(headers) end
+  if type(headers) == "table" then
+    -- Fast path: the three Svix headers under their lower-case names (what
+    -- oflua.server gives and OFAuth sends): no copy, no scan of the table.
+    -- (A second spelling of the same header in another case would be
+    -- ambiguous anyway: lower_keys keeps an arbitrary one.)
+    local id, ts, sig = headers["svix-id"], headers["svix-timestamp"], headers["svix-signature"]
+    if type(id) == "string" and type(ts) == "string" and type(sig) == "string" then
+      local meta, reason = webhook_svix(raw_body, id, ts, sig, secret, now_of(opts),
+        (opts and opts.tolerance) or M.defaults.tolerance)
+      if not meta then return nil, reason end
+      local event, perr = parse_event(raw_body)
+      if not event then return nil, perr end
+      return event, meta
+    end
+    headers = lower_keys(headers)
+  end
   local scheme, value = M.detect(headers, opts, true)
   local meta, reason
   if scheme == "svix" then
