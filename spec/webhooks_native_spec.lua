@@ -159,6 +159,47 @@ describe("native webhook verifier", function()
     end)
   end)
 
+  it("reports a plain-ASCII body so verify skips only then its UTF-8 and NUL checks", function()
+    local ts = tostring(NOW)
+    local bodies = {
+      { BODY, true, "connection.updated" },
+      { '{"eventType":"caf\u{e9}"}', false, "caf\u{e9}" }, -- valid UTF-8, not ASCII
+      { '{"eventType":"a"}\0junk', false, nil },        -- NUL: cjson would stop there
+      { '{"eventType":"\xff"}', false, nil },           -- invalid UTF-8
+      { '{"eventType":"a\x7f"}', true, "a\x7f" },
+    }
+    for _, b in ipairs(bodies) do
+      local body, ascii, typ = b[1], b[2], b[3]
+      local sig = "v1," .. svix_sig("m", ts, body)
+      local meta, flag = crypto.webhook_svix(body, "m", ts, sig, SECRET, NOW, TOL)
+      assert.is_table(meta)
+      assert.equal(ascii, flag)
+      local _, flag2 = crypto.webhook_checklist(body, ("t=%s,v1=%s"):format(ts, checklist_sig(ts, body)),
+        RAW, NOW, TOL)
+      assert.equal(ascii, flag2)
+      local e, why = webhooks.verify(body, { ["svix-id"] = "m", ["svix-timestamp"] = ts,
+        ["svix-signature"] = sig }, SECRET, { now = NOW })
+      if typ then assert.equal(typ, e.type) else assert.same({ nil, "invalid_json" }, { e, why }) end
+      e, why = webhooks.verify(body, ("t=%s,v1=%s"):format(ts, checklist_sig(ts, body)), RAW, { now = NOW })
+      if typ then assert.equal(typ, e.type) else assert.same({ nil, "invalid_json" }, { e, why }) end
+    end
+    -- every length around the 8-byte steps, with the odd byte at every place
+    for len = 1, 20 do
+      for pos = 1, len do
+        for _, odd in ipairs({ "\0", "\x80", "\xff" }) do
+          local body = ("a"):rep(pos - 1) .. odd .. ("a"):rep(len - pos)
+          local _, flag = crypto.webhook_checklist(body, ("t=%s,v1=%s"):format(ts, checklist_sig(ts, body)),
+            RAW, NOW, TOL)
+          assert.is_false(flag)
+        end
+      end
+      local plain = ("a"):rep(len)
+      local _, flag = crypto.webhook_checklist(plain, ("t=%s,v1=%s"):format(ts, checklist_sig(ts, plain)),
+        RAW, NOW, TOL)
+      assert.is_true(flag)
+    end
+  end)
+
   it("keeps a keyed HMAC per secret across calls and secret changes", function()
     local ts = tostring(NOW)
     -- more distinct secrets than the cache holds, in turns

@@ -7,7 +7,9 @@
  *
  *   webhook_svix(body, id, ts, sig, secret, now, tolerance)
  *   webhook_checklist(body, header, secret, now, tolerance)
- *     -> meta {scheme, id, idempotency_key, timestamp} | nil, reason
+ *     -> meta {scheme, id, idempotency_key, timestamp}, ascii | nil, reason
+ *        ascii: true when every body byte is in 1..127 (no NUL, nothing
+ *        that needs a UTF-8 check), so the caller can skip its own checks
  *   webhook_max_signatures (8): a signature header with more entries is
  *     refused (malformed_header) before any HMAC is computed
  *
@@ -213,6 +215,20 @@ static int svix_entries(const char *sig, size_t len, Span *v1) {
   return n;
 }
 
+/* Every byte in 1..127: 8 bytes at a time. */
+static int plain_ascii(const char *p, size_t n) {
+  const uint64_t high = 0x8080808080808080ull, ones = 0x0101010101010101ull;
+  size_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    uint64_t w;
+    memcpy(&w, p + i, 8);
+    if ((w & high) != 0 || ((w - ones) & ~w & high) != 0) return 0; /* >= 128, or a zero byte */
+  }
+  for (; i < n; i++)
+    if ((unsigned char)p[i] == 0 || (unsigned char)p[i] >= 128) return 0;
+  return 1;
+}
+
 static void push_meta_svix(lua_State *L, const char *id, size_t idlen, int64_t t) {
   lua_createtable(L, 0, 4);
   lua_pushliteral(L, "svix");
@@ -269,7 +285,8 @@ static int webhook_svix(lua_State *L) {
       if (cand[c].len == sizeof expected &&
           CRYPTO_memcmp(expected, cand[c].p, sizeof expected) == 0) {
         push_meta_svix(L, id, idlen, t);
-        return 1;
+        lua_pushboolean(L, plain_ascii(body, bodylen));
+        return 2;
       }
     }
   }
@@ -363,7 +380,8 @@ static int webhook_checklist(lua_State *L) {
         lua_setfield(L, -2, "idempotency_key");
         lua_pushinteger(L, (lua_Integer)t);
         lua_setfield(L, -2, "timestamp");
-        return 1;
+        lua_pushboolean(L, plain_ascii(body, bodylen));
+        return 2;
       }
     }
   }

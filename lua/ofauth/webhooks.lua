@@ -82,11 +82,12 @@ local function svix_key(secret)
 end
 M.svix_key = svix_key
 
-local function parse_event(body)
+local function parse_event(body, ascii)
   -- JSON text is UTF-8 with no raw NUL (RFC 8259); cjson checks neither (it
   -- copies invalid UTF-8 into strings and stops reading at a NUL byte), so
-  -- both are checked here before a handler sees the strings.
-  if body:find("\0", 1, true) or not utf8.len(body) then return nil, "invalid_json" end
+  -- both are checked here before a handler sees the strings. ascii: the
+  -- native verifier found only bytes 1..127 (nothing to check).
+  if not ascii and (body:find("\0", 1, true) or not utf8.len(body)) then return nil, "invalid_json" end
   local ok, v = pcall(json.decode, body)
   if not ok or type(v) ~= "table" then return nil, "invalid_json" end
   local typ = v.eventType
@@ -158,26 +159,26 @@ function M.verify(raw_body, headers, secret, opts)
     -- ambiguous anyway: lower_keys keeps an arbitrary one.)
     local id, ts, sig = headers["svix-id"], headers["svix-timestamp"], headers["svix-signature"]
     if type(id) == "string" and type(ts) == "string" and type(sig) == "string" then
-      local meta, reason = webhook_svix(raw_body, id, ts, sig, secret, now_of(opts),
+      local meta, ascii = webhook_svix(raw_body, id, ts, sig, secret, now_of(opts),
         (opts and opts.tolerance) or M.defaults.tolerance)
-      if not meta then return nil, reason end
-      local event, perr = parse_event(raw_body)
+      if not meta then return nil, ascii end
+      local event, perr = parse_event(raw_body, ascii)
       if not event then return nil, perr end
       return event, meta
     end
     headers = lower_keys(headers)
   end
   local scheme, value = M.detect(headers, opts, true)
-  local meta, reason
+  local meta, ascii -- ascii: the reason when meta is nil
   if scheme == "svix" then
-    meta, reason = verify_svix(raw_body, headers, secret, opts)
+    meta, ascii = verify_svix(raw_body, headers, secret, opts)
   elseif scheme == "checklist" then
-    meta, reason = verify_checklist(raw_body, value, secret, opts)
+    meta, ascii = verify_checklist(raw_body, value, secret, opts)
   else
     return nil, "missing_header"
   end
-  if not meta then return nil, reason end
-  local event, perr = parse_event(raw_body)
+  if not meta then return nil, ascii end
+  local event, perr = parse_event(raw_body, ascii)
   if not event then return nil, perr end
   return event, meta
 end
