@@ -10,23 +10,22 @@
  */
 #include "crypto_core.h"
 
+#include <pthread.h>
 #include <stdint.h>
 
 static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 static const char b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 
-/* Decoding tables: -1 for a byte outside the alphabet. */
+/* Decoding tables: -1 for a byte outside the alphabet; filled once. */
 static signed char dec_std[256], dec_url[256];
-static int dec_ready;
+static pthread_once_t dec_once = PTHREAD_ONCE_INIT;
 
-static void dec_init(void) {
-  if (dec_ready) return; /* idempotent: racing threads write the same bytes */
+static void dec_fill(void) {
   for (int i = 0; i < 256; i++) dec_std[i] = dec_url[i] = -1;
   for (int i = 0; i < 64; i++) {
     dec_std[(unsigned char)b64_std[i]] = (signed char)i;
     dec_url[(unsigned char)b64_url[i]] = (signed char)i;
   }
-  __atomic_store_n(&dec_ready, 1, __ATOMIC_RELEASE);
 }
 
 void ofc_hex_encode(const void *in, size_t len, char *out) {
@@ -70,7 +69,7 @@ size_t ofc_base64_encode(const void *in, size_t len, int url, char *out) {
 
 const char *ofc_base64_decode(const char *in, size_t len, int url, unsigned char *out,
                               size_t *outlen, size_t *badpos) {
-  dec_init();
+  pthread_once(&dec_once, dec_fill);
   const signed char *val = url ? dec_url : dec_std;
   const unsigned char *s = (const unsigned char *)in;
   int pad_required = !url;
