@@ -390,8 +390,8 @@ function App:process(n)
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
   for _, item in ipairs(items) do
-    -- each run ends before the lease does (a safety margin of 1 s or 5%)
-    local left = lease_end - monotonic() - math.max(1, self.lease_s * 0.05)
+    -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
+    local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
     local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
     if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
     if self:settle(item, self:run(item, limit)) then done = done + 1 else failed = failed + 1 end
