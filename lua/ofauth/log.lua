@@ -64,7 +64,8 @@ M.limit = { lines = 10, interval = 60, max_keys = 256 }
 
 local windows, nwindows = {}, 0
 
-local function clock()
+--- The rate limit's clock (seconds, monotonic); replaceable in tests.
+function M.clock()
   local ok, core = pcall(require, "oflua.core")
   return ok and core.monotonic() or os.clock()
 end
@@ -75,7 +76,7 @@ end
 function M.limited(key, level, event, fields, opts)
   local lines = (opts and opts.lines) or M.limit.lines
   local interval = (opts and opts.interval) or M.limit.interval
-  local t = clock()
+  local t = M.clock()
   local w = windows[key]
   if not w then
     if nwindows >= M.limit.max_keys then -- bounded: keys may come from outside

@@ -163,6 +163,8 @@ local function now(self)
   if self.now then return self.now() end
   return require("oflua.core").now()
 end
+-- The store's clock: opts.now when given (tests move time), else the store's.
+local function store_now(self) return self.now and self.now() or nil end
 
 -- Inbox payload: one line of JSON meta, then the raw body bytes.
 local function pack(meta, body) return cjson.encode(meta) .. "\n" .. body end
@@ -248,7 +250,8 @@ function App:receive(method, raw_body, headers)
   -- write), so no other runner takes it while its handlers run here.
   local inline = self.process_mode == "inline" or self:_tick_missing()
   local key = meta.idempotency_key
-  local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), nil, inline and self.lease_s or nil)
+  local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), store_now(self),
+    inline and self.lease_s or nil)
   if inserted == nil then
     log.error("webhook.inbox_failed", { error = tostring(err) })
     return reply(503, { error = "unavailable" }, { ["retry-after"] = "5" })
@@ -355,13 +358,13 @@ end
 -- backoff, dead after max_attempts). Returns ok.
 function App:settle(item, ok, herr)
   if ok then
-    self.store:inbox_done(item.id)
+    self.store:inbox_done(item.id, store_now(self))
     self.metrics.processed()
     return true
   end
   self.metrics.handler_failure()
   local reason = redact.text(tostring(herr)):sub(1, 2000)
-  local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts)
+  local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts, store_now(self))
   local dead = state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
   if dead then
     self.metrics.dead_lettered()
@@ -385,7 +388,7 @@ function App:process(n)
   end
   -- max_attempts also applies when a lease runs out (a handler that hung or
   -- crashed its process counts as a failed attempt).
-  local items, err = self.store:inbox_claim(n, self.lease_s, nil, self.max_attempts)
+  local items, err = self.store:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts)
   if not items then return nil, err end
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
