@@ -147,6 +147,24 @@ describe("webhook receivers under oflua serve", function()
     acks_while_stuck(url, marker)
     -- (the call would return after 60 s; the teardown kills both processes)
   end)
+
+  it("runs handlers inline, and says so once, when the script returned no tick", function()
+    local marker = dir .. "/router.marker"
+    local _, url, err = serve("router", h.source_dir .. "/spec/fixtures/servers/router_receiver.lua",
+      { OFAUTH_LOG = "warn" }, { store = dir .. "/router.db", key = store.keygen(), secret = SECRET, marker = marker })
+    for i = 1, 3 do
+      local s, b = deliver(url .. "/webhooks/ofauth", "quick", "msg_r" .. i)
+      assert.equal(200, s)
+      assert.equal("accepted", b.status)
+      -- inline: handled before the answer
+      assert.truthy(h.slurp(marker):find("handled svix:msg_r" .. i, 1, true))
+    end
+    local warnings = 0
+    for line in h.slurp(err):gmatch("[^\n]+") do
+      if line:find('"webhook.no_tick"', 1, true) then warnings = warnings + 1 end
+    end
+    assert.is_true(warnings >= 1 and warnings <= 2, h.slurp(err)) -- once per worker VM that took a delivery
+  end)
 end)
 
 describe("examples/webhook_receiver.lua as deployed", function()
