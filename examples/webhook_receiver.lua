@@ -136,6 +136,8 @@ local function notify(text, fields)
   end
 end
 
+-- ---- OFAuth: connections, client, webhooks, re-auth ---------------------------
+
 local conns
 local client
 
@@ -167,6 +169,8 @@ local function user_view(rec)
     username = type(rec.user_data) == "table" and rec.user_data.username or nil,
     updated_at = rec.updated_at, connected = rec.connection_id ~= nil }
 end
+
+-- ---- Routes --------------------------------------------------------------------
 
 local router = require("oflua.router").new()
 
@@ -246,6 +250,8 @@ router:get("/users/:id/subscribers", admin(function(req)
     return json(200, { subscribers = n, pages = pages })
   end)
 end))
+
+-- ---- Status (admin) ----------------------------------------------------------------
 
 -- /status and / cost O(page) per request, whatever the number of users:
 -- counters come from the metrics and the inbox totals (cached a few
