@@ -137,18 +137,23 @@ describe("webhook app (background processing, real store)", function()
       app:tick()()
       io.stdout:write("nothing claimed\n")]]):format(h.source_dir .. "/lua", ("%s/inbox%d.db"):format(dir, n),
       key, SECRET))
-    local attempts = {}
+    local attempts, last_err = {}, nil
     for round = 0, 3 do
-      local out, _, code = h.oflua({ runner, tostring(T0 + round * 11) })
+      local out, err, code = h.oflua({ runner, tostring(T0 + round * 11) })
       attempts[#attempts + 1] = out:match("attempt (%d+)") or out:match("nothing claimed") and "none"
       if round < 3 then assert.equal(3, code) end
+      last_err = err
     end
-    -- three runs (each expiry counted when the event is claimed again), then dead
+    -- three runs (each expiry counted when the event is claimed again), then
+    -- dead-lettered by the app, counted and logged like a handler that raised
     assert.same({ "1", "2", "3", "none" }, attempts)
     local row = st:inbox_get("svix:msg_die")
     assert.equal("dead", row.state)
-    assert.equal(3, row.attempts)
-    assert.matches("lease expired", row.last_error)
+    assert.matches("lease expired on attempt 3 of 3", row.last_error)
+    assert.equal(1, #st:inbox_dead())
+    local line = cjson.decode((assert(last_err:match('[^\n]*"webhook.dead_lettered"[^\n]*'), last_err)))
+    assert.equal("error", line.level)
+    assert.equal(3, line.attempt)
   end)
 
   it("prunes done events after retention_s from the tick", function()

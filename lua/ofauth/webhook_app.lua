@@ -355,24 +355,27 @@ function App:run(item, limit)
 end
 
 -- Record how a claimed item's handlers went: done, or failed (retried with
--- backoff, dead after max_attempts). Returns ok.
-function App:settle(item, ok, herr)
+-- backoff, dead after max_attempts). `expired`: its attempts are used up by
+-- lease expiries (no handler ran now): dead. Returns ok.
+function App:settle(item, ok, herr, expired)
   if ok then
     self.store:inbox_done(item.id, store_now(self))
     self.metrics.processed()
     return true
   end
-  self.metrics.handler_failure()
+  if not expired then self.metrics.handler_failure() end
   local reason = redact.text(tostring(herr)):sub(1, 2000)
+  -- (an expired item's attempts already count the expiry: max_attempts here
+  -- makes this call dead-letter it; the row then shows one more attempt)
   local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts, store_now(self))
-  local dead = state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
+  local dead = expired or state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
   if dead then
     self.metrics.dead_lettered()
   elseif type(next_at) == "number" then
     self.next_due = math.min(self.next_due or next_at, next_at)
   end
   log.event(dead and "error" or "warn", dead and "webhook.dead_lettered" or "webhook.handler_failed",
-    { attempt = (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
+    { attempt = expired and item.attempts or (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
   return false
 end
 
@@ -386,18 +389,28 @@ function App:process(n)
   if self.handler_timeout > 0 then
     n = math.max(1, math.min(n, math.floor(self.lease_s / self.handler_timeout)))
   end
-  -- max_attempts also applies when a lease runs out (a handler that hung or
-  -- crashed its process counts as a failed attempt).
-  local items, err = self.store:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts)
+  -- A lease that ran out counts as a failed attempt (the handler hung, or its
+  -- process died): the store adds it when it hands the event out again. The
+  -- claim allows one more than max_attempts so that an event whose last
+  -- attempt ended that way comes back here, to be dead-lettered like one
+  -- whose handler raised (counted, logged) instead of silently in the store.
+  local items, err = self.store:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
   if not items then return nil, err end
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
   for _, item in ipairs(items) do
+    if (item.attempts or 0) >= self.max_attempts then
+      self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
+        :format(item.attempts, self.max_attempts), true)
+      failed = failed + 1
+      goto continue
+    end
     -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
     local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
     local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
     if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
     if self:settle(item, self:run(item, limit)) then done = done + 1 else failed = failed + 1 end
+    ::continue::
   end
   return done, failed
 end
