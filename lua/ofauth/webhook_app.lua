@@ -457,7 +457,9 @@ function App:run_tick()
       if not done then error(failed) end
     until done + failed == 0 or monotonic() - started >= self.tick_budget
   end)
-  if not ok then log.error("webhook.tick_failed", { error = tostring(err) }) end
+  if not ok then -- (every tick while the store is unavailable: a sample)
+    log.limited("webhook.tick_failed", "error", "webhook.tick_failed", { error = tostring(err) })
+  end
   if self.retention_s > 0 and (not self.last_prune or monotonic() - self.last_prune >= self.prune_every) then
     self.last_prune = monotonic()
     local n, perr = self:prune()
