@@ -302,7 +302,11 @@ end
 -- xpcall(fn, traceback, ...) with at most `limit` seconds of Lua execution
 -- (nil or 0: no limit). The handler runs in a coroutine whose count hook
 -- raises once the deadline has passed (a handler that catches the error is
--- interrupted again at the next check). Returns ok, err, timed_out.
+-- interrupted again at the next check). A yield inside the handler (e.g.
+-- oflua.server parking a request while a C call waits) is passed on to
+-- whoever runs us and its results back, so the coroutine is transparent.
+-- Returns ok, err, timed_out.
+local tpack, tunpack = table.pack, table.unpack
 local function call_limited(limit, fn, ...)
   if not limit or limit <= 0 then return xpcall(fn, debug.traceback, ...) end
   local deadline = monotonic() + limit
@@ -315,12 +319,15 @@ local function call_limited(limit, fn, ...)
       error(msg, 2)
     end
   end, "", 1000)
-  local ok, hok, herr = coroutine.resume(co, ...)
-  if not ok then return false, tostring(hok), timed_out end
-  if coroutine.status(co) ~= "dead" then
-    return false, "handler yielded (coroutine.yield outside its own coroutine)", timed_out
+  local r = tpack(coroutine.resume(co, ...))
+  while r[1] and coroutine.status(co) == "suspended" do
+    if not coroutine.isyieldable() then
+      return false, "handler yielded (coroutine.yield outside its own coroutine)", timed_out
+    end
+    r = tpack(coroutine.resume(co, coroutine.yield(tunpack(r, 2, r.n))))
   end
-  return hok, herr, timed_out
+  if not r[1] then return false, tostring(r[2]), timed_out end
+  return r[2], r[3], timed_out
 end
 
 -- Run the handlers for one parsed event; true, or false and the error text.
