@@ -96,6 +96,8 @@ describe("webhook app (background processing, real store)", function()
     assert.equal("background", new_app({ process = "deferred" }).process_mode)
     assert.has_error(function() new_app({ process = "later" }) end)
     assert.has_error(function() new_app({ handler_timeout = -1 }) end)
+    assert.has_error(function() new_app({ lease_s = 8 * 86400 }) end)
+    assert.has_error(function() new_app({ max_attempts = 2.5 }) end)
   end)
 
   it("stops a handler that loops forever at handler_timeout and dead-letters it after max_attempts", function()

@@ -141,6 +141,7 @@ function App.new(opts)
     number = app_count,
     created = monotonic(),
   }, App)
+  if self.lease_s > 7 * 86400 then error("webhooks.app: lease_s must be at most 604800 (7 days)", 2) end
   if self.tick_interval < 0.01 or self.tick_interval > 86400 then
     error("webhooks.app: tick_interval must be within [0.01, 86400] seconds", 2)
   end
