@@ -107,8 +107,16 @@ end
 
 -- ---- HTTP helpers ------------------------------------------------------------------
 
+-- The example app's admin token (its data routes need it) and public URL:
+-- the browser is sent back to PUBLIC_URL/link/callback, which (like a
+-- reverse proxy would) the demo maps to the app's local address.
+local ADMIN_TOKEN = crypto.hex(crypto.random(16))
+local PUBLIC_URL = "https://app.example.test"
+local app_url
 local function call(method, url, body, headers)
   local h = headers or {}
+  if url:sub(1, #PUBLIC_URL) == PUBLIC_URL and app_url then url = app_url .. url:sub(#PUBLIC_URL + 1) end
+  if app_url and url:sub(1, #app_url) == app_url then h.authorization = "Bearer " .. ADMIN_TOKEN end
   if body ~= nil and type(body) ~= "string" then
     body = cjson.encode(body)
     h["content-type"] = "application/json"
@@ -133,7 +141,7 @@ for _, s in ipairs({ api_key, secret, store_key }) do redact.register_secret(s) 
 say("oflua demo: the OFAuth integration end to end, offline (state in %s, removed after a pass)", tmp)
 say("")
 
-local emu, app_url, conn_id, emu_url
+local emu, conn_id, emu_url
 local connection_secrets = {}
 
 local function cleanup()
@@ -149,6 +157,7 @@ local function run()
     local err
     emu, err = require("ofauth.emulator").start({
       api_keys = { api_key }, webhook_secret = secret, signing = "svix",
+      redirect_uris = { PUBLIC_URL .. "/link/callback" }, -- as registered in the dashboard
       -- the app's address is known once it runs; deliveries start after that
       webhook_url = "http://127.0.0.1:9/unset", subscribers = 2500,
       webhook_base_delay = 0.2, webhook_timeout_ms = 5000,
@@ -163,6 +172,7 @@ local function run()
     local _, log = spawn("app", {
       OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu_url, OFAUTH_WEBHOOK_SECRET = secret,
       OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "info",
+      OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL,
     }, { BIN, "serve", SOURCE .. "/examples/webhook_receiver.lua", "--port", "0", "--workers", "2" })
     app_url = wait_for(function() return slurp(log):match("listening on (http://[%d.:]+)") end, 15)
     check(app_url, "the app did not start:\n%s", slurp(log))
@@ -214,7 +224,13 @@ local function run()
     check(last and last.state == "delivered", "last delivery: %s", cjson.encode(last or {}))
     return ("%d delivery, answered %s"):format(#recs, tostring(last.status or last.http_status or "2xx"))
   end) and step("app stored the connection for alice", function()
-    local status, body = call("GET", app_url .. "/users/alice")
+    -- the 200 came once the event was stored; its handler runs right after,
+    -- in the background (the server's tick)
+    local status, body
+    wait_for(function()
+      status, body = call("GET", app_url .. "/users/alice")
+      return status == 200 and body.status == "active"
+    end, 15)
     check(status == 200 and body.status == "active", "users/alice: %s %s", status, cjson.encode(body))
     return "status active, " .. tostring(#(body.permissions or {})) .. " permissions"
   end) and step("the store file holds no connection id in clear", function()
@@ -296,7 +312,11 @@ local function run()
     local scb = call("GET", b2.redirectUrl, nil, { cookie = (resp.headers["set-cookie"] or ""):match("^[^;]+") })
     check(scb == 200, "callback after reconnecting: %s", scb)
     check(emu:deliver_pending(15), "deliveries did not finish")
-    local _, u = call("GET", app_url .. "/users/alice")
+    local u
+    wait_for(function()
+      u = select(2, call("GET", app_url .. "/users/alice"))
+      return u.status == "active"
+    end, 15)
     check(u.status == "active", "alice is %s after reconnecting", tostring(u.status))
     if b2.connectionId and b2.connectionId ~= cjson.null and b2.connectionId ~= conn_id then
       connection_secrets[#connection_secrets + 1] = b2.connectionId
@@ -313,8 +333,9 @@ local function run()
   ok_all = step("pre-production checklist", function()
     local env = {
       OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu_url, OFAUTH_WEBHOOK_SECRET = secret,
-      OFAUTH_REDIRECT_URL = app_url .. "/link/callback", OFAUTH_WEBHOOK_URL = app_url .. "/webhooks/ofauth",
+      OFAUTH_REDIRECT_URL = PUBLIC_URL .. "/link/callback", OFAUTH_WEBHOOK_URL = app_url .. "/webhooks/ofauth",
       OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "error",
+      OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL,
     }
     local parts = { "env" }
     for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. shq(v) end
