@@ -149,9 +149,9 @@ static int parse_ts(const char *ts, size_t len, int64_t *t) {
   return 0;
 }
 
-static const char *check_time(lua_State *L, int now_arg, const char *ts, size_t len, int64_t *t) {
+static const char *check_time(lua_Number now, lua_Number tol, const char *ts, size_t len,
+                              int64_t *t) {
   if (parse_ts(ts, len, t) != 0) return "malformed_header";
-  lua_Number now = luaL_checknumber(L, now_arg), tol = luaL_checknumber(L, now_arg + 1);
   if (fabs(now - (lua_Number)*t) > tol) return "stale_timestamp";
   return NULL;
 }
@@ -254,6 +254,7 @@ static int webhook_svix(lua_State *L) {
   const char *ts = luaL_optlstring(L, 3, NULL, &tslen);
   const char *sig = luaL_optlstring(L, 4, NULL, &siglen);
   luaL_checkany(L, 5);
+  lua_Number now = luaL_checknumber(L, 6), tol = luaL_checknumber(L, 7);
   if (id == NULL || ts == NULL || sig == NULL || idlen == 0 || tslen == 0 || siglen == 0)
     return fail(L, "missing_header");
   /* Message ids are printable ASCII (msg_<base62> from Svix); anything else
@@ -262,7 +263,7 @@ static int webhook_svix(lua_State *L) {
   for (size_t i = 0; i < idlen; i++)
     if ((unsigned char)id[i] < 33 || (unsigned char)id[i] > 126) return fail(L, "malformed_header");
   int64_t t = 0;
-  const char *terr = check_time(L, 6, ts, tslen, &t);
+  const char *terr = check_time(now, tol, ts, tslen, &t);
   if (terr != NULL) return fail(L, terr);
   Span cand[MAX_SIGS];
   int ncand = svix_entries(sig, siglen, cand);
@@ -339,13 +340,14 @@ static int webhook_checklist(lua_State *L) {
   const char *body = luaL_checklstring(L, 1, &bodylen);
   const char *h = luaL_checklstring(L, 2, &hlen);
   luaL_checkany(L, 3);
+  lua_Number now = luaL_checknumber(L, 4), tol = luaL_checknumber(L, 5);
   if (hlen > MAX_CHECKLIST) return fail(L, "malformed_header");
   Span ts, v1[MAX_SIGS];
   int nv1 = 0;
   const char *perr = parse_checklist(h, hlen, &ts, v1, &nv1);
   if (perr != NULL) return fail(L, perr);
   int64_t t = 0;
-  const char *terr = check_time(L, 4, ts.p, ts.len, &t);
+  const char *terr = check_time(now, tol, ts.p, ts.len, &t);
   if (terr != NULL) return fail(L, terr);
 
   const void *parts[3] = {ts.p, ".", body};
