@@ -28,6 +28,8 @@ local faults_mod = require("ofauth.emulator.faults")
 local subscribers = require("ofauth.emulator.subscribers")
 local delivery = require("ofauth.emulator.delivery")
 local link_page = require("ofauth.emulator.link_page")
+local generic = require("ofauth.emulator.generic")
+local catalogue = require("ofauth.catalogue")
 
 local M = {}
 
@@ -358,6 +360,7 @@ function H.access_self(self, req)
   return self:json(200, {
     id = tonumber(u.id), name = u.name, username = u.username, avatar = u.avatar,
     about = "An emulated creator account.",
+    isAuth = true,
     isVerified = true,
     subscribersCount = self.cfg.subscribers,
     postsCount = 10 + c.n,
@@ -393,7 +396,149 @@ function H.access_echo(self, req)
   end
   local query = req.query
   if next(query) == nil then query = json.null end
-  return self:json(200, { echo = true, method = req.method, path = req.path, query = query, body = body })
+  return self:json(200, { echo = true, method = req.method, path = req.path, query = query, body = body,
+    raw_query = req.raw_query })
+end
+
+---------------------------------------------------------------- catalogue, uploads, proxy
+
+-- Check the required fields of a catalogue entry; returns the decoded body
+-- (or {}), or nil and an error answer.
+function App:catalogue_request(e, req)
+  local body = {}
+  if e.body and req.body ~= "" then
+    local b, err = body_object(req)
+    if not b then return nil, { self:fail("VALIDATION_ERROR", err) } end
+    body = b
+  end
+  for _, f in ipairs(e.required or {}) do
+    local v
+    if e.fields[f] == "query" then v = req.query[f] else v = json.value(body[f]) end
+    if v == nil or v == "" then
+      return nil, { self:fail("VALIDATION_ERROR", f .. " is required", { field = f }) }
+    end
+  end
+  return body
+end
+
+-- The answer for a catalogue entry with no handler of its own.
+function H.catalogue(self, req, e)
+  local c
+  if e.connection then
+    local answer
+    c, answer = self:access_connection(req)
+    if not c then return table.unpack(answer) end
+  end
+  local body, answer = self:catalogue_request(e, req)
+  if not body then return table.unpack(answer) end
+  local v, err = generic.answer(e, req.query, c and c.n or 0, body)
+  if v == nil then return self:fail("VALIDATION_ERROR", err) end
+  return self:json(200, v)
+end
+
+--- Upload flow (ofauth-endpoints.md 1.6): init answers the part count and
+-- size in headers; a single-part upload is one PUT that also completes it;
+-- otherwise every part 1..N is PUT (each checked for its exact length) and
+-- complete checks that all parts arrived.
+function H.upload_init(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local b, ans = self:catalogue_request(catalogue.by_name["access.uploads.init"], req)
+  if not b then return table.unpack(ans) end
+  local size = math.tointeger(b.size)
+  if not size or size < 1 then return self:fail("VALIDATION_ERROR", "size must be a positive integer") end
+  if type(b.filename) ~= "string" or type(b.contentType) ~= "string" then
+    return self:fail("VALIDATION_ERROR", "filename and contentType must be strings")
+  end
+  self.uploads = self.uploads or { order = {}, n = 0 }
+  local u = self.uploads
+  if #u.order >= self.cfg.max_uploads then u[table.remove(u.order, 1)] = nil end
+  u.n = u.n + 1
+  local id = ("mu_%d"):format(u.n)
+  local part = self.cfg.upload_part_size
+  local total = size <= part and 1 or (size + part - 1) // part
+  u[id] = { size = size, part_size = part, total = total, parts = {}, conn = c.id,
+    filename = b.filename, type = b.contentType, puts = {} }
+  u.order[#u.order + 1] = id
+  return self:json(200, { mediaUploadId = id }, {
+    ["x-ofauth-upload-total-parts"] = tostring(total),
+    ["x-ofauth-upload-part-size"] = tostring(part),
+  })
+end
+
+function App:upload_of(req)
+  local c, answer = self:access_connection(req)
+  if not c then return nil, answer end
+  local u = self.uploads and self.uploads[req.params.upload]
+  if not u or u.conn ~= c.id then return nil, { self:fail("NOT_FOUND", "upload not found") } end
+  return u
+end
+
+local function media_of(u, id)
+  local n = generic.hash(id)
+  return { id = generic.ID_BASE + n, type = (u.type:match("^(%a+)/") == "video") and "video" or "photo",
+    isReady = true, createdAt = model_mod.iso(generic.EPOCH), size = u.size, filename = u.filename,
+    files = { full = { url = "https://example.invalid/media/" .. id, size = u.size } } }
+end
+
+function H.upload_single(self, req)
+  local u, answer = self:upload_of(req)
+  if not u then return table.unpack(answer) end
+  if u.total ~= 1 then return self:fail("VALIDATION_ERROR", "this upload has parts: PUT each part") end
+  if #req.body ~= u.size then
+    return self:fail("VALIDATION_ERROR", ("expected %d bytes, got %d"):format(u.size, #req.body))
+  end
+  u.done = true
+  return self:json(200, { mediaUploadId = req.params.upload, media = media_of(u, req.params.upload) })
+end
+
+function H.upload_part(self, req)
+  local u, answer = self:upload_of(req)
+  if not u then return table.unpack(answer) end
+  local n = math.tointeger(tonumber(req.params.part))
+  if not n or n < 1 or n > u.total then
+    return self:fail("VALIDATION_ERROR", ("partNumber must be 1 to %d"):format(u.total))
+  end
+  local want = math.min(u.part_size, u.size - (n - 1) * u.part_size)
+  if #req.body ~= want then
+    return self:fail("VALIDATION_ERROR", ("part %d must be %d bytes, got %d"):format(n, want, #req.body))
+  end
+  u.parts[n] = ("%08x"):format(generic.hash(req.body))
+  u.puts[n] = (u.puts[n] or 0) + 1
+  return self:json(200, { mediaUploadId = req.params.upload, partNumber = n, etag = u.parts[n] })
+end
+
+function H.upload_complete(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local b, ans = self:catalogue_request(catalogue.by_name["access.uploads.complete"], req)
+  if not b then return table.unpack(ans) end
+  local id = json.value(b.mediaUploadId)
+  local u = self.uploads and type(id) == "string" and self.uploads[id]
+  if not u or u.conn ~= c.id then return self:fail("NOT_FOUND", "upload not found") end
+  for n = 1, u.total do
+    if not u.parts[n] then return self:fail("VALIDATION_ERROR", ("part %d is missing"):format(n)) end
+  end
+  u.done = true
+  return self:json(200, { mediaUploadId = id, media = media_of(u, id) })
+end
+
+--- /v2/access/proxy/<OnlyFans path>: GET /users/me answers the creator's
+-- profile; anything else is echoed (method, path, query, body).
+function H.proxy(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local of_path = req.path:gsub("^/v2/access/proxy", "")
+  if req.method == "GET" and of_path == "/users/me" then
+    local u = c.userData
+    return self:json(200, { id = tonumber(u.id), username = u.username, name = u.name,
+      subscribersCount = self.cfg.subscribers })
+  end
+  local body = json.null
+  if req.body ~= "" then body = json.decode(req.body) or req.body end
+  local query = req.query
+  if next(query) == nil then query = json.null end
+  return self:json(200, { proxied = true, method = req.method, path = of_path, query = query, body = body })
 end
 
 ---------------------------------------------------------------- Link pages
@@ -616,7 +761,7 @@ end
 --- The route table: {method ("*" = any), path pattern (":name" segments,
 -- a final "*" = one or more segments), handler, api (needs an API key)}.
 function M.routes()
-  return {
+  local routes = {
     { "GET", "/v2/account/whoami", H.whoami, true },
     { "POST", "/v2/link/init", H.link_init, true },
     { "GET", "/v2/link/:secret", H.link_get, true },
@@ -630,7 +775,25 @@ function M.routes()
     { "POST", "/v2/account/connections/:id/invalidate", H.expire, true },
     { "GET", "/v2/access/self", H.access_self, true },
     { "GET", "/v2/access/subscribers", H.access_subscribers, true },
-    { "*", "/v2/access/*", H.access_echo, true },
+    { "POST", "/v2/access/uploads/init", H.upload_init, true },
+    { "PUT", "/v2/access/uploads/:upload", H.upload_single, true },
+    { "PUT", "/v2/access/uploads/:upload/parts/:part", H.upload_part, true },
+    { "POST", "/v2/access/uploads/complete", H.upload_complete, true },
+    { "*", "/v2/access/proxy/*", H.proxy, true },
+  }
+  -- every other catalogue endpoint, answered from its entry; literal
+  -- segments win over parameters (/users/lists before /users/:userId)
+  local generic_routes = {}
+  for i, e in ipairs(catalogue.entries) do
+    local pattern, params = e.path:gsub("{([^}]+)}", ":%1")
+    generic_routes[#generic_routes + 1] = { e.method, pattern,
+      function(self, req) return H.catalogue(self, req, e) end, true, order = params * 1000 + i }
+  end
+  table.sort(generic_routes, function(a, b) return a.order < b.order end)
+  for _, r in ipairs(generic_routes) do routes[#routes + 1] = r end
+  -- any other Access path echoes the request (for generic request() tests)
+  routes[#routes + 1] = { "*", "/v2/access/*", H.access_echo, true }
+  for _, r in ipairs({
     { "GET", "/link/:session", H.page },
     { "POST", "/link/:session", H.page_post },
     { "POST", "/emulator/link/:session/complete", H.complete },
@@ -645,7 +808,8 @@ function M.routes()
     { "POST", "/emulator/rules", H.rules_set },
     { "POST", "/emulator/webhooks/send", H.send },
     { "PUT", "/emulator/webhook", H.webhook_set },
-  }
+  }) do routes[#routes + 1] = r end
+  return routes
 end
 
 local function split(path)
@@ -684,7 +848,9 @@ function App:route(method, path)
       if r[1] == "*" or r[1] == method or (method == "HEAD" and r[1] == "GET") then
         return r, params
       end
-      allowed[#allowed + 1] = r[1]
+      local seen = false
+      for _, m in ipairs(allowed) do if m == r[1] then seen = true end end
+      if not seen then allowed[#allowed + 1] = r[1] end
     end
   end
   return nil, allowed
@@ -751,6 +917,7 @@ function App:handle(req)
     method = (req.method or "GET"):upper(),
     path = req.path or "/",
     query = req.query or {},
+    raw_query = req.raw_query,
     headers = lower_headers(req.headers),
     body = req.body or "",
   }
