@@ -72,12 +72,13 @@ describe("catalogue calls against the emulator", function()
 
   it("answers EVERY entry with its documented top-level fields", function()
     local secret = assert(client:link_init({ redirect_url = REDIRECT, client_reference_id = "u2" })).client_secret
-    local checked = 0
+    local checked, imported = 0, nil
     for _, e in ipairs(catalogue.entries) do
       local params = {}
       for f in pairs(e.required_set) do params[f] = sample(e, f) end
       if e.fields.clientSecret then params.clientSecret = secret end
       if e.fields.connectionId then params.connectionId = conn_id end
+      if e.name == "account.connections.updateImport" then params.connectionId = imported end
       if e.name == "link.init" then params.redirectUrl, params.clientReferenceId = REDIRECT, "u3" end
       if e.name == "access.uploads.replace" or e.name == "access.uploads.replaceParts"
         or e.name == "access.uploads.complete" or e.name == "link.delete"
@@ -89,6 +90,7 @@ describe("catalogue calls against the emulator", function()
         if e.connection then res, err = acc:call(e.name, params) else res, err = client:call(e.name, params) end
         assert.is_not_nil(res, e.name .. ": " .. tostring(err))
         assert.equal("table", type(res), e.name)
+        if e.name == "account.connections.createImport" then imported = res.id end
         for _, f in ipairs(e.returns or {}) do
           assert.is_not_nil(res[f], ("%s: field %s missing"):format(e.name, f))
         end
@@ -200,6 +202,52 @@ describe("catalogue calls against the emulator", function()
       assert.equal(123456789012345, res.body.mediaIds[1])
       assert.equal(big, res.body.mediaIds[2])
       assert.equal("integer", math.type(res.body.mediaIds[2]))
+    end)
+  end)
+
+  describe("connections: import, update-import, settings", function()
+    it("imports a session as a connection, refreshes it, keeps its settings", function()
+      local c = assert(client:call("account.connections.createImport", { cookie = "auth_id=9; sess=s; fp=f",
+        userAgent = "Mozilla/5.0", clientReferenceId = "imported-user", permissions = { "profile:read" } }))
+      assert.matches("^conn_", c.id)
+      assert.is_true(c.imported)
+      assert.same({ "profile:read" }, c.permissions)
+      local _, err = client:call("account.connections.createImport", { cookie = "x=1", userAgent = "ua" })
+      assert.equal("api", err.kind)
+      assert.equal(400, err.status)
+      assert.equal(200, (ctl("POST", "/emulator/connections/" .. c.id .. "/expire")))
+      local again = assert(client.account.connections:update_import({ connectionId = c.id,
+        cookie = "auth_id=9; sess=t; fp=f", userAgent = "Mozilla/5.0" }))
+      assert.equal(c.id, again.id)
+      assert.equal("active", again.status)
+      assert(client:call("account.connections.updateSettings", { connectionId = c.id,
+        vaultPlus = { enabled = true } }))
+      local s = assert(client:call("account.connections.getSettings", { connectionId = c.id }))
+      assert.is_true(s.vaultPlus.enabled)
+      assert.is_table(client:access(c.id):call("self.get"))
+    end)
+  end)
+
+  describe("Link status", function()
+    it("goes initialized -> pending -> awaiting_2fa -> completed", function()
+      local link = require("ofauth.link")
+      local s = assert(client:link_init({ redirect_url = REDIRECT, client_reference_id = "twofa" }))
+      assert.is_number(s.expires_at)
+      local secret = s.client_secret
+      assert.equal("initialized", assert(link.status(client, secret)).status)
+      assert.equal(200, (http.request({ url = s.url })).status) -- the user opens the page
+      assert.equal("pending", assert(client:call("link.get", { clientSecret = secret })).status)
+      local session = s.url:match("/link/([^/?#]+)")
+      assert.equal(200, (ctl("POST", "/emulator/link/" .. session .. "/2fa", { options = { "phone", "app" } })))
+      local st = assert(link.wait(client, secret, { interval = 0.01, timeout = 1 }))
+      assert.equal("awaiting_2fa", st.status)
+      assert.same({ "phone", "app" }, st.data.twoFactorState.options)
+      assert.equal(200, (ctl("POST", "/emulator/link/" .. session .. "/complete", {})))
+      st = assert(link.wait(client, secret, { interval = 0.01, timeout = 1 }))
+      assert.equal("completed", st.status)
+      assert.matches("^conn_", st.data.id)
+      assert.is_string(st.data.userData.username)
+      assert.is_table(st.data.session)
     end)
   end)
 

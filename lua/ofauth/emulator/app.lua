@@ -12,6 +12,7 @@
 --   GET  /v2/access/self, /v2/access/subscribers; any other /v2/access/* echoes
 --   GET|POST /link/{session}                   the hosted page (HTML form)
 --   POST /emulator/link/{session}/complete     headless {outcome, step, error_code}
+--   POST /emulator/link/{session}/2fa          {options?}: the session awaits 2FA
 --   GET  /emulator/state | /emulator/deliveries[?state=] | /emulator/health
 --   GET|POST|DELETE /emulator/faults           fault rules (ofauth.emulator.faults)
 --   POST /emulator/connections/{id}/expire     expire + connection.expired
@@ -338,6 +339,68 @@ function H.expire(self, req)
   return self:json(200, model_mod.connection_json(c))
 end
 
+--- POST /v2/account/connections/import {cookie, userAgent, permissions?,
+-- clientReferenceId?}: a connection from an existing OnlyFans session (the
+-- cookie must hold auth_id, sess and fp); connection.created is sent.
+function H.import(self, req)
+  local b, ans = self:catalogue_request(catalogue.by_name["account.connections.createImport"], req)
+  if not b then return table.unpack(ans) end
+  if type(b.cookie) ~= "string" or not (b.cookie:find("auth_id=", 1, true) and b.cookie:find("sess=", 1, true)
+    and b.cookie:find("fp=", 1, true)) then
+    return self:fail("VALIDATION_ERROR", "cookie must contain auth_id, sess and fp", { field = "cookie" })
+  end
+  if type(b.userAgent) ~= "string" then return self:fail("VALIDATION_ERROR", "userAgent must be a string") end
+  local ref = json.value(b.clientReferenceId)
+  if ref ~= nil and type(ref) ~= "string" then
+    return self:fail("VALIDATION_ERROR", "clientReferenceId must be a string")
+  end
+  if not self:queue_room() then return self:fail("SERVICE_UNAVAILABLE", "webhook queue is full") end
+  local c, err = self.model:create_connection(ref, config.environment(req.api_key))
+  if not c then return self:fail("CONFLICT", err) end
+  c.imported = true
+  local perms = json.value(b.permissions)
+  if type(perms) == "table" and #perms > 0 then c.permissions = perms end
+  self:persist()
+  self:emit_connection("connection.created", c)
+  return self:json(200, model_mod.connection_json(c))
+end
+
+--- PATCH /v2/account/connections/import/{id} {cookie, userAgent}: a new
+-- session for an imported connection (same id); active again.
+function H.update_import(self, req)
+  local c = self.model:connection(req.params.connectionId)
+  if not c then return self:fail("NOT_FOUND", "connection not found") end
+  if not c.imported then return self:fail("VALIDATION_ERROR", "not an imported connection") end
+  local b, ans = self:catalogue_request(catalogue.by_name["account.connections.updateImport"], req)
+  if not b then return table.unpack(ans) end
+  self.model:reactivate(c)
+  self:persist()
+  return self:json(200, model_mod.connection_json(c))
+end
+
+--- GET|PATCH /v2/account/connections/{id}/settings: Vault+ settings kept per connection.
+function H.conn_settings(self, req)
+  local c = self.model:connection(req.params.connectionId)
+  if not c then return self:fail("NOT_FOUND", "connection not found") end
+  c.vault_plus = c.vault_plus or { enabled = false, settingsOverrides = json.null }
+  if req.method == "PATCH" then
+    local b, err = body_object(req)
+    if not b then return self:fail("VALIDATION_ERROR", err) end
+    local vp = json.value(b.vaultPlus)
+    if vp ~= nil and type(vp) ~= "table" then return self:fail("VALIDATION_ERROR", "vaultPlus must be an object") end
+    if vp then
+      if json.value(vp.enabled) ~= nil then c.vault_plus.enabled = vp.enabled == true end
+      if vp.settings ~= nil then c.vault_plus.settingsOverrides = vp.settings end
+    end
+    self:persist()
+    return self:json(200, { settings = { connectionId = c.id, vaultPlus = c.vault_plus } })
+  end
+  return self:json(200, { connectionId = c.id, vaultPlus = {
+    enabled = c.vault_plus.enabled, settingsOverrides = c.vault_plus.settingsOverrides,
+    stats = { vaultPlusEnabled = c.vault_plus.enabled, totalStorageBytes = 0, storageLimitBytes = 0,
+      mediaCount = 0, storedCount = 0, storageUsagePercent = 0 } } })
+end
+
 -- The connection named by x-connection-id, or an error answer.
 function App:access_connection(req)
   local id = req.headers["x-connection-id"]
@@ -595,9 +658,34 @@ function App:complete(s, outcome, step, error_code)
     params.error_code = error_code or M.DEFAULT_ERROR_CODE
     s.result = { step = step, errorCode = params.error_code }
   end
+  s.awaiting_2fa = nil
   s.status = M.OUTCOMES[outcome]
   self:persist()
   return M.callback_url(s.redirectUrl, params), c
+end
+
+--- POST /emulator/link/{session}/2fa {options?}: the user logged in and
+-- OnlyFans asks for a second factor: the session shows awaiting_2fa until
+-- it is completed.
+function H.two_factor(self, req)
+  local s = self:find_session(req.params.session)
+  if not s then return self:fail("NOT_FOUND", "link session not found") end
+  if self.model:session_status(s) ~= "pending" then
+    return self:fail("CONFLICT", "the link session is not pending")
+  end
+  local b, err = body_object(req, true)
+  if not b then return self:fail("VALIDATION_ERROR", err) end
+  local options = json.value(b.options) or { "app" }
+  local allowed = { phone = true, app = true, face = true, forceFace = true }
+  if type(options) ~= "table" or #options == 0 then
+    return self:fail("VALIDATION_ERROR", "options must be a non-empty array")
+  end
+  for _, o in ipairs(options) do
+    if not allowed[o] then return self:fail("VALIDATION_ERROR", "options: phone, app, face or forceFace") end
+  end
+  s.opened, s.awaiting_2fa, s.two_factor_options = true, true, options
+  self:persist()
+  return self:json(200, self.model:session_json(s))
 end
 
 function H.complete(self, req)
@@ -620,6 +708,7 @@ function H.page(self, req)
   if not s then return 404, link_page.closed("unknown"), HTML end
   local status = self.model:session_status(s)
   if status ~= "pending" then return 410, link_page.closed(status), HTML end
+  s.opened = true -- GET /v2/link/{clientSecret}: initialized -> pending
   return 200, link_page.render(s, "/link/" .. s.id, self.cfg.permissions, model_mod.iso(s.expiresAt)), HTML
 end
 
@@ -773,6 +862,10 @@ function M.routes()
     { "DELETE", "/v2/account/connections/:id", H.disconnect, true },
     { "DELETE", "/v2/connections/:id", H.disconnect, true },
     { "POST", "/v2/account/connections/:id/invalidate", H.expire, true },
+    { "POST", "/v2/account/connections/import", H.import, true },
+    { "PATCH", "/v2/account/connections/import/:connectionId", H.update_import, true },
+    { "GET", "/v2/account/connections/:connectionId/settings", H.conn_settings, true },
+    { "PATCH", "/v2/account/connections/:connectionId/settings", H.conn_settings, true },
     { "GET", "/v2/access/self", H.access_self, true },
     { "GET", "/v2/access/subscribers", H.access_subscribers, true },
     { "POST", "/v2/access/uploads/init", H.upload_init, true },
@@ -797,6 +890,7 @@ function M.routes()
     { "GET", "/link/:session", H.page },
     { "POST", "/link/:session", H.page_post },
     { "POST", "/emulator/link/:session/complete", H.complete },
+    { "POST", "/emulator/link/:session/2fa", H.two_factor },
     { "GET", "/emulator/health", H.health },
     { "GET", "/emulator/state", H.state },
     { "GET", "/emulator/deliveries", H.deliveries },
