@@ -8,7 +8,9 @@ local ojson = require("ofauth.json")
 local API_KEY = "sk_test_cli_call_" .. require("oflua.crypto").hex(require("oflua.crypto").random(6))
 local emu, conn, tmpdir
 
-local function env() return { env = { OFAUTH_API_KEY = API_KEY, OFAUTH_BASE_URL = emu:url(), OFAUTH_LOG = "error" } } end
+local function env()
+  return { env = { OFAUTH_API_KEY = API_KEY, OFAUTH_BASE_URL = emu:url(), OFAUTH_LOG = "error" } }
+end
 
 setup(function()
   tmpdir = h.tmpdir()
@@ -16,7 +18,8 @@ setup(function()
   local c = assert(require("ofauth").client({ api_key = API_KEY, base_url = emu:url() }))
   local res = assert(c:link_init({ redirect_url = "http://127.0.0.1:1/cb", client_reference_id = "cli" }))
   local r = assert(http.request({ method = "POST", url = emu:url() .. "/emulator/link/"
-    .. res.url:match("/link/([^/?#]+)") .. "/complete", body = "{}", headers = { ["content-type"] = "application/json" } }))
+    .. res.url:match("/link/([^/?#]+)") .. "/complete", body = "{}",
+    headers = { ["content-type"] = "application/json" } }))
   conn = cjson.decode(r.body).connectionId
 end)
 
@@ -62,6 +65,7 @@ describe("oflua ofauth call", function()
   end)
 
   it("pages through every item with --all as JSON lines or CSV, into --out", function()
+    local _
     local out, err, code = h.oflua({ "ofauth", "call", "access.earnings.listTransactions", "--all",
       "--connection", conn }, env())
     assert.equal(0, code, err)
@@ -72,7 +76,7 @@ describe("oflua ofauth call", function()
     end
     assert.equal(require("ofauth.emulator.generic").ITEMS, n)
     local file = tmpdir .. "/posts.csv"
-    out, err, code = h.oflua({ "ofauth", "call", "access.listPosts", "limit=7", "--all", "--csv", "--out", file,
+    _, err, code = h.oflua({ "ofauth", "call", "access.listPosts", "limit=7", "--all", "--csv", "--out", file,
       "--connection", conn }, env())
     assert.equal(0, code, err)
     local csv = h.slurp(file)
