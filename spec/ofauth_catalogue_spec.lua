@@ -105,7 +105,24 @@ describe("catalogue calls against the emulator", function()
       end
       ::continue::
     end
-    assert.is_true(checked >= 119, "checked " .. checked)
+    assert.is_true(checked >= 120, "checked " .. checked)
+    -- the stateful ones, in an order that works: the upload flow (single and
+    -- parts) is in spec/ofauth_upload_spec.lua; here Link delete and a
+    -- connection's invalidate and delete
+    local fields = function(e, res)
+      for _, f in ipairs(e.returns or {}) do assert.is_not_nil(res[f], e.name .. ": " .. f) end
+    end
+    local gone = assert(client:link_init({ redirect_url = REDIRECT, client_reference_id = "gone" }))
+    assert.is_table(assert(client:call("link.delete", { clientSecret = gone.client_secret })))
+    local s = assert(client:link_init({ redirect_url = REDIRECT, client_reference_id = "tmp" }))
+    local _, b = ctl("POST", "/emulator/link/" .. s.url:match("/link/([^/?#]+)") .. "/complete", {})
+    fields(catalogue.find("account.connections.invalidate"),
+      assert(client:call("account.connections.invalidate", { connectionId = b.connectionId })))
+    fields(catalogue.find("account.connections.delete"),
+      assert(client:call("account.connections.delete", { connectionId = b.connectionId })))
+    local up = assert(acc:call("access.uploads.init", { filename = "a.png", size = 3, contentType = "image/png" }))
+    fields(catalogue.find("access.uploads.replace"),
+      assert(acc:request("PUT", "/uploads/" .. up.mediaUploadId, { body = "abc" })))
   end)
 
   it("calls through the generated snake_case accessors", function()
