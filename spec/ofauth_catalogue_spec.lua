@@ -180,6 +180,30 @@ describe("catalogue calls against the emulator", function()
     end)
   end)
 
+  describe("fault injection on catalogue endpoints", function()
+    it("a 429 with Retry-After in the middle of a marker walk is waited out", function()
+      local slept = {}
+      local c = assert(ofauth_client.new({ api_key = KEY, base_url = emu:url(), timeout_ms = 5000,
+        policy = { base_delay = 0.01, max_attempts = 3, sleep = function(d) slept[#slept + 1] = d end } }))
+      local pages = 0
+      local status = ctl("POST", "/emulator/faults", { kind = "rate_limit", retry_after = 0, count = 1,
+        path_prefix = "/v2/access/earnings/transactions" })
+      assert.equal(201, status)
+      local n = 0
+      for _ in c:access(conn_id):each("access.earnings.listTransactions", {},
+        { on_page = function() pages = pages + 1 end }) do n = n + 1 end
+      assert.equal(generic.ITEMS, n)
+      assert.equal(1, #slept)
+      status = ctl("POST", "/emulator/faults", { kind = "server_error", status = 500, count = 5,
+        path_prefix = "/v2/access/promotions" })
+      local _, err = c:access(conn_id):call("access.promotions.create", { discount = 10, message = "m",
+        finishDays = 1, subscribeCounts = 1, subscribeDays = 1, type = { "new" } })
+      assert.equal("api", err.kind) -- a POST is not retried on a 500
+      assert.equal(500, err.status)
+      ctl("DELETE", "/emulator/faults")
+    end)
+  end)
+
   describe("parameter checks before any request", function()
     it("missing required, unknown and mistyped fields are kind invalid", function()
       local _, err = acc:call("access.promotions.trackingLinks.create", {})
