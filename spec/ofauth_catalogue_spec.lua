@@ -196,6 +196,7 @@ describe("catalogue calls against the emulator", function()
       assert.equal(1, #slept)
       status = ctl("POST", "/emulator/faults", { kind = "server_error", status = 500, count = 5,
         path_prefix = "/v2/access/promotions" })
+      assert.equal(201, status)
       local _, err = c:access(conn_id):call("access.promotions.create", { discount = 10, message = "m",
         finishDays = 1, subscribeCounts = 1, subscribeDays = 1, type = { "new" } })
       assert.equal("api", err.kind) -- a POST is not retried on a 500
