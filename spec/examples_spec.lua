@@ -165,6 +165,26 @@ describe_emu("examples against the emulator", function()
     end)
   end)
 
+  describe("earnings_report.lua", function()
+    it("sums every transaction (marker pagination) by type, and counts chargebacks", function()
+      local conn = connect(emu, "earnings-user")
+      local out, err, code = run("earnings_report.lua", { "--since", "2026-01-01", "--json" },
+        { OFAUTH_CONNECTION_ID = conn })
+      assert.equal(0, code, err)
+      local r = cjson.decode(out)
+      assert.equal(require("ofauth.emulator.generic").ITEMS, r.transactions)
+      assert.is_true(r.pages > 1)
+      assert.equal(require("ofauth.emulator.generic").ITEMS, r.chargebacks)
+      out, err, code = run("earnings_report.lua", {}, { OFAUTH_CONNECTION_ID = conn })
+      assert.equal(0, code, err)
+      assert.matches("25 transactions in 3 pages", out, 1, true)
+      local _
+      _, err, code = run("earnings_report.lua", { "--since", "yesterday" }, { OFAUTH_CONNECTION_ID = conn })
+      assert.equal(2, code)
+      assert.matches("bad argument", err, 1, true)
+    end)
+  end)
+
   describe("export_subscribers.lua", function()
     local conn
 
