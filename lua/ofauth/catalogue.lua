@@ -16,6 +16,11 @@
 --   item       documented fields of one list item
 --   scope      permission named by the SDKs
 --   connection true when x-connection-id is required (Access, Vault+)
+-- The entries were compiled once by a script from that reference (its
+-- endpoint table, SDK name appendix and pagination notes) plus hand fixes for
+-- shapes it gives in prose; this file is now the source: edit it here, one
+-- entry per line. spec/ofauth_catalogue_spec.lua checks every entry against
+-- the emulator.
 -- The types of fields are in M.types (by wire name), with per-entry
 -- overrides in M.entry_types. The proxy (/v2/access/proxy/*) and the upload
 -- helper are not entries: see Access:proxy and ofauth.upload.

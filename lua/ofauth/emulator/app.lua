@@ -494,7 +494,7 @@ function H.catalogue(self, req, e)
   end
   local body, answer = self:catalogue_request(e, req)
   if not body then return table.unpack(answer) end
-  local v, err = generic.answer(e, req.query, c and c.n or 0, body)
+  local v, err = generic.answer(e, req.query, c and c.n or 0, body, self.cfg.data_seed)
   if v == nil then return self:fail("VALIDATION_ERROR", err) end
   return self:json(200, v)
 end

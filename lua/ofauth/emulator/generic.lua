@@ -105,9 +105,10 @@ end
 
 --- The answer to catalogue entry `e`: a Lua value (encode with
 -- ofauth.json), or nil, message for bad paging parameters.
--- `query` holds the request's query strings, `conn_n` the connection number.
-function M.answer(e, query, conn_n, body)
-  local seed = (hash(e.name) + (conn_n or 0) * 31) % 997
+-- `query` holds the request's query strings, `conn_n` the connection
+-- number, `data_seed` the emulator's seed (config data_seed).
+function M.answer(e, query, conn_n, body, data_seed)
+  local seed = (hash(e.name) + (conn_n or 0) * 31 + (data_seed or 0) * 101) % 997
   if not e.page then
     if e.untyped then return { success = true } end -- the SDKs type these as open objects
     if not e.returns or #e.returns == 0 then
