@@ -476,14 +476,13 @@ function M.build(e, params)
   return path, query, body
 end
 
-local IDEMPOTENT_DEFAULT = nil -- the policy decides from the method
-
 --- Call any catalogue operation by its TypeScript SDK name with one flat
 -- table of wire-name fields (path, query and body together). Operations that
 -- need a connection (Access, Vault+) are called on `client:access(id)`.
 -- opts: the options of `request` (timeout_ms, deadline, idempotent, headers).
 -- Raises for an unknown name; returns nil, err (kind "invalid") for bad
--- fields, before any request.
+-- fields, before any request. (`connection_id` is how Access:call passes its
+-- connection; call Access operations on client:access(id) instead.)
 function Client:call(name, params, opts, connection_id)
   local e = catalogue.find(name)
   if not e then error(("ofauth: unknown operation %q (oflua ofauth ops lists them)"):format(tostring(name)), 2) end
@@ -496,8 +495,7 @@ function Client:call(name, params, opts, connection_id)
   for k, v in pairs(opts or {}) do o[k] = v end
   o.query, o.body = query, body
   if e.connection then o.connection_id = connection_id end
-  o.endpoint = o.endpoint or e.name
-  if o.idempotent == nil then o.idempotent = IDEMPOTENT_DEFAULT end
+  o.endpoint = o.endpoint or e.name -- metrics label (idempotency: the policy decides from the method)
   return self:request(e.method, path, o)
 end
 
