@@ -108,6 +108,19 @@ describe("ofauth.link", function()
     assert.equal(0, #link.pending(st, "u"))
   end)
 
+  it("drops a user's expired sessions and keeps at most max_pending", function()
+    local st = fakes.store()
+    link.remember(st, { user_id = "u", started_at = 1, expires_at = 10, state = "stale" })
+    for i = 1, 3 do
+      local c = client_with({ status = 200, body = '{"url":"https://l/' .. i .. '"}' })
+      assert(link.start(c, "u", { redirect_url = "https://a/cb", store = st, now = 100 + i, max_pending = 2 }))
+    end
+    local left = link.pending(st, "u")
+    assert.equal(2, #left)
+    assert.equal(103, left[1].started_at)
+    assert.is_nil(st:get("link:s:" .. require("oflua.crypto").hex(require("oflua.crypto").sha256("stale")):sub(1, 24)))
+  end)
+
   it("finds a logged-in user's newest live session by user_id, without client_reference_id", function()
     local st = fakes.store()
     link.remember(st, { user_id = "u", started_at = 1, expires_at = 100, state = "old" })

@@ -152,8 +152,11 @@ function M.start(client, user_id, opts)
   if not res then return nil, err end
   local now = now_of(opts)
   local expires = res.expires_at or (now + (opts.ttl or M.defaults.ttl))
-  -- at most max_pending per user: drop the oldest
-  local existing = M.pending(opts.store, user_id)
+  -- expired sessions of this user go; then at most max_pending: drop the oldest
+  local existing = {}
+  for _, rec in ipairs(M.pending(opts.store, user_id, now)) do
+    if rec.expired then forget(opts.store, rec) else existing[#existing + 1] = rec end
+  end
   for i = (opts.max_pending or M.defaults.max_pending), #existing do forget(opts.store, existing[i]) end
   M.remember(opts.store, {
     user_id = user_id, started_at = now, expires_at = expires, state = state,
