@@ -64,7 +64,7 @@ local function lower_keys(h)
   return out
 end
 
-local function now_of(opts) return (opts and opts.now) or core.now() end
+local now_of = require("ofauth.timeutil").now_of
 
 local function secrets_list(secret)
   if type(secret) == "table" then return secret end
