@@ -203,7 +203,10 @@ router:get("/link/start", function(req)
 end)
 
 router:get("/link/callback", function(req)
-  local state = (req.headers.cookie or ""):match("ofauth_link=(%x+)") or ""
+  -- The session's state comes back in the redirect (oflua_state), so a
+  -- re-auth Link started by on_reauth_required completes too; the cookie set
+  -- by /link/start is only a fallback.
+  local state = (req.headers.cookie or ""):match("ofauth_link=(%x+)")
   local cb, why = ofauth.link.callback(req.query, { store = st, state = state })
   if not cb then return json(400, { error = why }) end
   -- Only a user-experience signal: the connection.created webhook decides.

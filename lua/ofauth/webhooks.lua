@@ -62,7 +62,7 @@ local function lower_keys(h)
   return out
 end
 
-local function now_of(opts) return (opts and opts.now) or core.now() end
+local now_of = require("ofauth.timeutil").now_of
 
 -- whsec_<base64> -> key bytes, or nil. The last answer is kept: a receiver
 -- verifies every delivery with the same secret.

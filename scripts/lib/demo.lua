@@ -161,6 +161,7 @@ local function run()
       -- the app's address is known once it runs; deliveries start after that
       webhook_url = "http://127.0.0.1:9/unset", subscribers = 2500,
       webhook_base_delay = 0.2, webhook_timeout_ms = 5000,
+      upload_part_size = 64 * 1024, -- so the demo's upload goes in parts
     })
     check(emu, "cannot start the emulator: %s", tostring(err))
     emu_url = emu:url()
@@ -206,12 +207,14 @@ local function run()
     redact.register_secret(conn_id)
     return "redirect back with status=success"
   end) and step("callback checked against the pending session", function()
-    local forged = call("GET", (redirect:gsub("status=success", "status=cancelled")))
-    check(forged == 400, "a forged callback (no cookie) got %s", forged)
+    -- forged: the same redirect without the session's state (which OFAuth
+    -- hands back in the real one) and without the browser's cookie
+    local forged = call("GET", redirect:match("^[^?]+") .. "?status=cancelled&client_reference_id=alice")
+    check(forged == 400, "a forged callback (no state, no cookie) got %s", forged)
     local status, body = call("GET", redirect, nil, { cookie = cookie })
     check(status == 200 and body.status == "success" and body.user_id == "alice",
       "callback answered %s: %s", status, cjson.encode(body))
-    return "accepted; a forged one (no session cookie) is refused (400)"
+    return "accepted; a forged one (no session state) is refused (400)"
   end)
   if not ok_all then return end
 
@@ -263,6 +266,29 @@ local function run()
     local status, body = call("GET", app_url .. "/users/alice/subscribers?limit=100")
     check(status == 200 and body.subscribers == 2500, "subscribers: %s %s", status, cjson.encode(body))
     return ("%d subscribers in %d pages"):format(body.subscribers, body.pages)
+  end)
+  if not ok_all then return end
+  -- Any endpoint of the catalogue, by its SDK name, from a script
+  local acc = assert(require("ofauth").client({ api_key = api_key, base_url = emu_url })):access(conn_id)
+  ok_all = step("earnings transactions, marker <- nextMarker", function()
+    local pages, n = 0, 0
+    for _ in acc:each("access.earnings.listTransactions", { startDate = "2026-01-01" },
+      { on_page = function() pages = pages + 1 end }) do n = n + 1 end
+    check(n > 0 and pages > 1, "%d transactions in %d pages", n, pages)
+    return ("%d transactions in %d pages"):format(n, pages)
+  end) and step("posts, time cursor beforePublishTime <- tailMarker", function()
+    local pages, n = 0, 0
+    for _ in acc:each("access.listPosts", { limit = 10 }, { on_page = function() pages = pages + 1 end }) do
+      n = n + 1
+    end
+    check(n > 0 and pages > 1, "%d posts in %d pages", n, pages)
+    return ("%d posts in %d pages"):format(n, pages)
+  end) and step("upload a file to the vault (init, parts, complete)", function()
+    local parts = 0
+    local res, err = acc:upload({ data = ("\0"):rep(150 * 1024), filename = "demo.png",
+      content_type = "image/png", on_progress = function(p) parts = p.parts end })
+    check(res, "upload: %s", tostring(err))
+    return ("%d bytes in %d parts -> vault media %s"):format(150 * 1024, parts, tostring(res.media.id))
   end)
   if not ok_all then return end
 
