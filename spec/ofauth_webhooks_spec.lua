@@ -143,10 +143,13 @@ describe("webhook verification", function()
         { now = now })))
     end)
 
-    it("derives a stable idempotency key from timestamp and body", function()
+    it("derives the idempotency key from the body alone (a re-signed retry is a duplicate)", function()
       local _, m1 = webhooks.verify(v.body, v.header, V.checklist_secret, { now = now })
       local _, m2 = webhooks.verify(v.body, v.header, V.checklist_secret, { now = now + 5 })
       assert.equal(m1.idempotency_key, m2.idempotency_key)
+      local later = webhooks.sign(v.body, V.checklist_secret, now + 60)
+      local _, m3 = webhooks.verify(v.body, later, V.checklist_secret, { now = now + 60 })
+      assert.equal(m1.idempotency_key, m3.idempotency_key)
     end)
 
     it("fails a one-byte change in body, timestamp or signature", function()
@@ -182,7 +185,9 @@ describe("webhook verification", function()
   end)
 end)
 
-describe("webhook receiver app", function()
+-- These cases run the handlers inline (before the answer), which is what they
+-- check; the default background mode is covered in ofauth_webhook_app_spec.
+describe("webhook receiver app (process = \"inline\")", function()
   local SECRET = "whsec_" .. "c2VjcmV0LWZvci10aGUtYXBwLXNwZWM="
   local NOW = 1700000000
 
@@ -190,7 +195,7 @@ describe("webhook receiver app", function()
     local st = fakes.store()
     opts = opts or {}
     local app = webhooks.app({ secret = SECRET, store = st, now = function() return NOW end,
-      max_attempts = opts.max_attempts or 3 })
+      max_attempts = opts.max_attempts or 3, process = "inline" })
     return app, st
   end
 
@@ -284,7 +289,7 @@ describe("webhook receiver app", function()
     local st = fakes.store()
     st.clock = function() return t end
     local app = webhooks.app({ secret = SECRET, store = st, now = function() return t end, max_attempts = 3,
-      tolerance = 1e6 })
+      tolerance = 1e6, process = "inline" })
     local fail, calls = true, {}
     app:on("connection.created", function(_, ctx)
       calls[#calls + 1] = ctx.id
