@@ -24,9 +24,9 @@ local function eventually(pred, limit)
 end
 
 --- `oflua serve APP extra...` in the background: {pid, port, url, err}.
-local function serve(extra)
+local function serve(extra, app)
   local out, err, pidf = os.tmpname(), os.tmpname(), os.tmpname()
-  local args = { shq(h.bin), "serve", shq(APP), "--port", "0" }
+  local args = { shq(h.bin), "serve", shq(app or APP), "--port", "0" }
   for _, a in ipairs(extra or {}) do args[#args + 1] = shq(a) end
   local cmd = ("%s >%s 2>%s & echo $! >%s"):format(table.concat(args, " "), shq(out), shq(err), shq(pidf))
   assert(os.execute("bash -c " .. shq(cmd)))
@@ -212,6 +212,16 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     local status = curl(srv.url .. "/echo", "--data-binary @/dev/null -H 'Content-Length: 100000'")
     assert.equal(503, status)
     stop(srv)
+  end)
+
+  it("logs a fixed placeholder, never the raw error, when the error filter fails", function()
+    local srv = serve({}, h.source_dir .. "/spec/fixtures/servers/bad_filter.lua")
+    assert.equal(500, (curl(srv.url .. "/boom")))
+    assert.equal(200, (curl(srv.url .. "/ok")))
+    local err = stop(srv)
+    assert.matches("error text withheld", err, 1, true)
+    assert.not_matches("secret-text", err, 1, true)
+    assert.not_matches("conn_leak", err, 1, true)
   end)
 
   it("exits within its grace period on SIGTERM while a handler is stuck in a C call", function()

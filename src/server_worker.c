@@ -713,10 +713,12 @@ static void *worker_main(void *arg) {
     while (p != NULL) {
       job *pn = p->pnext;
       if (s->qstop || p->deadline <= now) {
+        w->busy = 1; /* the VM is in use: no I/O thread may borrow it */
         pthread_mutex_unlock(&s->qmu);
         parked_remove(w, p);
         abandon(w, p, s->qstop ? "server stopping" : "time limit (parked)");
         pthread_mutex_lock(&s->qmu);
+        w->busy = 0;
         expired = 1;
         break; /* the lists may have changed: look again */
       }
