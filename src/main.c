@@ -459,7 +459,7 @@ static int pmain(lua_State *L) {
 
 /* The Lua tree for this binary: the source tree when it runs from the build
  * directory it was built in (so an installed copy does not shadow the code
- * being developed); <exe>/../share/oflua/lua when installed (wherever the
+ * being developed); <exe>/../share/lua/5.4 when installed (wherever the
  * prefix); else NULL for the library's default. $OFLUA_PATH always wins. */
 static const char *binary_lua_dir(char *buf, size_t len) {
   const char *env = getenv("OFLUA_PATH");
