@@ -476,8 +476,11 @@ static const char *binary_lua_dir(char *buf, size_t len) {
     return buf;
   }
   struct stat st;
-  int w = snprintf(buf, len, "%s/../%s", exe, OFLUA_REL_LUA_DIR);
-  if (w > 0 && (size_t)w < len && stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) return buf;
+  char rel[PATH_MAX];
+  int w = snprintf(rel, sizeof rel, "%s/../%s", exe, OFLUA_REL_LUA_DIR);
+  if (w > 0 && (size_t)w < sizeof rel && len >= PATH_MAX && realpath(rel, buf) != NULL &&
+      stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+    return buf;
   return NULL;
 }
 
