@@ -76,9 +76,20 @@ static void laction(int i) {
   lua_sethook(globalL, lstop, flag, 1);
 }
 
-static int docall(lua_State *L, int narg, int nres) {
+/* Error handler of subcommands: a CLI error object (a table with an integer
+ * `status`, raised by oflua.cliutil) is kept as is, for its status. */
+static int cli_msghandler(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TTABLE && lua_getfield(L, 1, "status") == LUA_TNUMBER) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  lua_settop(L, 1);
+  return msghandler(L);
+}
+
+static int docall_with(lua_State *L, int narg, int nres, lua_CFunction handler) {
   int base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, handler);
   lua_insert(L, base);
   globalL = L;
   signal(SIGINT, laction);
@@ -87,6 +98,8 @@ static int docall(lua_State *L, int narg, int nres) {
   lua_remove(L, base);
   return status;
 }
+
+static int docall(lua_State *L, int narg, int nres) { return docall_with(L, narg, nres, msghandler); }
 
 static void print_version(void) {
   printf("oflua %s (%s)\n", oflua_version(), LUA_RELEASE);
@@ -369,11 +382,20 @@ static int run_command(lua_State *L, char **argv, int argc, int first) {
   int n = argc - first - 1;
   luaL_checkstack(L, n + 3, "too many arguments");
   for (int i = first + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  status = docall(L, n, 1);
+  status = docall_with(L, n, 1, cli_msghandler);
   if (status != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "oflua %s: %s\n", argv[first], msg ? msg : "(error)");
-    return EXIT_FAILURE;
+    int code = EXIT_FAILURE, silent = 0;
+    if (lua_type(L, -1) == LUA_TTABLE) { /* a CLI error: its status, maybe already printed */
+      lua_getfield(L, -1, "status");
+      lua_Integer st = lua_tointeger(L, -1);
+      if (st > 0 && st < 126) code = (int)st;
+      lua_getfield(L, -2, "silent");
+      silent = lua_toboolean(L, -1);
+      lua_pop(L, 2);
+    }
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    if (!silent) fprintf(stderr, "oflua %s: %s\n", argv[first], msg ? msg : "(error)");
+    return code;
   }
   int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1)
              : lua_toboolean(L, -1) || lua_isnil(L, -1) ? EXIT_SUCCESS
@@ -415,8 +437,15 @@ static int pmain(lua_State *L) {
         return 0;
       }
       if (!file_exists(w)) {
+        /* `oflua help --unknown WORD`: did-you-mean, exit status 2 */
+        char *fake[] = {"help", "--unknown", (char *)w, NULL};
+        if (find_command(L, "help")) {
+          pa->status = run_command(L, fake, 3, 0);
+          return 0;
+        }
         fprintf(stderr, "%s: unknown command or script '%s' (see '%s help')\n", progname, w,
                 progname);
+        pa->status = 2;
         return 0;
       }
     }

@@ -1,36 +1,35 @@
 -- oflua serve: run an HTTP app (a Lua handler script) on oflua.server
 local cli = require("oflua.cliutil")
 
-local USAGE = [[
-usage: oflua serve APP.lua [options] [-- args...]
-
+local cmd = cli.command({
+  name = "serve", summary = "run an HTTP app (a Lua handler script) on oflua.server",
+  args = "APP.lua [-- args...]",
+  description = [[
 Serves HTTP with APP.lua in every worker: the script returns a handler
 function(req) -> status, body, headers, a router (oflua.router), or
 {handler = ..., shutdown = fn}. Arguments after the script are passed to it
 as an array (its `...`). Stops gracefully on SIGINT/SIGTERM (requests in
-flight are finished first).
-
-Options:
-  --host H          address to listen on (default 127.0.0.1)
-  -p, --port N      port (default 8080; 0 picks a free one)
-  -w, --workers N   worker threads, each with its own Lua VM (default 2)
-  --max-body BYTES  largest request body accepted (default 1048576)
-  -h, --help        this help
-
-Prints "listening on http://HOST:PORT" once ready.
-]]
-
-local opts = cli.parse({ ... }, {
-  options = { host = "string", port = "number", workers = "number", ["max-body"] = "number" },
-  aliases = { p = "port", w = "workers" },
+flight are finished first). Prints "listening on http://HOST:PORT" on stdout
+once ready.]],
+  flags = {
+    { "host", "H", "address to listen on (default 127.0.0.1)" },
+    { "port", "N", "port (default 8080; 0 picks a free one)", short = "p", type = "number",
+      min = 0, max = 65535, integer = true },
+    { "workers", "N", "worker threads, each with its own Lua VM (default 2)", short = "w",
+      type = "number", min = 1, max = 256, integer = true },
+    { "max-body", "BYTES", "largest request body accepted (default 1048576)", type = "number",
+      min = 0, max = 1 << 40, integer = true },
+    { "ready-file", "FILE", "write the base URL to FILE once listening (for scripts to wait on)" },
+  },
+  env = { "OFAUTH_API_KEY", "OFAUTH_BASE_URL", "OFAUTH_WEBHOOK_SECRET", "OFLUA_STORE",
+    "OFLUA_STORE_KEY_FILE", "OFLUA_STORE_KEY", "OFAUTH_LOG" },
+  footer = "The environment variables are read by the app (ofauth.config), not by serve itself.",
 })
-if opts.help then
-  io.write(USAGE)
-  return 0
-end
+local ok, opts = cmd:parse({ ... })
+if not ok then return opts end
 
 local script = opts._[1]
-if not script then cli.fail("missing the app script (see --help)") end
+if not script then cli.usage_error("missing the app script", "oflua serve") end
 local f, ferr = io.open(script, "r")
 if not f then cli.fail(ferr) end
 f:close()
@@ -61,6 +60,14 @@ if not srv then cli.fail(err) end
 
 io.stdout:write("listening on ", srv:url(), "\n")
 io.stdout:flush()
+if opts.ready_file then
+  local wok, werr = cli.write_atomic(opts.ready_file, srv:url() .. "\n")
+  if not wok then
+    srv:stop()
+    srv:close()
+    cli.fail("cannot write the ready file: " .. tostring(werr))
+  end
+end
 srv:wait()
 srv:close()
 return 0
