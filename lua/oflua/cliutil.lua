@@ -273,7 +273,7 @@ function M.parse(argv, spec)
           local okc = false
           for _, c in ipairs(choices) do okc = okc or c == value end
           if not okc then
-            M.usage_error(("option --%s must be %s, got %q"):format(name, table.concat(choices, " or "),
+            M.usage_error(("option --%s must be one of: %s (got %q)"):format(name, table.concat(choices, ", "),
               tostring(value)) .. did_you_mean(tostring(value), choices), hc)
           end
         end
