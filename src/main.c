@@ -12,6 +12,7 @@
  */
 #include "oflua.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -250,7 +251,48 @@ static int handle_luainit(lua_State *L) {
   return dostring(L, init, name);
 }
 
-/* ---- REPL (no readline: plain stdin lines) ---- */
+/* ---- REPL ----
+ * Line editing and history come from libedit (Debian: libedit2), opened with
+ * dlopen only when the REPL starts on a terminal: BSD-licensed (Debian's
+ * lua5.4 links GNU readline, whose GPL would then cover this MIT binary), no
+ * link-time dependency, and nothing loaded for scripts, -e or piped input.
+ * Without libedit the REPL reads plain lines. History: $OFLUA_HISTORY, else
+ * ~/.oflua_history (mode 0600), at most 1000 lines. */
+static char *(*ed_readline)(const char *);
+static int (*ed_add_history)(const char *);
+static int (*ed_write_history)(const char *);
+static char history_path[PATH_MAX];
+
+static void editing_open(void) {
+  if (!isatty(0) || !isatty(1)) return;
+  void *h = dlopen("libedit.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (h == NULL) return;
+  int (*read_history)(const char *);
+  void (*stifle_history)(int);
+  *(void **)(&ed_readline) = dlsym(h, "readline");
+  *(void **)(&ed_add_history) = dlsym(h, "add_history");
+  *(void **)(&ed_write_history) = dlsym(h, "write_history");
+  *(void **)(&read_history) = dlsym(h, "read_history");
+  *(void **)(&stifle_history) = dlsym(h, "stifle_history");
+  if (ed_readline == NULL || ed_add_history == NULL) {
+    ed_readline = NULL;
+    return;
+  }
+  const char *env = getenv("OFLUA_HISTORY"), *home = getenv("HOME");
+  if (env != NULL && env[0] != '\0')
+    snprintf(history_path, sizeof history_path, "%s", env);
+  else if (home != NULL && home[0] != '\0')
+    snprintf(history_path, sizeof history_path, "%s/.oflua_history", home);
+  if (stifle_history != NULL) stifle_history(1000);
+  if (history_path[0] != '\0' && read_history != NULL) read_history(history_path);
+}
+
+static void editing_close(void) {
+  if (ed_readline == NULL || ed_write_history == NULL || history_path[0] == '\0') return;
+  mode_t old = umask(077);
+  ed_write_history(history_path);
+  umask(old);
+}
 
 static int incomplete(lua_State *L, int status) {
   if (status == LUA_ERRSYNTAX) {
@@ -265,8 +307,33 @@ static int incomplete(lua_State *L, int status) {
   return 0;
 }
 
+static int push_line(lua_State *L) {
+  const char *line = lua_touserdata(L, 1);
+  if (lua_toboolean(L, 2) && line[0] == '=')
+    lua_pushfstring(L, "return %s", line + 1);
+  else
+    lua_pushstring(L, line);
+  return 1;
+}
+
 static int pushline(lua_State *L, int firstline) {
   char buffer[512];
+  if (ed_readline != NULL) {
+    char *line = ed_readline(firstline ? "> " : ">> ");
+    if (line == NULL) return 0;
+    if (line[0] != '\0') ed_add_history(line);
+    /* copied into Lua under lua_pcall: a memory error cannot leak the line */
+    int st = LUA_ERRMEM;
+    if (lua_checkstack(L, 3)) {
+      lua_pushcfunction(L, push_line);
+      lua_pushlightuserdata(L, line);
+      lua_pushboolean(L, firstline);
+      st = lua_pcall(L, 2, 1, 0);
+      if (st != LUA_OK) lua_pop(L, 1);
+    }
+    free(line);
+    return st == LUA_OK;
+  }
   fputs(firstline ? "> " : ">> ", stdout);
   fflush(stdout);
   if (fgets(buffer, sizeof buffer, stdin) == NULL) return 0;
@@ -326,6 +393,7 @@ static void doREPL(lua_State *L) {
   int status;
   const char *oldprogname = progname;
   progname = NULL;
+  editing_open();
   while ((status = loadline(L)) != -1) {
     if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
     if (status == LUA_OK)
@@ -334,6 +402,7 @@ static void doREPL(lua_State *L) {
       report(L, status);
   }
   lua_settop(L, 0);
+  editing_close();
   fputc('\n', stdout);
   fflush(stdout);
   progname = oldprogname;
