@@ -17,7 +17,8 @@ libdir=$(sed -n 's/^libdir=${prefix}\///p' "$(find "$prefix" -name oflua.pc | he
 # The standard layout: Lua files under share/lua/5.4, C modules under <libdir>/lua/5.4.
 for f in share/lua/5.4/ofauth/init.lua share/lua/5.4/oflua/cliutil.lua \
          "$libdir"/lua/5.4/oflua/{core,crypto,http,server,store}.so \
-         include/oflua.h "$libdir"/pkgconfig/oflua.pc "$libdir"/liboflua.a bin/oflua; do
+         include/oflua.h "$libdir"/pkgconfig/oflua.pc "$libdir"/liboflua.a bin/oflua \
+         share/man/man1/oflua.1 share/bash-completion/completions/oflua share/doc/oflua/LICENSE; do
   test -f "$prefix/$f" || { echo "install: missing $f" >&2; exit 1; }
 done
 if find "$prefix" -name 'oflua_*.so' | grep -q .; then echo "install: old side-object names" >&2; exit 1; fi
