@@ -2,7 +2,7 @@
 local cli = require("oflua.cliutil")
 local core = require("oflua.core")
 
-cli.command({
+local help_cmd = cli.command({
   name = "help", summary = "list the commands, or show one command's help",
   args = "[command [subcommand]]", max_args = 2,
   description = "Lists the commands; with a command (and subcommand) name, prints that command's\n"
@@ -110,8 +110,12 @@ if first == "--man" then -- the man page, from the same descriptions as --help
   return 0
 end
 
-if first == nil or first == "--help" or first == "-h" then
+if first == nil then
   io.write(global_help(commands()))
+  return 0
+end
+if first == "--help" or first == "-h" then
+  io.write(help_cmd:usage())
   return 0
 end
 
