@@ -100,9 +100,9 @@ describe("oflua store", function()
     assert_fails("wrong key", run({ "store", "get", "a" }))
     local e = { OFLUA_STORE = dir .. "/s.db", OFLUA_STORE_KEY_FILE = dir .. "/new" }
     assert.equal("1", (h.oflua({ "store", "get", "a" }, { env = e })))
-    out, err, code = run({ "store", "rekey" })
-    assert.equal(2, code) -- a usage error
-    assert.matches("new%-key%-file", err)
+    local _, rerr, rcode = run({ "store", "rekey" })
+    assert.equal(2, rcode) -- a usage error
+    assert.matches("new%-key%-file", rerr)
   end)
 
   it("fails with one clear line and never shows the key", function()
