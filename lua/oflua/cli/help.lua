@@ -84,8 +84,9 @@ local first = argv[1]
 
 if first == "--unknown" then -- from the binary: `oflua servee`
   local word = argv[2] or ""
-  cli.usage_error(("unknown command or script '%s'%s"):format(word,
-    cli.did_you_mean(word, names(commands()), "oflua ")), "oflua")
+  io.stderr:write(("oflua: unknown command or script '%s'%s\nRun 'oflua --help' for usage.\n"):format(word,
+    cli.did_you_mean(word, names(commands()), "oflua ")))
+  cli.exit(2)
 end
 
 if first == "--complete" then -- words for bash completion: oflua help --complete [CMD [SUB]]
