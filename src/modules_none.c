@@ -3,7 +3,9 @@
  * Lua C modules (build/lua/oflua/{core,server}.so) when plain lua5.4 loads
  * them. It is empty: their states (server workers) find oflua.crypto & co.
  * through package.cpath like any other C module. Inside the oflua binary the
- * binary's own table (modules_lazy.c) is used instead.
+ * binary's own table (modules_lazy.c) is used instead. CMake compiles these
+ * modules with oflua__native_modules renamed (oflua__native_modules_plain),
+ * so the process never holds two globals of one name.
  */
 #include "internal.h"
 
