@@ -46,8 +46,11 @@ out=$(cd / && env -u OFLUA_PATH -u OFLUA_MODULE_DIR "$root/usr/bin/oflua" -e '
   for _, m in ipairs{"oflua.crypto","oflua.http","oflua.server","oflua.store","ofauth"} do require(m) end
   print(require("oflua.core").lua_dir)')
 [ "$out" = "$root/usr/share/lua/5.4" ] || fail "extracted binary uses Lua tree '$out'"
-(cd / && "$root/usr/bin/oflua" version) | grep -q '^oflua ' || fail "oflua version"
-(cd / && "$root/usr/bin/oflua" help webhook trigger) | grep -q -- '--wait' || fail "help webhook trigger"
-MANWIDTH=80 man -l "$root/usr/share/man/man1/oflua.1" 2>/dev/null | grep -q 'oflua webhook trigger' \
-  || fail "man page does not render the commands"
+# (outputs captured first: grep -q would close the pipe early under pipefail)
+v=$(cd / && "$root/usr/bin/oflua" version)
+case "$v" in "oflua "*) ;; *) fail "oflua version: $v" ;; esac
+help=$(cd / && "$root/usr/bin/oflua" help webhook trigger)
+case "$help" in *--wait*) ;; *) fail "help webhook trigger lacks --wait" ;; esac
+man=$(MANWIDTH=80 man -l "$root/usr/share/man/man1/oflua.1" 2>/dev/null)
+case "$man" in *"oflua webhook trigger"*) ;; *) fail "man page does not render the commands" ;; esac
 echo "package: ok ($(basename "$deb"), Depends: $depends)"
