@@ -22,12 +22,25 @@ local function eventually(pred, limit)
   return pred()
 end
 
+-- A free loopback port for the app, known before it starts: the example app
+-- builds its redirect URLs from OFLUA_PUBLIC_URL, never from Host.
+local function free_port(dir)
+  local server = require("oflua.server")
+  local script = dir .. "/noop.lua"
+  h.write_file(script, "return function() return 200, '' end\n")
+  local s = assert(server.listen({ host = "127.0.0.1", port = 0, workers = 1, script = script }))
+  local port = s:port()
+  s:close()
+  return port
+end
+
 local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
 
 describe("re-auth Link through the example app", function()
   local dir, pids = nil, {}
   local api_key = "sk_test_reauth_" .. crypto.hex(crypto.random(8))
   local secret = "whsec_" .. crypto.base64(crypto.random(24))
+  local admin = { authorization = "Bearer " .. crypto.hex(crypto.random(16)) }
 
   local function path(name) return dir .. "/" .. name end
 
@@ -78,15 +91,17 @@ describe("re-auth Link through the example app", function()
         "--webhook-url", "http://127.0.0.1:9/unset" })
     local emu = eventually(function() return h.slurp(path("emu.url")):match("http://[%d.:]+") end)
     assert(emu, "the emulator did not start: " .. h.slurp(path("emulator.err")))
+    local port = free_port(dir)
     spawn("app", { OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu, OFAUTH_WEBHOOK_SECRET = secret,
-      OFLUA_STORE = path("app.db"), OFLUA_STORE_KEY_FILE = key_file },
-      { h.bin, "serve", h.source_dir .. "/examples/webhook_receiver.lua", "--port", "0" })
+      OFLUA_STORE = path("app.db"), OFLUA_STORE_KEY_FILE = key_file,
+      OFLUA_ADMIN_TOKEN = admin.authorization:sub(8), OFLUA_PUBLIC_URL = "http://127.0.0.1:" .. port },
+      { h.bin, "serve", h.source_dir .. "/examples/webhook_receiver.lua", "--port", tostring(port) })
     local app = eventually(function() return h.slurp(path("app.out")):match("listening on (http://[%d.:]+)") end)
     assert(app, "the app did not start: " .. h.slurp(path("app.err")))
     assert.equal(200, (call("PUT", emu .. "/emulator/webhook", { url = app .. "/webhooks/ofauth" })))
 
     -- 1. connect through /link/start (this browser has the cookie)
-    local status, b, resp = call("GET", app .. "/link/start?user=amy&format=json")
+    local status, b, resp = call("GET", app .. "/link/start?user=amy&format=json", nil, admin)
     assert.equal(200, status, cjson.encode(b))
     assert.is_number(b.expires_at) -- unix seconds
     local cookie = (resp.headers["set-cookie"] or ""):match("^[^;]+")
@@ -95,7 +110,7 @@ describe("re-auth Link through the example app", function()
     local conn_id = b.connectionId
     assert.equal(200, (call("GET", b.redirectUrl, nil, { cookie = cookie })))
     assert.truthy(eventually(function()
-      local s, u = call("GET", app .. "/users/amy")
+      local s, u = call("GET", app .. "/users/amy", nil, admin)
       return s == 200 and u.status == "active"
     end), "connection.created was not processed")
 
@@ -116,7 +131,7 @@ describe("re-auth Link through the example app", function()
     assert.equal("success", cb.status)
     assert.equal("amy", cb.user_id)
     assert.truthy(eventually(function()
-      local s, u = call("GET", app .. "/users/amy")
+      local s, u = call("GET", app .. "/users/amy", nil, admin)
       return s == 200 and u.status == "active"
     end), "connection.updated was not processed")
     -- the same redirect cannot be used twice
