@@ -61,8 +61,10 @@ describe("oflua store", function()
     assert.equal("bin\0ary\n", (run({ "store", "get", "conn:b" })))
     assert.equal("conn:a\nconn:b\nother\n", (run({ "store", "list" })))
     assert.equal("conn:a\nconn:b\n", (run({ "store", "list", "conn:" })))
-    assert.equal("conn:a\tconn_111\n", (run({ "store", "list", "conn:a", "--values" })))
-    local list = require("cjson").decode((run({ "store", "list", "conn:", "--json" })))
+    -- connection ids are shortened like everywhere in the CLI, unless asked
+    assert.equal("conn:a\tconn_…\n", (run({ "store", "list", "conn:a", "--values" })))
+    assert.equal("conn:a\tconn_111\n", (run({ "store", "list", "conn:a", "--values", "--reveal-ids" })))
+    local list = require("cjson").decode((run({ "store", "list", "conn:", "--json", "--reveal-ids" })))
     assert.same({ { key = "conn:a", value = "conn_111" }, { key = "conn:b", value = "bin\0ary\n" } },
       list)
     assert.equal("[]\n", (run({ "store", "list", "nothing", "--json" })))
@@ -98,16 +100,24 @@ describe("oflua store", function()
     assert_fails("wrong key", run({ "store", "get", "a" }))
     local e = { OFLUA_STORE = dir .. "/s.db", OFLUA_STORE_KEY_FILE = dir .. "/new" }
     assert.equal("1", (h.oflua({ "store", "get", "a" }, { env = e })))
-    assert_fails("new%-key%-file", run({ "store", "rekey" }))
+    local _, rerr, rcode = run({ "store", "rekey" })
+    assert.equal(2, rcode) -- a usage error
+    assert.matches("new%-key%-file", rerr)
   end)
 
   it("fails with one clear line and never shows the key", function()
     assert_fails("no store at", run({ "store", "get", "a" }))
     assert.equal(0, select(3, run({ "store", "put", "a", "1" })))
-    assert_fails("unknown command 'frob'", run({ "store", "frob" }))
-    assert_fails("missing argument", run({ "store", "get" }))
-    assert_fails("too many arguments", run({ "store", "get", "a", "b" }))
-    assert_fails("unknown option", run({ "store", "get", "a", "--bogus" }))
+    -- usage errors: exit status 2, a pointer to the right --help
+    for _, c in ipairs({ { "unknown command 'frob'", { "store", "frob" } },
+      { "missing argument", { "store", "get" } }, { "unexpected argument 'b'", { "store", "get", "a", "b" } },
+      { "unknown option '%-%-bogus'", { "store", "get", "a", "--bogus" } } }) do
+      local out, err, code = run(c[2])
+      assert.equal(2, code)
+      assert.equal("", out)
+      assert.matches("^oflua store: " .. c[1], err)
+      assert.matches("Run 'oflua store[ %w]*%-%-help' for usage", err)
+    end
     assert_fails("no store", h.oflua({ "store", "get", "a" }, { env = { OFLUA_STORE = "" } }))
     assert_fails("no store key", h.oflua({ "store", "get", "a" }, {
       env = { OFLUA_STORE = dir .. "/s.db", OFLUA_STORE_KEY_FILE = "", OFLUA_STORE_KEY = "" },
@@ -140,7 +150,7 @@ describe("oflua store", function()
     end
     local _, err
     _, err, code = h.oflua({ "store" })
-    assert.equal(1, code)
+    assert.equal(2, code)
     assert.matches("usage: oflua store", err)
     out = h.oflua({ "help" })
     assert.matches("store", out)
