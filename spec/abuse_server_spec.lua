@@ -166,6 +166,19 @@ describe("oflua serve under attack (default settings)", function()
     os.remove(f)
   end)
 
+  it("does not let a handler waiting on a hanging API call delay other requests", function()
+    local upstream = serve() -- its /sleep answers after 4 s without holding a worker
+    local f = os.tmpname()
+    local url = srv.url .. "/upstream?url=" .. upstream.url .. "/sleep%3Fs%3D4"
+    assert(os.execute(("curl -s --max-time 20 %s >%s &"):format(shq(url), shq(f))))
+    assert.truthy(eventually(function() return (state(srv)["upstream.started"] or 0) >= 1 end))
+    for i = 1, 3 do assert.equal(200, (curl(srv.url .. "/meanwhile" .. i))) end
+    assert.is_nil(state(srv)["upstream.done"]) -- still waiting while the others were answered
+    assert.truthy(eventually(function() return h.slurp(f) == "slept\n" end, 15))
+    os.remove(f)
+    stop(upstream)
+  end)
+
   it("parks sleeping handlers: many sleep at once on 2 workers", function()
     local files = {}
     for i = 1, 12 do
