@@ -770,7 +770,7 @@ static int store_transaction(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
   READY(L, s);
-  int rc = s->be->tx_begin(s->c);
+  int rc = s->be->tx_begin(s->c, 1);
   if (rc < 0) return push_be(L, s, rc);
   s->utx++;
   lua_pushvalue(L, 2);
@@ -959,7 +959,7 @@ static int store_rekey(lua_State *L) {
     rekey_release(r);
     return push_err(L, "db", "oflua.store: key derivation failed");
   }
-  int rc = s->be->tx_begin(s->c);
+  int rc = s->be->tx_begin(s->c, 1);
   if (rc < 0) {
     rekey_release(r);
     return push_be(L, s, rc);
@@ -1163,7 +1163,7 @@ static int store_inbox_claim(lua_State *L) {
   luaL_argcheck(L, max >= 1, 5, "max_attempts must be at least 1");
   READY(L, s);
   rows_t *r = rows_new(L, (int)n, 0);
-  int rc = s->be->tx_begin(s->c);
+  int rc = s->be->tx_begin(s->c, 0);
   if (rc < 0) return push_be(L, s, rc);
   rc = s->be->inbox_due(s->c, s->ns, now, (int)n, r->ev, &r->n);
   if (rc < 0) goto db_fail;
@@ -1273,7 +1273,7 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
   rows_t *r = rows_new(L, 1, 0);
   unsigned char idx[IDX_LEN];
   if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
-  int rc = s->be->tx_begin(s->c);
+  int rc = s->be->tx_begin(s->c, 0);
   if (rc < 0) return push_be(L, s, rc);
   int f = find_locked(L, s, idx, &r->ev[0]);
   if (f < 0) return -f;
@@ -1332,7 +1332,7 @@ static int store_inbox_fail(lua_State *L) {
   if (event_index(L, s, eid, elen, idx) != 0 ||
       store_seal(s, s->keys.aead, reason, rlen, aad(&a, s, D_IN_REASON, eid, elen), rbox) != 0)
     return push_err(L, "db", "oflua.store: encryption failed");
-  int rc = s->be->tx_begin(s->c);
+  int rc = s->be->tx_begin(s->c, 0);
   if (rc < 0) return push_be(L, s, rc);
   int f = find_locked(L, s, idx, &r->ev[0]);
   if (f < 0) return -f;

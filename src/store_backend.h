@@ -113,7 +113,11 @@ typedef struct store_backend {
   /* Sets the key id and key check (rekey, inside its transaction). */
   int (*meta_set)(store_conn *c, int64_t kid, store_cbytes check);
 
-  int (*tx_begin)(store_conn *c);
+  /* exclusive (s:transaction): the outermost level also excludes every
+   * other exclusive transaction on the database, as SQLite's BEGIN
+   * IMMEDIATE does, so a read-modify-write in Lua is never a lost update
+   * (PostgreSQL: an advisory lock; READ COMMITTED alone would allow it). */
+  int (*tx_begin)(store_conn *c, int exclusive);
   int (*tx_commit)(store_conn *c);
   int (*tx_rollback)(store_conn *c);
   int (*tx_depth)(store_conn *c);

@@ -168,7 +168,7 @@ static void scrub(pg_conn *q, const char *msg) {
       for (; *r != '\0' && o + 1 < cap; r++) e[o++] = *r;
       p += pl;
     } else {
-      e[o++] = *p == '\n' ? ' ' : *p;
+      e[o++] = (*p == '\n' || *p == '\t') ? ' ' : *p;
       p++;
     }
   }
@@ -217,7 +217,10 @@ static int ensure(pg_conn *q) {
     snprintf(msg, sizeof msg, "cannot connect to PostgreSQL: %s", PQerrorMessage(q->pg));
     scrub(q, msg);
     pg_drop(q);
-    return STORE_EUNAVAIL;
+    /* Down (no answer, or starting up / shutting down) is an outage; a
+     * server that answers but refuses us (password, database name) is a
+     * configuration error that waiting will not fix. */
+    return PQpingParams(keys, vals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
   }
   PQsetNoticeProcessor(q->pg, quiet_notice, NULL);
   return 0;
@@ -419,10 +422,12 @@ static void pg_version(store_conn *c, char *buf, size_t len) {
 
 /* ---- transactions ---------------------------------------------------------- */
 
-static int pg_tx_begin(store_conn *c) {
+#define TX_LOCK "SELECT pg_advisory_xact_lock(7020349591834206562)"
+
+static int pg_tx_begin(store_conn *c, int exclusive) {
   pg_conn *q = PG(c);
-  char sql[48];
-  if (q->depth == 0) snprintf(sql, sizeof sql, "BEGIN");
+  char sql[96];
+  if (q->depth == 0) snprintf(sql, sizeof sql, exclusive ? "BEGIN; " TX_LOCK : "BEGIN");
   else snprintf(sql, sizeof sql, "SAVEPOINT oflua_%d", q->depth);
   int rc = run_void(q, -1, sql, 0, NULL, NULL, NULL, NULL);
   if (rc == 0) q->depth++;
@@ -514,7 +519,7 @@ static int pg_meta_load(store_conn *c, int create, const store_meta *init, store
     snprintf(q->base.err, sizeof q->base.err, "cannot open the store inside a transaction");
     return STORE_EDB;
   }
-  if ((rc = pg_tx_begin(c)) != 0) return rc;
+  if ((rc = pg_tx_begin(c, 0)) != 0) return rc;
   if ((rc = run_void(q, -1, SCHEMA_LOCK, 0, NULL, NULL, NULL, NULL)) != 0) goto fail;
   PGresult *r = run(q, -1, "SELECT to_regclass('oflua_meta') IS NOT NULL, to_regclass('oflua_schema') IS NOT NULL",
           0, NULL, NULL, NULL, &rc);
@@ -692,7 +697,7 @@ static int pg_inbox_add(store_conn *c, const char *ns, int64_t kid, const store_
                         int n, int *inserted) {
   pg_conn *q = PG(c);
   int tx = n > 1, rc;
-  if (tx && (rc = pg_tx_begin(c)) != 0) return rc;
+  if (tx && (rc = pg_tx_begin(c, 0)) != 0) return rc;
   for (int i = 0; i < n; i++) {
     params p = {0};
     p_text(&p, ns);

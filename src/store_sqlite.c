@@ -331,7 +331,8 @@ static int sp_exec(sq_conn *q, const char *verb) {
   return simple_exec(q, sql);
 }
 
-static int sq_tx_begin(store_conn *c) {
+static int sq_tx_begin(store_conn *c, int exclusive) {
+  (void)exclusive; /* BEGIN IMMEDIATE: every transaction holds the write lock */
   sq_conn *q = SQ(c);
   if (q->depth == 0) {
     if (!sqlite3_get_autocommit(q->db)) return STORE_EDB;
@@ -602,7 +603,7 @@ static int sq_inbox_add(store_conn *c, const char *ns, int64_t kid, const store_
                         int n, int *inserted) {
   sq_conn *q = SQ(c);
   int tx = n > 1;
-  if (tx && sq_tx_begin(c) != 0) return STORE_EDB;
+  if (tx && sq_tx_begin(c, 0) != 0) return STORE_EDB;
   for (int i = 0; i < n; i++) {
     sqlite3_stmt *st = stmt(q, ST_IN_ADD);
     if (st == NULL) goto fail;
