@@ -259,6 +259,28 @@ if backends.pg then
       late:close()
     end)
 
+    it("is selected by OFLUA_STORE in the oflua store and doctor commands, password kept out", function()
+      local target = pg.new()
+      local env = { OFLUA_STORE = target, OFLUA_STORE_KEY = store.keygen() }
+      local _, err, code = h.oflua({ "store", "put", "user:1", "conn_CLI" }, { env = env })
+      assert.equal(0, code, err)
+      local out
+      out, err, code = h.oflua({ "store", "list", "--values" }, { env = env })
+      assert.equal(0, code, err)
+      assert.equal("user:1\tconn_CLI\n", out)
+      out, err = h.oflua({ "doctor", "--skip", "api_key", "--skip", "link", "--skip", "webhook",
+        "--skip", "access" }, { env = env })
+      assert.matches("✓ store", out, 1, true)
+      assert.matches("postgresql", out, 1, true)
+      assert.is_nil((out .. err):find(password, 1, true))
+      -- a wrong key: one line, no password
+      env.OFLUA_STORE_KEY = store.keygen()
+      out, err, code = h.oflua({ "store", "get", "user:1" }, { env = env })
+      assert.equal(1, code)
+      assert.matches("wrong key", err)
+      assert.is_nil((out .. err):find(password, 1, true))
+    end)
+
     it("leaves no connection id, key or payload in clear in pg_dump", function()
       local target = pg.new()
       local s = assert(store.open(pg.open_opts(target, store.keygen())))
