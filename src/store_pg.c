@@ -243,7 +243,7 @@ static PGresult *run(pg_conn *q, int id, const char *sql, int n, const char *con
     if (*rc != 0) return NULL;
     PGresult *r = NULL;
     if (id >= 0 && !(q->prepared & (1u << id))) {
-      char name[16];
+      char name[24];
       snprintf(name, sizeof name, "oflua_%d", id);
       r = PQprepare(q->pg, name, SQL[id], n, NULL);
       if (PQresultStatus(r) == PGRES_COMMAND_OK) {
@@ -254,7 +254,7 @@ static PGresult *run(pg_conn *q, int id, const char *sql, int n, const char *con
     }
     if (r == NULL) {
       if (id >= 0) {
-        char name[16];
+        char name[24];
         snprintf(name, sizeof name, "oflua_%d", id);
         r = PQexecPrepared(q->pg, name, n, vals, lens, fmts, 1);
       } else if (fmts != NULL) { /* binary results */
@@ -526,10 +526,11 @@ static int pg_meta_load(store_conn *c, int create, const store_meta *init, store
   if (r == NULL) goto fail;
   int has_meta = PQgetvalue(r, 0, 0)[0] == 't', has_schema = PQgetvalue(r, 0, 1)[0] == 't';
   PQclear(r);
+  long long v = 0;
   if (has_schema) {
     r = run(q, -1, "SELECT version FROM oflua_schema WHERE one = 1", 0, NULL, NULL, NULL, &rc);
     if (r == NULL) goto fail;
-    long long v = PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    v = PQntuples(r) > 0 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
     PQclear(r);
     if (v > STORE_SCHEMA_VERSION) {
       snprintf(q->base.err, sizeof q->base.err,
@@ -542,6 +543,11 @@ static int pg_meta_load(store_conn *c, int create, const store_meta *init, store
   if (!has_meta && !create) {
     pg_tx_rollback(c);
     return 0;
+  }
+  if (has_meta && v == STORE_SCHEMA_VERSION) {
+    /* Current: no DDL, so a role without CREATE rights can use the store. */
+    pg_tx_rollback(c);
+    return meta_read(q, out);
   }
   if ((rc = run_void(q, -1, SCHEMA, 0, NULL, NULL, NULL, NULL)) != 0) goto fail;
   char version[32];
