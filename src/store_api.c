@@ -1270,10 +1270,18 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
   const char *eid = check_id(L, 2, &elen, "event id");
   double now = opt_now(L, 3);
   READY(L, s);
-  rows_t *r = rows_new(L, 1, 0);
   unsigned char idx[IDX_LEN];
   if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
-  int rc = s->be->tx_begin(s->c, 0);
+  /* One statement in the common case (the hot path of every delivery). */
+  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now);
+  if (rc < 0) return push_be(L, s, rc);
+  if (rc == 1) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  /* Absent, or under another key id: find out which. */
+  rows_t *r = rows_new(L, 1, 0);
+  rc = s->be->tx_begin(s->c, 0);
   if (rc < 0) return push_be(L, s, rc);
   int f = find_locked(L, s, idx, &r->ev[0]);
   if (f < 0) return -f;

@@ -153,6 +153,12 @@ typedef struct store_backend {
    * current key id: 1 found, 0 absent (*meta_kid set in both cases). */
   int (*inbox_find)(store_conn *c, const char *ns, const unsigned char *idx, int64_t *meta_kid,
                     store_event *row);
+  /* The fast path of done/retry, one statement: sets the state of the event
+   * with this index (with reset: attempts 0, due now) if the row and the
+   * store are both under key id kid. 1 updated, 0 not (absent, or another
+   * key id: the caller looks closer through inbox_find). */
+  int (*inbox_mark)(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
+                    const char *state, int reset, double now);
   /* Sets state, attempts, next_at, updated_at and (if rbox.p) the reason. */
   int (*inbox_set)(store_conn *c, int64_t id, const char *state, int64_t attempts,
                    double next_at, store_cbytes rbox, double now);

@@ -87,6 +87,7 @@ enum {
   ST_IN_FIND,
   ST_IN_FIND_LOCK,
   ST_IN_SET,
+  ST_IN_MARK,
   ST_IN_LIST,
   ST_IN_LIST_ANY,
   ST_IN_STATS,
@@ -131,6 +132,11 @@ static const char *const SQL[ST_COUNT] = {
     [ST_IN_SET] = "UPDATE oflua_inbox SET state = $2::text, attempts = $3::bigint,"
                   " next_at = $4::float8, rbox = coalesce($5::bytea, rbox),"
                   " updated_at = $6::float8 WHERE id = $1::bigint",
+    [ST_IN_MARK] = "UPDATE oflua_inbox SET state = $4::text,"
+                   " attempts = CASE WHEN $5::int = 1 THEN 0 ELSE attempts END,"
+                   " next_at = CASE WHEN $5::int = 1 THEN $6::float8 ELSE next_at END,"
+                   " updated_at = $6::float8 WHERE ns = $1::text AND eidx = $2::bytea"
+                   " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint",
     [ST_IN_LIST] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
                    " AND state = $2::text AND id > $3::bigint ORDER BY id LIMIT $4::int",
     [ST_IN_LIST_ANY] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
@@ -796,6 +802,21 @@ static int pg_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
   return run_void(q, ST_IN_SET, NULL, p.n, p.v, p.len, p.fmt, NULL);
 }
 
+static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
+                         const char *state, int reset, double now) {
+  pg_conn *q = PG(c);
+  params p = {0};
+  p_text(&p, ns);
+  p_bytes(&p, idx, STORE_IDX_LEN);
+  p_int(&p, kid);
+  p_text(&p, state);
+  p_int(&p, reset != 0);
+  p_real(&p, now);
+  int64_t changed = 0;
+  int rc = run_void(q, ST_IN_MARK, NULL, p.n, p.v, p.len, p.fmt, &changed);
+  return rc != 0 ? rc : changed > 0;
+}
+
 static int pg_inbox_list(store_conn *c, const char *ns, const char *state, int64_t after, int max,
                          store_event *rows, int *n) {
   pg_conn *q = PG(c);
@@ -881,6 +902,7 @@ const store_backend store_pg_backend = {
     .inbox_add = pg_inbox_add,
     .inbox_due = pg_inbox_due,
     .inbox_find = pg_inbox_find,
+    .inbox_mark = pg_inbox_mark,
     .inbox_set = pg_inbox_set,
     .inbox_list = pg_inbox_list,
     .inbox_stats = pg_inbox_stats,

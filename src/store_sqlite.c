@@ -82,6 +82,7 @@ enum {
   ST_IN_DUE,
   ST_IN_FIND,
   ST_IN_SET,
+  ST_IN_MARK,
   ST_IN_LIST,
   ST_IN_LIST_ANY,
   ST_IN_STATS,
@@ -124,6 +125,10 @@ static const char *const SQL[ST_COUNT] = {
                    " LEFT JOIN oflua_inbox AS i ON i.ns = ?1 AND i.eidx = ?2 WHERE m.one = 1",
     [ST_IN_SET] = "UPDATE oflua_inbox SET state = ?2, attempts = ?3, next_at = ?4,"
                   " rbox = coalesce(?5, rbox), updated_at = ?6 WHERE id = ?1",
+    [ST_IN_MARK] = "UPDATE oflua_inbox SET state = ?4,"
+                   " attempts = CASE WHEN ?5 THEN 0 ELSE attempts END,"
+                   " next_at = CASE WHEN ?5 THEN ?6 ELSE next_at END, updated_at = ?6"
+                   " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3",
     [ST_IN_LIST] = "SELECT id, kid, ebox, pbox, attempts, state, rbox, next_at, created_at,"
                    " updated_at, ns FROM oflua_inbox"
                    " WHERE ns = ?1 AND state = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
@@ -738,6 +743,21 @@ static int sq_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
   return run(q, st);
 }
 
+static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
+                         const char *state, int reset, double now) {
+  sq_conn *q = SQ(c);
+  sqlite3_stmt *st = stmt(q, ST_IN_MARK);
+  if (st == NULL) return STORE_EDB;
+  bind_ns(st, 1, ns);
+  sqlite3_bind_blob(st, 2, idx, STORE_IDX_LEN, SQLITE_STATIC);
+  sqlite3_bind_int64(st, 3, kid);
+  sqlite3_bind_text(st, 4, state, -1, SQLITE_STATIC);
+  sqlite3_bind_int(st, 5, reset != 0);
+  sqlite3_bind_double(st, 6, now);
+  if (run(q, st) != 0) return STORE_EDB;
+  return sqlite3_changes(q->db) > 0;
+}
+
 static int sq_inbox_list(store_conn *c, const char *ns, const char *state, int64_t after, int max,
                          store_event *rows, int *n) {
   sq_conn *q = SQ(c);
@@ -835,6 +855,7 @@ const store_backend store_sqlite_backend = {
     .inbox_add = sq_inbox_add,
     .inbox_due = sq_inbox_due,
     .inbox_find = sq_inbox_find,
+    .inbox_mark = sq_inbox_mark,
     .inbox_set = sq_inbox_set,
     .inbox_list = sq_inbox_list,
     .inbox_stats = sq_inbox_stats,
