@@ -106,7 +106,7 @@ run_wrk() { # run_wrk URL POOL -> "rps p99_ms requests non2xx"
 echo "bench/webhook_pg: load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
   for name in sqlite postgresql pg_async; do
-    size=$((SECS * 8000))
+    size=$((SECS * 16000))
     pool "$tmp/pool.tsv" "$size" "$name$round"
     start "$name"
     read -r rps p99 n bad < <(run_wrk "$url" "$tmp/pool.tsv")
