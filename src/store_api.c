@@ -23,6 +23,8 @@
  *   store.open{path | url, key = base64 | key_file = path, namespace = "default",
  *              synchronous = "NORMAL" | "FULL", busy_timeout_ms = 5000,
  *              connect_timeout_s = 5, create = true} -> s | nil, err, kind
+ *       (busy_timeout_ms: SQLite's wait for the write lock; PostgreSQL's
+ *       lock_timeout)
  *       path: a SQLite file; url (or a path starting with postgresql:// or
  *       postgres://): PostgreSQL. A PostgreSQL handle that cannot reach the
  *       server is still returned and connects on first use.

@@ -156,6 +156,7 @@ typedef struct {
   char *url;      /* secret (may hold a password): wiped on close */
   char *password; /* the URL's password, to scrub from messages; NULL if none */
   long timeout_s;
+  long lock_ms; /* lock_timeout: how long a statement waits for a lock */
   int depth;  /* transaction nesting */
   int broken; /* the connection was lost inside a transaction */
   unsigned prepared; /* bit i: statement i is prepared on this connection */
@@ -211,8 +212,11 @@ static int ensure(pg_conn *q) {
   pg_drop(q);
   char timeout[24];
   snprintf(timeout, sizeof timeout, "%ld", q->timeout_s);
-  const char *const keys[] = {"dbname", "connect_timeout", "application_name", NULL};
-  const char *const vals[] = {q->url, timeout, "oflua", NULL};
+  /* Ours first: what the URL sets wins. Keepalives notice a server that
+   * vanished (partition, dead host) in ~25 s instead of hours. */
+  const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
+                              "keepalives_interval", "keepalives_count", "dbname", NULL};
+  const char *const vals[] = {timeout, "oflua", "10", "5", "3", q->url, NULL};
   q->pg = PQconnectdbParams(keys, vals, 1);
   if (q->pg == NULL) {
     snprintf(q->base.err, sizeof q->base.err, "out of memory");
@@ -229,6 +233,19 @@ static int ensure(pg_conn *q) {
     return PQpingParams(keys, vals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
   }
   PQsetNoticeProcessor(q->pg, quiet_notice, NULL);
+  /* A lock wait is bounded like SQLite's busy timeout (busy_timeout_ms):
+   * two transactions waiting on each other from one process fail instead of
+   * hanging. */
+  char set[64];
+  snprintf(set, sizeof set, "SET lock_timeout = %ld", q->lock_ms > 0 ? q->lock_ms : 1);
+  PGresult *r = PQexec(q->pg, set);
+  int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+  if (!ok) scrub(q, PQresultErrorMessage(r));
+  PQclear(r);
+  if (!ok) {
+    pg_drop(q);
+    return STORE_EUNAVAIL;
+  }
   return 0;
 }
 
@@ -415,6 +432,7 @@ static store_conn *pg_open(const store_open_opts *o, char *err, size_t errlen) {
       q->password = strdup(p->val);
   PQconninfoFree(opts);
   q->timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
+  q->lock_ms = o->busy_ms;
   return &q->base;
 }
 
@@ -437,6 +455,11 @@ static int pg_tx_begin(store_conn *c, int exclusive) {
   else snprintf(sql, sizeof sql, "SAVEPOINT oflua_%d", q->depth);
   int rc = run_void(q, -1, sql, 0, NULL, NULL, NULL, NULL);
   if (rc == 0) q->depth++;
+  else if (q->depth == 0 && q->pg != NULL && PQtransactionStatus(q->pg) != PQTRANS_IDLE) {
+    /* BEGIN went through but the lock did not: end that transaction */
+    PGresult *r = PQexec(q->pg, "ROLLBACK");
+    PQclear(r);
+  }
   return rc;
 }
 
