@@ -88,7 +88,7 @@ set_tests_properties(demo PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 180
 # libFuzzer executable per target, linked with a coverage-instrumented copy of
 # liboflua. Off by default: not part of the test run.
 option(OFLUA_FUZZ "Build the libFuzzer targets in spec/fuzz/ (clang)" OFF)
-set(OFLUA_FUZZ_TARGETS verify app callback store)
+set(OFLUA_FUZZ_TARGETS verify app callback store json)
 
 add_executable(fuzz_replay spec/fuzz/fuzz_lua.c spec/fuzz/replay_main.c)
 target_compile_options(fuzz_replay PRIVATE ${OFLUA_WARNINGS})

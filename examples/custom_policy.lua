@@ -3,6 +3,7 @@
 --
 --   OFAUTH_API_KEY=... oflua examples/custom_policy.lua [--max-attempts N] [--base-delay S]
 --                                                        [--jitter full|none] [--max-total-delay S]
+--                                                        [--connection ID]
 --
 -- Two ways to change the policy (ofauth.policy), both shown below:
 --   1. a global default override: assign to require("ofauth.policy").defaults.
@@ -10,9 +11,14 @@
 --      applies to all clients (made before or after) for the fields they do
 --      not set themselves;
 --   2. a per-client policy table: ofauth.client{policy = {...}} overrides only
---      the fields it names, for that client.
+--      the fields it names, for that client. Data fields and decisions alike:
+--      this one replaces the `backoff` function (a fixed schedule) and the
+--      SESSION_EXPIRED reaction (`on_session_expired`) for the custom client
+--      only; the default client keeps the library's (mark the stored
+--      connection expired and call on_reauth_required).
 -- Both clients below print each retry through an on_retry hook, then call
--- whoami and say how many attempts it took. The command-line options change
+-- whoami and say how many attempts it took; with --connection they also
+-- read that connection's profile, to show the SESSION_EXPIRED reactions. The command-line options change
 -- the per-client table, so an operator can try other figures without editing
 -- this file. Exit status: 0 when both calls succeeded, 1 otherwise.
 local ofauth = require("ofauth")
@@ -20,7 +26,7 @@ local policy = require("ofauth.policy")
 
 local USAGE = [[
 usage: oflua examples/custom_policy.lua [--max-attempts N] [--base-delay S] [--jitter full|none]
-                                         [--max-total-delay S]
+                                         [--max-total-delay S] [--connection ID]
 Environment: OFAUTH_API_KEY, OFAUTH_BASE_URL.
 ]]
 
@@ -33,7 +39,24 @@ local custom = {
   jitter = "none", -- deterministic waits; "full" spreads clients apart (recommended live)
   -- The default list plus 520 and 522 (some CDNs answer these when the origin is unreachable).
   retry_statuses = { [500] = true, [502] = true, [503] = true, [504] = true, [520] = true, [522] = true },
+  -- A decision, replaced for this client only: wait base_delay times a fixed
+  -- schedule (1, 2, 4, 8, ...) instead of exponential backoff with jitter.
+  -- Called as policy:backoff(attempt); the policy is this client's copy.
+  backoff = function(p, attempt)
+    local schedule = { 1, 2, 4, 8, 16 }
+    return math.min(p.max_delay, p.base_delay * (schedule[attempt] or schedule[#schedule]))
+  end,
+  -- The reaction to SESSION_EXPIRED, replaced for this client only: no
+  -- repository to mark; tell the operator. Called as
+  -- policy:on_session_expired(client, connection_id, ctx) with ctx = {method,
+  -- path, error}; the path is redacted. The call still fails with kind
+  -- "reauth_required".
+  on_session_expired = function(_, _, connection_id, ctx)
+    print(("[custom] session expired on %s %s: ask the user to reconnect (%s)"):format(ctx.method,
+      ctx.path, connection_id and "connection given" or "no connection"))
+  end,
 }
+local connection_id
 
 local argv = { ... }
 local i = 1
@@ -57,6 +80,9 @@ while i <= #argv do
     custom.base_delay = number()
   elseif a == "--max-total-delay" then
     custom.max_total_delay = number()
+  elseif a == "--connection" and v then
+    connection_id = v
+    i = i + 1
   elseif a == "--jitter" and (v == "full" or v == "none") then
     custom.jitter = v
     i = i + 1
@@ -117,4 +143,11 @@ print(("[default] max_attempts=%d base_delay=%gs jitter=%s max_total_delay=%gs")
 
 local ok1 = check("custom", custom_client)
 local ok2 = check("default", default_client)
+if connection_id then
+  for _, c in ipairs({ { "custom", custom_client }, { "default", default_client } }) do
+    local me, e = c[2]:access(connection_id):self()
+    print(("[%s] self: %s"):format(c[1], me and "ok" or tostring(e and e.kind)))
+    if not me then ok1 = false end
+  end
+end
 os.exit((ok1 and ok2) and 0 or 1, true)

@@ -6,7 +6,7 @@ local h = require("spec.helper")
 
 local build = os.getenv("OFLUA_BUILD_DIR") or "build"
 local replay = build .. "/fuzz_replay"
-local targets = { "verify", "app", "callback", "store" }
+local targets = { "verify", "app", "callback", "store", "json" }
 
 describe("fuzz corpus replay", function()
   local dir

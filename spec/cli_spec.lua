@@ -260,6 +260,37 @@ describe("oflua doctor", function()
     assert.matches("answers 200 to a signed event and 401 to a forged one", out, 1, true)
   end)
 
+  it("warns, without failing, when the example app's admin token or public URL is unset", function()
+    local skip = { "doctor", "--skip", "api_key", "--skip", "link", "--skip", "webhook", "--skip", "store",
+      "--skip", "access" }
+    local out, _, code = h.oflua(skip, { env = { OFLUA_ADMIN_TOKEN = "", OFLUA_PUBLIC_URL = "", APP_PUBLIC_URL = "" } })
+    assert.equal(0, code, out)
+    assert.matches("! app      OFLUA_ADMIN_TOKEN is not set", out, 1, true)
+    assert.matches("hint: export OFLUA_ADMIN_TOKEN=", out, 1, true)
+    assert.matches("! app      OFLUA_PUBLIC_URL is not set", out, 1, true)
+    assert.matches("all checks passed", out, 1, true)
+    local args = { table.unpack(skip) }
+    args[#args + 1] = "--json"
+    out, _, code = h.oflua(args, { env = { OFLUA_ADMIN_TOKEN = "", OFLUA_PUBLIC_URL = "" } })
+    assert.equal(0, code)
+    local r = cjson.decode(out)
+    assert.is_true(r.ok)
+    local warnings = 0
+    for _, c in ipairs(r.checks) do
+      if c.warning then
+        warnings = warnings + 1
+        assert.equal("app", c.check)
+        assert.is_string(c.hint)
+      end
+    end
+    assert.equal(2, warnings)
+    local token = ("k"):rep(40)
+    out, _, code = h.oflua(skip, { env = { OFLUA_ADMIN_TOKEN = token, OFLUA_PUBLIC_URL = "https://app.example" } })
+    assert.equal(0, code)
+    assert.matches("✓ app      admin token set; public URL https://app.example", out, 1, true)
+    assert.is_nil(out:find(token, 1, true))
+  end)
+
   it("refuses an unknown --skip name", function()
     local _, err, code = h.oflua({ "doctor", "--skip", "acces" })
     assert.equal(1, code)

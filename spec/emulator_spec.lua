@@ -199,7 +199,7 @@ describe("emulator Link", function()
     assert.matches("^lcs_", b.clientSecret)
     local status, s = e.call("GET", "/v2/link/" .. b.clientSecret)
     assert.equal(200, status)
-    assert.equal("pending", s.status)
+    assert.equal("initialized", s.status) -- pending once its page is opened
   end)
 
   it("refuses a redirectUrl outside the allow-list", function()
@@ -463,8 +463,8 @@ describe("emulator connections", function()
     assert.same({ id }, marked)
     assert.matches("ofauth.session_expired", table.concat(lines, "\n"))
     assert.is_nil(table.concat(lines, "\n"):find(id, 1, true))
-    local echo = assert(client:access(e.connect("v")):request("PATCH", "/vault/lists/3", { body = { n = 1 } }))
-    assert.same({ echo = true, method = "PATCH", path = "/v2/access/vault/lists/3", query = cjson.null,
+    local echo = assert(client:access(e.connect("v")):request("PATCH", "/custom/lists/3", { body = { n = 1 } }))
+    assert.same({ echo = true, method = "PATCH", path = "/v2/access/custom/lists/3", query = cjson.null,
       body = { n = 1 } }, echo)
   end)
 
@@ -543,13 +543,13 @@ describe("emulator Access API", function()
     assert.equal(400, (e.call("GET", "/v2/access/subscribers", { headers = h, query = { type = "vip" } })))
   end)
 
-  it("echoes any other /v2/access path for the generic request()", function()
+  it("echoes any /v2/access path outside the catalogue for the generic request()", function()
     local e = new()
     local _, h = conn(e)
-    local status, b, _, raw = e.call("POST", "/v2/access/chats/12/messages", { headers = h,
+    local status, b, _, raw = e.call("POST", "/v2/access/custom/12/messages", { headers = h,
       query = { dry = "1" }, body = { text = "hi" } })
     assert.equal(200, status)
-    assert.same({ echo = true, method = "POST", path = "/v2/access/chats/12/messages",
+    assert.same({ echo = true, method = "POST", path = "/v2/access/custom/12/messages",
       query = { dry = "1" }, body = { text = "hi" } }, b)
     assert.is_nil(raw:find(h["x-connection-id"], 1, true))
     assert.is_nil(raw:find(KEY, 1, true))
@@ -830,7 +830,7 @@ describe("emulator state", function()
     local _, c = again.call("GET", "/v2/account/connections/" .. id)
     assert.equal("keep-me", c.clientReferenceId)
     local _, s = again.call("GET", "/v2/link/" .. init.clientSecret)
-    assert.equal("pending", s.status)
+    assert.equal("initialized", s.status)
     again.connect("next")
     local _, l = again.call("GET", "/v2/connections")
     assert.equal(2, #l.list)

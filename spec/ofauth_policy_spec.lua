@@ -103,12 +103,67 @@ describe("ofauth.policy", function()
     end)
   end)
 
-  it("lets a client override fields and still reads later global changes", function()
+  it("copies the defaults deeply: one policy's tables are its own", function()
+    local a = policy.new({ max_attempts = 2 })
+    local b = policy.new()
+    a.retry_statuses[404] = true
+    assert.is_nil(b.retry_statuses[404])
+    assert.is_nil(policy.defaults.retry_statuses[404])
+    assert.equal(2, a.max_attempts)
+    assert.equal(policy.defaults.max_attempts, b.max_attempts)
+    -- a global default changed later only applies to policies made after it
     local saved = policy.defaults.base_delay
-    local p = policy.new({ max_attempts = 2 })
     policy.defaults.base_delay = 9
-    assert.equal(2, p.max_attempts)
-    assert.equal(9, p.base_delay)
+    assert.equal(saved, b.base_delay)
+    assert.equal(9, policy.new().base_delay)
     policy.defaults.base_delay = saved
+  end)
+
+  describe("Retry-After in every HTTP date form (RFC 9110 5.6.7)", function()
+    local p = policy.new()
+    local now = 784111777 - 30 -- 1994-11-06T08:49:37Z minus 30 s
+    it("IMF-fixdate", function()
+      assert.equal(30, p:retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now))
+    end)
+    it("RFC 850", function()
+      assert.equal(30, p:retry_after("Sunday, 06-Nov-94 08:49:37 GMT", now))
+    end)
+    it("asctime", function()
+      assert.equal(30, p:retry_after("Sun Nov  6 08:49:37 1994", now))
+    end)
+    it("delta seconds", function()
+      assert.equal(12, p:retry_after("12", now))
+    end)
+    it("refuses impossible dates", function()
+      assert.is_nil(p:retry_after("Sun, 36 Nov 1994 08:49:37 GMT", now))
+      assert.is_nil(p:retry_after("Sun Nov  6 25:49:37 1994", now))
+    end)
+  end)
+
+  it("honours Retry-After on 503 as on 429", function()
+    local p = policy.new({ base_delay = 0.1, max_delay = 60, jitter = "none" })
+    assert.equal(7, p:next_delay("retryable", { attempt = 1, waited = 0, method = "GET", status = 503,
+      retry_after = 7 }))
+    assert.equal(7, p:next_delay("rate_limited", { attempt = 1, waited = 0, method = "POST", status = 429,
+      retry_after = 7 }))
+    -- a 500 ignores it (backoff)
+    assert.equal(0.1, p:next_delay("retryable", { attempt = 1, waited = 0, method = "GET", status = 500,
+      retry_after = 7 }))
+  end)
+
+  it("never retries past the call's deadline", function()
+    local p = policy.new({ base_delay = 1, jitter = "none" })
+    assert.is_nil(p:next_delay("retryable", { attempt = 1, waited = 0, method = "GET", remaining = 0.5 }))
+    assert.equal(1, p:next_delay("retryable", { attempt = 1, waited = 0, method = "GET", remaining = 5 }))
+  end)
+
+  it("classifies local transport errors as invalid and {isAuth: false} on self as expired", function()
+    local p = policy.new()
+    assert.equal("invalid", p:classify(0, nil, { kind = "invalid" }))
+    assert.equal("invalid", p:classify(0, nil, { kind = "too_large" }))
+    assert.equal("session_expired", p:classify(200, nil, nil,
+      { method = "GET", path = "/v2/access/self", body = { isAuth = false } }))
+    assert.equal("ok", p:classify(200, nil, nil,
+      { method = "GET", path = "/v2/access/self", body = { isAuth = true, id = 1 } }))
   end)
 end)

@@ -182,7 +182,9 @@ describe("webhook verification", function()
   end)
 end)
 
-describe("webhook receiver app", function()
+-- These cases run the handlers inline (before the answer), which is what they
+-- check; the default background mode is covered in ofauth_webhook_app_spec.
+describe("webhook receiver app (process = \"inline\")", function()
   local SECRET = "whsec_" .. "c2VjcmV0LWZvci10aGUtYXBwLXNwZWM="
   local NOW = 1700000000
 
@@ -190,7 +192,7 @@ describe("webhook receiver app", function()
     local st = fakes.store()
     opts = opts or {}
     local app = webhooks.app({ secret = SECRET, store = st, now = function() return NOW end,
-      max_attempts = opts.max_attempts or 3 })
+      max_attempts = opts.max_attempts or 3, process = "inline" })
     return app, st
   end
 
@@ -284,7 +286,7 @@ describe("webhook receiver app", function()
     local st = fakes.store()
     st.clock = function() return t end
     local app = webhooks.app({ secret = SECRET, store = st, now = function() return t end, max_attempts = 3,
-      tolerance = 1e6 })
+      tolerance = 1e6, process = "inline" })
     local fail, calls = true, {}
     app:on("connection.created", function(_, ctx)
       calls[#calls + 1] = ctx.id

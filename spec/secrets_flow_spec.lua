@@ -66,8 +66,15 @@ describe("secrets through a full flow", function()
     texts[name .. " stderr"] = h.slurp(path(name .. ".err"))
   end
 
+  -- the example app's admin token; its public URL, mapped to its local
+  -- address as a reverse proxy would
+  local ADMIN_TOKEN = require("oflua.crypto").hex(require("oflua.crypto").random(16))
+  local PUBLIC_URL = "https://app.example.test"
+  local app_url
   local function call(method, url, body, extra)
     local headers = {}
+    if app_url and url:sub(1, #PUBLIC_URL) == PUBLIC_URL then url = app_url .. url:sub(#PUBLIC_URL + 1) end
+    if app_url and url:sub(1, #app_url) == app_url then headers.authorization = "Bearer " .. ADMIN_TOKEN end
     for k, v in pairs(extra or {}) do headers[k] = v end
     if type(body) == "table" then
       body = cjson.encode(body)
@@ -115,15 +122,17 @@ describe("secrets through a full flow", function()
     spawn("emulator", { OFAUTH_API_KEY = api_key, OFAUTH_WEBHOOK_SECRET = secret },
       -- (the app's address is set with PUT /emulator/webhook once it runs)
       { h.bin, "emulator", "--port", "0", "--ready-file", path("emu.url"), "--webhook-base-delay-ms", "100",
-        "--webhook-url", "http://127.0.0.1:9/unset",
+        "--webhook-url", "http://127.0.0.1:9/unset", "--redirect-uri", PUBLIC_URL .. "/link/callback",
         "--subscribers", "250" })
     local emu = eventually(function() return h.slurp(path("emu.url")):match("http://[%d.:]+") end)
     assert(emu, "the emulator did not start: " .. h.slurp(path("emulator.err")))
     local env = { OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu, OFAUTH_WEBHOOK_SECRET = secret,
-      OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "debug" }
+      OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "debug",
+      OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL }
     spawn("app", env, { h.bin, "serve", h.source_dir .. "/examples/webhook_receiver.lua", "--port", "0" })
     local app = eventually(function() return h.slurp(path("app.out")):match("listening on (http://[%d.:]+)") end)
     assert(app, "the app did not start: " .. h.slurp(path("app.err")))
+    app_url = app
     assert.equal(200, (call("PUT", emu .. "/emulator/webhook", { url = app .. "/webhooks/ofauth" })))
 
     -- Link, the callback, connection.created into the store
@@ -214,7 +223,7 @@ describe("secrets through a full flow", function()
       ["API key"] = api_key, ["webhook secret"] = secret, ["webhook secret (base64 part)"] = secret:sub(7),
       ["webhook key bytes"] = crypto.unbase64(secret:sub(7)), ["store key"] = store_key,
       ["store key bytes"] = crypto.unbase64(store_key), ["connection id"] = conn_id,
-      ["connection id (without prefix)"] = conn_id:sub(6),
+      ["connection id (without prefix)"] = conn_id:sub(6), ["admin token"] = ADMIN_TOKEN,
     }
     local captured = 0
     for _, t in pairs(texts) do captured = captured + #t end

@@ -25,7 +25,9 @@ if not secret then error("OFAUTH_WEBHOOK_SECRET is not set", 0) end
 local st, serr = config.store({})
 if not st then error(serr, 0) end
 
-local app = ofauth.webhooks.app({ secret = secret, store = st })
+-- inline: an embedding host has no oflua.server tick (it could call
+-- app:tick() itself now and then through oflua_call and use the default)
+local app = ofauth.webhooks.app({ secret = secret, store = st, process = "inline" })
 local conns = ofauth.connections.new({ store = st, on_reauth_required = function(rec)
   -- Where a real service tells the user (mail, chat, an in-app banner).
   ofauth.log.warn("embed.reauth_required", { user_id = rec.user_id })

@@ -8,22 +8,29 @@
 --   local profile = assert(acc:self())
 --   for sub in acc:subscribers{type = "active"} do ... end
 --   local posts = assert(acc:request("GET", "/posts", {query = {limit = 10}}))
+--   -- every endpoint of the catalogue (ofauth.catalogue), by its TypeScript SDK name:
+--   local me = assert(client:call("account.whoami"))
+--   local tx = assert(acc:call("access.earnings.listTransactions", {startDate = "2026-01-01"}))
+--   local same = assert(acc.earnings:list_transactions{startDate = "2026-01-01"})
+--   for t in acc:each("access.earnings.listTransactions", {startDate = "2026-01-01"}) do ... end
 --
--- Every method returns the decoded JSON answer, or nil and an ofauth.errors
--- error. Iterators (connections, subscribers, paginate) raise that error
--- object instead, so a loop never ends silently on a failure (wrap in pcall).
--- Retries, backoff and SESSION_EXPIRED follow the client's policy
--- (ofauth.policy).
-local cjson = require("cjson")
+-- Convention (the whole public API): programming errors (a wrong argument
+-- type, an unknown operation name) raise; everything the network or the data
+-- can cause returns nil and an ofauth.errors object (kind "invalid" for
+-- parameters refused before any request). Iterators (each, connections,
+-- subscribers, paginate) raise that error object instead, so a loop never
+-- ends silently on a failure (wrap in pcall). Retries, backoff and
+-- SESSION_EXPIRED follow the client's own policy (ofauth.policy), called
+-- through the instance.
+local catalogue = require("ofauth.catalogue")
 local core = require("oflua.core")
 local errors = require("ofauth.errors")
-local log = require("ofauth.log")
+local json = require("ofauth.json")
 local metrics = require("ofauth.metrics")
+local pagination = require("ofauth.pagination")
 local policy_mod = require("ofauth.policy")
 local redact = require("ofauth.redact")
-
-local json = cjson.new()
-json.decode_max_depth(64)
+local timeutil = require("ofauth.timeutil")
 
 local M = {}
 
@@ -60,18 +67,68 @@ local function urlencode(s)
 end
 M.urlencode = urlencode
 
+local function is_array(t)
+  local n = 0
+  for _ in pairs(t) do n = n + 1 end
+  return n == #t
+end
+
+-- One query value as text: booleans true/false, integers exactly.
+local function scalar_text(v)
+  local t = type(v)
+  if t == "string" then return v end
+  if t == "boolean" then return v and "true" or "false" end
+  if t == "number" then
+    if math.type(v) == "integer" then return ("%d"):format(v) end
+    if v == math.floor(v) and math.abs(v) < 2 ^ 63 then return ("%d"):format(math.tointeger(v)) end
+    return ("%.17g"):format(v)
+  end
+  return nil
+end
+
+--- The query string of `q` (keys sorted): arrays as repeated keys
+-- (`ids=1&ids=2`, as the TypeScript SDK sends them) and an object as
+-- deep-object keys (`filter[online]=1`: the SDKs leave the wire format of
+-- the object-valued `filter` undefined; this is the common convention, see
+-- ofauth-endpoints.md 1.3). Returns the text ("" or "?..."), or nil, message.
 local function encode_query(q)
   if not q then return "" end
   local keys = {}
   for k, v in pairs(q) do
-    if v ~= nil then keys[#keys + 1] = k end
+    if v ~= nil and v ~= json.null then keys[#keys + 1] = k end
   end
   if #keys == 0 then return "" end
   table.sort(keys)
   local parts = {}
-  for i, k in ipairs(keys) do parts[i] = urlencode(k) .. "=" .. urlencode(q[k]) end
+  for _, k in ipairs(keys) do
+    local v = q[k]
+    if type(v) == "table" then
+      if is_array(v) then
+        for _, x in ipairs(v) do
+          local txt = scalar_text(x)
+          if not txt then return nil, ("query %s: array items must be scalars"):format(k) end
+          parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(txt)
+        end
+      else
+        local sub = {}
+        for sk in pairs(v) do sub[#sub + 1] = tostring(sk) end
+        table.sort(sub)
+        for _, sk in ipairs(sub) do
+          local txt = scalar_text(v[sk])
+          if not txt then return nil, ("query %s[%s]: values must be scalars"):format(k, sk) end
+          parts[#parts + 1] = urlencode(k) .. "%5B" .. urlencode(sk) .. "%5D=" .. urlencode(txt)
+        end
+      end
+    else
+      local txt = scalar_text(v)
+      if not txt then return nil, ("query %s: a %s cannot be sent"):format(k, type(v)) end
+      parts[#parts + 1] = urlencode(k) .. "=" .. urlencode(txt)
+    end
+  end
+  if #parts == 0 then return "" end
   return "?" .. table.concat(parts, "&")
 end
+M.encode_query = encode_query
 
 local function fill(template, id)
   return (template:gsub("{id}", function() return urlencode(id) end))
@@ -103,17 +160,19 @@ local function error_fields(body)
 end
 M.error_fields = error_fields
 
--- JSON objects and arrays are decoded; anything else is kept as text.
+-- JSON objects and arrays are decoded (integers exact); anything else is
+-- kept as text.
 local function decode_body(text)
   if text == "" then return "" end
-  local ok, v = pcall(json.decode, text)
-  if ok and type(v) == "table" then return v end
+  local v = json.decode(text)
+  if type(v) == "table" then return v end
   return text
 end
 
 local Client = {}
-Client.__index = Client
 M.Client = Client
+local Access = {}
+M.Access = Access
 
 --- Make a client. opts: api_key (else $OFAUTH_API_KEY), base_url (else
 -- $OFAUTH_BASE_URL, else M.defaults.base_url), timeout_ms, connect_timeout_ms,
@@ -157,39 +216,19 @@ function M.new(opts)
     user_agent = opts.user_agent or user_agent(),
   }
   -- The key must not show up when someone prints the client.
-  return setmetatable(self, Client)
+  return setmetatable(self, M.client_mt)
 end
 
-Client.__tostring = function(c) return ("ofauth client (%s)"):format(c.base_url) end
 
 local function transport(self)
   if not self.http then self.http = require("oflua.http").request end
   return self.http
 end
 
--- Reaction to SESSION_EXPIRED: mark, notify once per expiry, never retry.
--- With a connections repository the "once" is kept there (shared with the
--- connection.expired webhook); without one the hook runs on every such answer.
-local function session_expired(self, conn_id, ctx)
-  log.warn("ofauth.session_expired", { path = ctx.path, connection_id = conn_id })
-  local hook = self.policy.on_reauth_required
-  if conn_id and self.repo then
-    local ok, rec = pcall(self.repo.mark_expired, self.repo, conn_id, "session_expired")
-    if ok and rec then
-      pcall(self.repo.notify_reauth, self.repo, rec, ctx, hook) -- failures are logged there
-      return
-    end
-  end
-  self.metrics.session_expired()
-  if hook then
-    local ok, err = pcall(hook, { connection_id = conn_id }, ctx)
-    if not ok then log.error("ofauth.reauth_hook_failed", { error = tostring(err) }) end
-  end
-end
-
 --- Any API call. opts: query (table), body (table -> JSON, or a string sent
 -- as is), headers, connection_id (sent as x-connection-id), idempotent (retry
--- on network errors/5xx even for POST), timeout_ms, endpoint (metrics label).
+-- on network errors/5xx even for POST), timeout_ms, deadline (seconds for the
+-- whole call, attempts and waits; else the policy's), endpoint (metrics label).
 -- Returns the decoded answer (a string when not JSON), and {status, headers,
 -- attempts}; or nil, err.
 function Client:request(method, path, opts)
@@ -210,6 +249,8 @@ function Client:request(method, path, opts)
     local ok, enc = pcall(json.encode, body)
     if not ok then return nil, errors.invalid("body cannot be encoded as JSON: " .. tostring(enc)) end
     body = enc
+  elseif body ~= nil and type(body) ~= "string" then
+    return nil, errors.invalid("body must be a table or a string")
   end
   if body ~= nil then headers["content-type"] = "application/json" end
   if opts.connection_id then
@@ -218,22 +259,45 @@ function Client:request(method, path, opts)
     end
     headers["x-connection-id"] = opts.connection_id
   end
-  for k, v in pairs(opts.headers or {}) do headers[k:lower()] = v end
+  for k, v in pairs(opts.headers or {}) do
+    if type(k) ~= "string" or not k:match("^[%w!#$%%&'*+.^_`|~-]+$") then
+      return nil, errors.invalid("header names must be tokens")
+    end
+    v = tostring(v)
+    if v:find("[\r\n%z]") then
+      return nil, errors.invalid(("header %s holds a CR, LF or NUL"):format(k))
+    end
+    headers[k:lower()] = v
+  end
+  local qs, qerr = encode_query(opts.query)
+  if not qs then return nil, errors.invalid(qerr) end
 
+  local pol, send = self.policy, transport(self)
+  local deadline = opts.deadline or pol.deadline
+  local started = pol.monotonic()
   local req = {
     method = method,
-    url = self.base_url .. path .. encode_query(opts.query),
+    url = self.base_url .. path .. qs,
     headers = headers,
     body = body,
     timeout_ms = opts.timeout_ms or self.timeout_ms,
     connect_timeout_ms = self.connect_timeout_ms,
     max_body = self.max_body,
   }
-  local pol, send = self.policy, transport(self)
   local label = opts.endpoint or endpoint_label(path)
   local attempt, waited = 0, 0
   while true do
     attempt = attempt + 1
+    local remaining
+    if deadline then
+      remaining = deadline - (pol.monotonic() - started)
+      if remaining <= 0 then
+        return nil, errors.new("network", { message = "deadline exceeded", transport = "timeout",
+          method = method, path = path, attempts = attempt - 1 })
+      end
+      req.timeout_ms = math.max(1, math.min(opts.timeout_ms or self.timeout_ms,
+        math.floor(remaining * 1000)))
+    end
     local t0 = core.monotonic()
     local resp, terr = send(req)
     local elapsed = core.monotonic() - t0
@@ -244,25 +308,35 @@ function Client:request(method, path, opts)
       code, message = error_fields(decoded)
     end
     self.metrics.api_call(label, status or ("error_" .. tostring(terr and terr.kind)), elapsed)
-    local outcome = policy_mod.classify(pol, status or 0, code, terr)
+    local outcome = pol:classify(status or 0, code, terr, { method = method, path = path, body = decoded })
     if outcome == "ok" then
-      return decoded, { status = status, headers = resp.headers, attempts = attempt }
+      return decoded, { status = status, headers = resp.headers or {}, attempts = attempt }
     end
+    if outcome == "invalid" then
+      return nil, errors.new("invalid", { message = tostring(terr and (terr.message or terr.kind) or message),
+        transport = terr and terr.kind, method = method, path = path, attempts = attempt })
+    end
+    local ra = resp and resp.headers and resp.headers["retry-after"]
     local ctx = {
       attempt = attempt, waited = waited, method = method, idempotent = opts.idempotent,
-      transport = terr and terr.kind,
-      retry_after = resp and policy_mod.retry_after(resp.headers and resp.headers["retry-after"], pol.now()),
+      transport = terr and terr.kind, status = status,
+      retry_after = ra and pol:retry_after(ra, pol.now()) or nil,
+      remaining = deadline and (deadline - (pol.monotonic() - started)) or nil,
     }
     if outcome == "session_expired" then
       local e = errors.new("reauth_required", {
-        status = status, code = code, message = message or "the connection's session expired",
+        status = status, code = code or (status and status < 300 and "NOT_AUTHENTICATED" or nil),
+        message = message or "the connection's session expired",
         method = method, path = path, attempts = attempt, body = decoded,
       })
-      session_expired(self, opts.connection_id, { method = method, path = e.path, error = e })
+      pol:on_session_expired(self, opts.connection_id, { method = method, path = e.path, error = e })
       return nil, e
     end
-    if outcome == "rate_limited" then self.metrics.rate_limited() end
-    local delay = policy_mod.next_delay(pol, outcome, ctx)
+    if outcome == "rate_limited" then
+      pol:on_rate_limited(self, { method = method, path = redact.text(path), attempt = attempt,
+        retry_after = ctx.retry_after })
+    end
+    local delay = pol:next_delay(outcome, ctx)
     if not delay then
       if terr then
         return nil, errors.new("network", {
@@ -277,8 +351,8 @@ function Client:request(method, path, opts)
     end
     local reason = terr and ("network_" .. tostring(terr.kind)) or outcome
     self.metrics.retry(reason)
-    log.info("ofauth.retry", { method = method, path = path, attempt = attempt, delay = delay,
-      reason = reason, status = status })
+    require("ofauth.log").info("ofauth.retry", { method = method, path = path, attempt = attempt,
+      delay = delay, reason = reason, status = status })
     if pol.on_retry then
       pcall(pol.on_retry, { attempt = attempt, delay = delay, reason = reason, method = method,
         path = redact.text(path), status = status })
@@ -338,14 +412,147 @@ function Client:paginate(path, opts)
   end
 end
 
+---------------------------------------------------------------- catalogue calls
+
+local function check_type(ty, v)
+  local t = type(v)
+  if ty == "scalar" then return t == "string" or t == "number" or t == "boolean" end
+  if ty == "integer" then return t == "number" and math.tointeger(v) ~= nil end
+  if ty == "id" then return t == "string" or (t == "number" and math.tointeger(v) ~= nil) end
+  if ty == "array" then return t == "table" and is_array(v) end
+  if ty == "array_or_string" then return t == "string" or (t == "table" and is_array(v)) end
+  if ty == "object" then return t == "table" and (next(v) == nil or not is_array(v)) end
+  return t == ty
+end
+
+local function id_text(v)
+  if type(v) == "number" then return ("%d"):format(math.tointeger(v)) end
+  return v
+end
+
+--- Check `params` (one flat table of wire names) against catalogue entry `e`
+-- and split them: path, query, body. Returns them, or nil, an "invalid" error.
+function M.build(e, params)
+  params = params or {}
+  if type(params) ~= "table" then
+    return nil, errors.invalid(e.name .. ": parameters must be a table")
+  end
+  for k, v in pairs(params) do
+    local where = type(k) == "string" and e.fields[k]
+    if not where then
+      local known = {}
+      for f in pairs(e.fields) do known[#known + 1] = f end
+      table.sort(known)
+      return nil, errors.invalid(("%s: unknown field %s (fields: %s)"):format(e.name, tostring(k),
+        #known > 0 and table.concat(known, ", ") or "none"))
+    end
+    local ty = catalogue.type_of(e, k)
+    if v ~= json.null and not check_type(ty, v) then
+      return nil, errors.invalid(("%s: field %s must be %s, got %s"):format(e.name, k,
+        ty == "id" and "a string or an integer" or ty == "scalar" and "a string, number or boolean"
+        or ty == "array_or_string" and "an array or a string" or "a" .. (ty:match("^[aeiou]") and "n " or " ") .. ty,
+        type(v)))
+    end
+  end
+  for f in pairs(e.required_set) do
+    local v = params[f]
+    if v == nil or v == json.null or v == "" then
+      return nil, errors.invalid(("%s: missing required field %s"):format(e.name, f))
+    end
+  end
+  local path = e.path:gsub("{([^}]+)}", function(p) return urlencode(id_text(params[p])) end)
+  local query, body = nil, nil
+  for k, v in pairs(params) do
+    local where = e.fields[k]
+    if where == "query" then
+      query = query or {}
+      query[k] = v
+    elseif where == "body" then
+      body = body or {}
+      body[k] = v
+    end
+  end
+  if not body and e.body and e.method ~= "GET" and e.method ~= "DELETE" then body = {} end
+  return path, query, body
+end
+
+--- Call any catalogue operation by its TypeScript SDK name with one flat
+-- table of wire-name fields (path, query and body together). Operations that
+-- need a connection (Access, Vault+) are called on `client:access(id)`.
+-- opts: the options of `request` (timeout_ms, deadline, idempotent, headers).
+-- Raises for an unknown name; returns nil, err (kind "invalid") for bad
+-- fields, before any request. (`connection_id` is how Access:call passes its
+-- connection; call Access operations on client:access(id) instead.)
+function Client:call(name, params, opts, connection_id)
+  local e = catalogue.find(name)
+  if not e then error(("ofauth: unknown operation %q (oflua ofauth ops lists them)"):format(tostring(name)), 2) end
+  if e.connection and not connection_id then
+    return nil, errors.invalid(e.name .. " needs a connection: call it on client:access(connection_id)")
+  end
+  local path, query, body = M.build(e, params)
+  if not path then return nil, query end
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.query, o.body = query, body
+  if e.connection then o.connection_id = connection_id end
+  o.endpoint = o.endpoint or e.name -- metrics label (idempotency: the policy decides from the method)
+  return self:request(e.method, path, o)
+end
+
+--- Iterate over every item of a paginated catalogue operation, page after
+-- page, in the operation's pagination style (ofauth.pagination). opts:
+-- max_items, max_pages, on_page(page, params), plus request options.
+-- Raises for an unknown or non-paginated name; a failure raises the error
+-- object from the loop (wrap in pcall).
+function Client:each(name, params, opts, connection_id)
+  local e = catalogue.find(name)
+  if not e then error(("ofauth: unknown operation %q"):format(tostring(name)), 2) end
+  local style = e.page and pagination.style(e.page)
+  if not style then error(("ofauth: %s is not paginated (use call)"):format(e.name), 2) end
+  opts = opts or {}
+  local cur = {}
+  for k, v in pairs(params or {}) do cur[k] = v end
+  local items, idx, done, count, pages = nil, 0, false, 0, 0
+  local req_opts = {}
+  for k, v in pairs(opts) do
+    if k ~= "max_items" and k ~= "max_pages" and k ~= "on_page" then req_opts[k] = v end
+  end
+  return function()
+    while true do
+      if opts.max_items and count >= opts.max_items then return nil end
+      if items and idx < #items then
+        idx = idx + 1
+        count = count + 1
+        return items[idx]
+      end
+      if done then return nil end
+      if opts.max_pages and pages >= opts.max_pages then return nil end
+      local page, err = self:call(e.name, cur, req_opts, connection_id)
+      if not page then error(err, 0) end
+      pages = pages + 1
+      items = pagination.items(page, e.items)
+      if not items then
+        error(errors.new("api", { message = ("expected a page (%s) from %s"):format(e.items or "array", e.name),
+          method = e.method, path = e.path }), 0)
+      end
+      idx = 0
+      if opts.on_page then opts.on_page(page, cur) end
+      local nxt = style.next(cur, page, items)
+      if nxt then cur = nxt else done = true end
+    end
+  end
+end
+
+---------------------------------------------------------------- legacy helpers
+
 function Client:whoami()
   return self:request("GET", self.paths.whoami, { endpoint = "whoami" })
 end
 
 --- Start a Link session. opts (snake_case): redirect_url, client_reference_id,
 -- connection_id (reconnect), client_app_id, geolocation {country, state, city}.
--- Returns {url, expires_at, client_secret, raw} (hosted `url` and/or the
--- white-label `clientSecret`).
+-- Returns {url, expires_at (unix seconds), client_secret, raw} (hosted `url`
+-- and/or the `clientSecret`; raw is the answer as sent).
 function Client:link_init(opts)
   opts = opts or {}
   if type(opts.redirect_url) ~= "string" or not opts.redirect_url:match("^https?://") then
@@ -367,11 +574,16 @@ function Client:link_init(opts)
     return nil, errors.new("api", { message = "link/init answer has neither url nor clientSecret",
       method = "POST", path = self.paths.link_init })
   end
-  local expires = res.expiresAt
+  local secret = type(res.clientSecret) == "string" and res.clientSecret or nil
+  if not secret and type(res.url) == "string" then
+    -- the hosted URL ends with the session's secret (https://link.ofauth.com/s/cs_xxx)
+    secret = res.url:match("/s/(cs_[%w_%-]+)$")
+  end
+  if secret then redact.register_secret(secret) end
   return {
     url = type(res.url) == "string" and res.url or nil,
-    client_secret = type(res.clientSecret) == "string" and res.clientSecret or nil,
-    expires_at = expires ~= cjson.null and expires or nil,
+    client_secret = secret,
+    expires_at = timeutil.parse_iso(res.expiresAt ~= json.null and res.expiresAt or nil),
     raw = res,
   }
 end
@@ -383,40 +595,48 @@ function Client:connections(opts)
     max_items = opts.max_items, on_page = opts.on_page, endpoint = "connections" })
 end
 
+local function need_id(id, what)
+  if type(id) ~= "string" or id == "" then error(what .. " (a non-empty string) is required", 3) end
+end
+
 function Client:connection(id)
-  if type(id) ~= "string" or id == "" then return nil, errors.invalid("connection id required") end
+  need_id(id, "connection id")
   return self:request("GET", fill(self.paths.connection, id), { endpoint = "connection" })
 end
 
 function Client:disconnect(id)
-  if type(id) ~= "string" or id == "" then return nil, errors.invalid("connection id required") end
+  need_id(id, "connection id")
   return self:request("DELETE", fill(self.paths.connection, id), { endpoint = "disconnect" })
 end
 
 --- Cancel a Link session that has not completed, by its clientSecret.
 function Client:cancel_link(client_secret)
-  if type(client_secret) ~= "string" or client_secret == "" then
-    return nil, errors.invalid("client secret required")
-  end
+  need_id(client_secret, "client secret")
   redact.register_secret(client_secret) -- it is a credential for that session
   return self:request("DELETE", fill(self.paths.link_session, client_secret), { endpoint = "link_session" })
 end
 
+--- Status of a Link session by its clientSecret: {status, data?} as sent.
+function Client:link_status(client_secret)
+  need_id(client_secret, "client secret")
+  redact.register_secret(client_secret)
+  return self:call("link.get", { clientSecret = client_secret })
+end
+
 function Client:invalidate(id)
-  if type(id) ~= "string" or id == "" then return nil, errors.invalid("connection id required") end
+  need_id(id, "connection id")
   return self:request("POST", fill(self.paths.invalidate, id), { endpoint = "invalidate" })
 end
 
--- Access API, on behalf of one connection.
-local Access = {}
-Access.__index = Access
+---------------------------------------------------------------- Access
+
 Access.__tostring = function(a) return "ofauth access (" .. redact.id(a.connection_id) .. ")" end
 
 function Client:access(connection_id)
   if type(connection_id) ~= "string" or connection_id == "" then
     error("access: a connection id (string) is required", 2)
   end
-  return setmetatable({ client = self, connection_id = connection_id }, Access)
+  return setmetatable({ client = self, connection_id = connection_id }, M.access_mt)
 end
 
 -- "/posts" -> "/v2/access/posts"; full "/v2/..." paths are kept.
@@ -436,6 +656,37 @@ function Access:request(method, path, opts)
   return self.client:request(method, self:path(path), o)
 end
 
+--- A catalogue operation on behalf of this connection ("access." may be left out).
+function Access:call(name, params, opts)
+  return self.client:call(name, params, opts, self.connection_id)
+end
+
+--- Iterate over a paginated catalogue operation on behalf of this connection.
+function Access:each(name, params, opts)
+  return self.client:each(name, params, opts, self.connection_id)
+end
+
+--- The raw OnlyFans API through /v2/access/proxy/<path> (a leading /api2/v2
+-- is dropped, as the SDKs do). opts: query, body, headers, timeout_ms.
+function Access:proxy(method, path, opts)
+  if type(method) ~= "string" then error("proxy: method must be a string", 2) end
+  if type(path) ~= "string" or path == "" then error("proxy: path must be a string", 2) end
+  method = method:upper()
+  if path:sub(1, 1) ~= "/" then path = "/" .. path end
+  path = path:gsub("^/api2/v2/", "/")
+  local o = {}
+  for k, v in pairs(opts or {}) do o[k] = v end
+  o.connection_id = self.connection_id
+  o.endpoint = o.endpoint or "proxy"
+  return self.client:request(method, "/v2/access/proxy" .. path, o)
+end
+
+--- Upload a file to the vault (init -> one PUT or numbered part PUTs ->
+-- complete). See ofauth.upload for the options.
+function Access:upload(opts)
+  return require("ofauth.upload").run(self, opts)
+end
+
 function Access:self()
   return self.client:request("GET", self.client.paths.access_self,
     { connection_id = self.connection_id, endpoint = "access_self" })
@@ -451,12 +702,84 @@ function Access:subscribers(opts)
     endpoint = "access_subscribers" })
 end
 
---- Iterate over any paginated Access API list.
+--- Iterate over any paginated Access API list (offset style).
 function Access:paginate(path, opts)
   local o = {}
   for k, v in pairs(opts or {}) do o[k] = v end
   o.connection_id = self.connection_id
   return self.client:paginate(self:path(path), o)
 end
+
+---------------------------------------------------------------- snake_case accessors
+
+-- Generated from the catalogue: "access.earnings.listTransactions" is
+-- acc.earnings:list_transactions{...}; "account.connections.list" is
+-- client.account.connections:list(). Nodes: {groups = {}, ops = {}}.
+local function tree(filter, strip)
+  local root = { groups = {}, ops = {} }
+  for _, e in ipairs(catalogue.entries) do
+    if filter(e) then
+      local name = strip and e.name:gsub("^access%.", "") or e.name
+      local parts = {}
+      for p in name:gmatch("[^.]+") do parts[#parts + 1] = catalogue.snake(p) end
+      local node = root
+      for i = 1, #parts - 1 do
+        node.groups[parts[i]] = node.groups[parts[i]] or { groups = {}, ops = {} }
+        node = node.groups[parts[i]]
+      end
+      node.ops[parts[#parts]] = e.name
+    end
+  end
+  return root
+end
+M.client_tree = tree(function(e) return not e.connection end, false)
+M.access_tree = tree(function(e) return e.connection end, true)
+
+local group_mt = {}
+local function group(target, node, legacy)
+  return setmetatable({ __target = target, __node = node, __legacy = legacy }, group_mt)
+end
+group_mt.__index = function(g, k)
+  local node = rawget(g, "__node")
+  local sub = node.groups[k]
+  if sub then return group(rawget(g, "__target"), sub) end
+  local name = node.ops[k]
+  if name then
+    return function(self, params, opts)
+      local target = rawget(self, "__target")
+      return target:call(name, params, opts)
+    end
+  end
+  return nil
+end
+-- acc:self() and acc:subscribers{} keep their meaning next to acc.self:get()
+group_mt.__call = function(g, target, ...)
+  local legacy = rawget(g, "__legacy")
+  if not legacy then error("ofauth: this is a group of operations, not a function", 2) end
+  return legacy(target, ...)
+end
+
+local function accessor_index(methods, root)
+  return function(obj, k)
+    local node = root.groups[k]
+    if node then return group(obj, node, methods[k]) end
+    local m = methods[k]
+    if m ~= nil then return m end
+    local name = root.ops[k]
+    if name then
+      return function(self, params, opts) return self:call(name, params, opts) end
+    end
+    return nil
+  end
+end
+
+M.client_mt = {
+  __index = accessor_index(Client, M.client_tree),
+  __tostring = function(c) return ("ofauth client (%s)"):format(c.base_url) end,
+}
+M.access_mt = {
+  __index = accessor_index(Access, M.access_tree),
+  __tostring = Access.__tostring,
+}
 
 return M

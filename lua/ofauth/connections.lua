@@ -11,7 +11,14 @@
 --   local conns = connections.new{store = st, on_reauth_required = fn}
 --   conns:install(app)          -- default handlers for connection.* events
 --   local rec = conns:get(user_id)
+--
+-- This file is the repository (records, reverse index, expiry and the
+-- once-per-expiry notice). The webhook handlers live in
+-- ofauth.connection_events and the remote disconnect in
+-- ofauth.connection_remote; `conns:handlers()`, `conns:install(app)` and
+-- `conns:disconnect(client, user_id)` reach them.
 local cjson = require("cjson")
+local errors = require("ofauth.errors")
 local log = require("ofauth.log")
 local metrics = require("ofauth.metrics")
 
@@ -51,10 +58,12 @@ function Repo:by_connection_id(connection_id)
 end
 
 --- Save a record (merged over the stored one); keeps the reverse index right.
+-- Returns the record, or nil and an ofauth.errors object (kind invalid).
 function Repo:save(user_id, fields)
-  if type(user_id) ~= "string" or user_id == "" then return nil, "a user id is required" end
+  if type(user_id) ~= "string" or user_id == "" then return nil, errors.invalid("a user id is required") end
+  if type(fields) ~= "table" then error("connections:save: fields must be a table", 2) end
   if fields.status and not M.statuses[fields.status] then
-    return nil, "unknown status " .. tostring(fields.status)
+    return nil, errors.invalid("unknown status " .. tostring(fields.status))
   end
   local result
   self.store:transaction(function()
@@ -109,37 +118,6 @@ function Repo:each()
   end
 end
 
---- Disconnect a user's connection at OFAuth, then wipe the local record.
--- A connection OFAuth no longer knows (404) is wiped too.
-function Repo:disconnect(client, user_id)
-  local rec = self:get(user_id)
-  if not rec or not rec.connection_id then return nil, "no connection stored for this user" end
-  local ok, err = client:disconnect(rec.connection_id)
-  if not ok and not (err and err.status == 404) then return nil, err end
-  self:forget(user_id)
-  log.info("connection.disconnected", { user_id = user_id })
-  return true
-end
-
--- From a webhook's data: {clientReferenceId, connection = {id, status,
--- permissions, userData, platformUserId}}.
-local function fields_from(data)
-  local c = type(data) == "table" and data.connection or nil
-  if type(c) ~= "table" or type(c.id) ~= "string" then return nil end
-  local f = { connection_id = c.id }
-  if type(c.status) == "string" and M.statuses[c.status] then f.status = c.status end
-  if type(c.permissions) == "table" then f.permissions = c.permissions end
-  if type(c.userData) == "table" then f.user_data = c.userData end
-  if c.platformUserId ~= nil and c.platformUserId ~= cjson.null then f.platform_user_id = c.platformUserId end
-  return f
-end
-
-local function user_for(self, data, f)
-  local ref = data.clientReferenceId
-  if type(ref) == "string" and ref ~= "" then return ref end
-  return self.store:get("conn:" .. f.connection_id) -- clientReferenceId may be null
-end
-
 --- Tell the user once per expiry: calls `hook` (default: the repository's
 -- on_reauth_required) unless this expiry was already reported, then records
 -- that it was. A hook that raises leaves it unreported (the caller retries:
@@ -158,55 +136,16 @@ function Repo:notify_reauth(rec, ctx, hook)
   return true
 end
 
--- What each connection event forces on the fields it carries.
-local event_rules = {
-  ["connection.created"] = function(f) f.status = f.status or "active" end,
-  ["connection.updated"] = function() end,
-  ["connection.expired"] = function(f) f.status = "expired" end,
-}
-
---- Default handlers: connection.created saves, connection.updated updates,
--- connection.expired marks expired; an expired record calls
--- on_reauth_required once per expiry (an API call may have reported it
--- first; a hook that failed is called again when the event is retried).
-function Repo:handlers()
-  local h = {}
-  for typ, rule in pairs(event_rules) do
-    h[typ] = function(event)
-      local f = fields_from(event.data)
-      if not f then error(typ .. " without data.connection.id", 0) end
-      local user = user_for(self, event.data, f)
-      if not user then
-        log.warn("connection.unmatched", { connection_id = f.connection_id, type = typ })
-        return
-      end
-      local before = self:get(user)
-      -- Deliveries can arrive late or out of order: an updated/expired event
-      -- about a connection this user no longer has must not touch the one they
-      -- have now (created replaces it: the user connected again).
-      if typ ~= "connection.created" and before and before.connection_id
-        and before.connection_id ~= f.connection_id then
-        log.info("connection.stale_event", { user_id = user, type = typ })
-        return
-      end
-      local was_expired = before ~= nil and before.status == "expired"
-      rule(f)
-      if f.status == "expired" and not was_expired then f.expired_at = self.now() end
-      local rec = assert(self:save(user, f))
-      log.info("connection.saved", { user_id = user, status = rec.status, type = typ })
-      if rec.status == "expired" then
-        if not was_expired then metrics.session_expired() end
-        self:notify_reauth(rec, { source = "webhook", event = typ })
-      end
-    end
-  end
-  return h
-end
+--- The default handlers for the connection.* webhook events (ofauth.connection_events).
+function Repo:handlers() return require("ofauth.connection_events").handlers(self) end
 
 --- Register the default handlers on a webhooks app.
-function Repo:install(app)
-  for typ, fn in pairs(self:handlers()) do app:on(typ, fn) end
-  return app
+function Repo:install(app) return require("ofauth.connection_events").install(self, app) end
+
+--- Disconnect a user's connection at OFAuth, then wipe the local record
+-- (ofauth.connection_remote).
+function Repo:disconnect(client, user_id)
+  return require("ofauth.connection_remote").disconnect(self, client, user_id)
 end
 
 return M

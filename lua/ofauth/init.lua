@@ -10,7 +10,8 @@ local submodules = {
   errors = "ofauth.errors", policy = "ofauth.policy", link = "ofauth.link",
   webhooks = "ofauth.webhooks", connections = "ofauth.connections",
   metrics = "ofauth.metrics", log = "ofauth.log", redact = "ofauth.redact",
-  client_module = "ofauth.client",
+  client_module = "ofauth.client", catalogue = "ofauth.catalogue", pagination = "ofauth.pagination",
+  upload = "ofauth.upload", json = "ofauth.json",
 }
 
 setmetatable(M, {

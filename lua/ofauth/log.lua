@@ -7,6 +7,13 @@
 -- removed). Level from OFAUTH_LOG (off, error, warn, info, debug; default
 -- info); `log.sink` can be replaced (a function taking the line) to collect
 -- lines in tests or send them elsewhere.
+--
+-- `log.limited(key, level, event, fields)` is for lines an outsider can cause
+-- at will (rejected requests): at most `M.limit.lines` lines per key every
+-- `M.limit.interval` seconds in this Lua state; the lines over the limit are
+-- dropped and counted, and the next line logged for that key after the
+-- window carries `suppressed = N` (how many were dropped since the last
+-- line). Keep the totals in counters (ofauth.metrics): the log is a sample.
 local cjson = require("cjson")
 local redact = require("ofauth.redact")
 
@@ -52,6 +59,53 @@ function M.event(level, event, fields)
   if not ok then line = cjson.encode({ ts = rec.ts, level = level, event = event }) end
   M.sink(line)
 end
+
+M.limit = { lines = 10, interval = 60, max_keys = 256 }
+
+local windows, nwindows = {}, 0
+
+--- The rate limit's clock (seconds, monotonic); replaceable in tests.
+function M.clock()
+  local ok, core = pcall(require, "oflua.core")
+  return ok and core.monotonic() or os.clock()
+end
+
+--- Rate-limited M.event: returns true when the line was written (or would
+-- have been, were its level enabled), false when it was suppressed.
+-- opts (optional): lines, interval (override M.limit for this key).
+function M.limited(key, level, event, fields, opts)
+  local lines = (opts and opts.lines) or M.limit.lines
+  local interval = (opts and opts.interval) or M.limit.interval
+  local t = M.clock()
+  local w = windows[key]
+  if not w then
+    if nwindows >= M.limit.max_keys then -- bounded: keys may come from outside
+      windows, nwindows = {}, 0
+    end
+    w = { start = t, n = 0, suppressed = 0 }
+    windows[key] = w
+    nwindows = nwindows + 1
+  elseif t - w.start >= interval then
+    w.start, w.n = t, 0
+  end
+  if w.n >= lines then
+    w.suppressed = w.suppressed + 1
+    return false
+  end
+  w.n = w.n + 1
+  if w.suppressed > 0 then
+    local f = {}
+    for k, v in pairs(fields or {}) do f[k] = v end
+    f.suppressed = w.suppressed
+    w.suppressed = 0
+    fields = f
+  end
+  M.event(level, event, fields)
+  return true
+end
+
+--- Forget every rate-limit window (tests).
+function M.reset_limits() windows, nwindows = {}, 0 end
 
 function M.error(event, fields) M.event("error", event, fields) end
 function M.warn(event, fields) M.event("warn", event, fields) end

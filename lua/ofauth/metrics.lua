@@ -10,6 +10,11 @@
 --   webhook_rejected_total{reason}       missing_header, bad_signature, ...
 --   webhook_handler_failures_total       a handler raised; the event will be retried
 --   webhook_dead_lettered_total          an event gave up after max attempts
+--   webhook_processed_total              events whose handlers all succeeded
+--   webhook_handler_timeouts_total       a handler ran past handler_timeout (counted
+--                                        in handler_failures_total too)
+--   webhook_inbox_pruned_total           done inbox rows deleted after the retention period
+--   log_suppressed_total{event}          log lines dropped by the rate limit (ofauth.log)
 --   api_calls_total{endpoint,status}     status: 2xx/4xx/5xx or error_<kind>
 --   api_call_duration_seconds{endpoint}  histogram
 --   rate_limited_total                   429 / RATE_LIMIT_EXCEEDED answers
@@ -24,6 +29,10 @@ M.help = {
   ofauth_webhook_rejected_total = { "counter", "Webhook deliveries rejected, by reason" },
   ofauth_webhook_handler_failures_total = { "counter", "Webhook handler errors (event retried)" },
   ofauth_webhook_dead_lettered_total = { "counter", "Webhook events dead-lettered" },
+  ofauth_webhook_processed_total = { "counter", "Webhook events whose handlers succeeded" },
+  ofauth_webhook_handler_timeouts_total = { "counter", "Webhook handlers stopped at handler_timeout" },
+  ofauth_webhook_inbox_pruned_total = { "counter", "Done inbox rows pruned after the retention period" },
+  ofauth_log_suppressed_total = { "counter", "Log lines suppressed by the rate limit, by event" },
   ofauth_api_calls_total = { "counter", "OFAuth API calls by endpoint and status class" },
   ofauth_api_call_duration_seconds = { "histogram", "OFAuth API call latency" },
   ofauth_rate_limited_total = { "counter", "Rate-limited API answers" },
@@ -113,6 +122,10 @@ function M.webhook(result) M.inc("ofauth_webhook_deliveries_total", { "result", 
 function M.webhook_rejected(reason) M.inc("ofauth_webhook_rejected_total", { "reason", reason }) end
 function M.handler_failure() M.inc("ofauth_webhook_handler_failures_total") end
 function M.dead_lettered() M.inc("ofauth_webhook_dead_lettered_total") end
+function M.processed() M.inc("ofauth_webhook_processed_total") end
+function M.handler_timeout() M.inc("ofauth_webhook_handler_timeouts_total") end
+function M.pruned(n) if n > 0 then M.inc("ofauth_webhook_inbox_pruned_total", nil, n) end end
+function M.log_suppressed(event) M.inc("ofauth_log_suppressed_total", { "event", event }) end
 
 local function family_of(series)
   local name = series:match("^[%w_]+")

@@ -1,237 +1,481 @@
---- The webhook receiver: ofauth.webhooks.app{secret, store, ...}.
+--- The webhook receiver: ofauth.webhooks.app{secret, store, ...}
+-- (this module: require("ofauth.webhook_app").new{...}, the same thing).
 --
 -- Order of work for one delivery (DESIGN.md):
 --   method and size check -> signature and timestamp -> JSON parse ->
 --   dedupe by idempotency key + durable insert into the store's inbox (one
---   atomic inbox_add, the event already leased to this worker) -> handlers ->
---   mark done -> 2xx. With process = "deferred" the answer follows the insert
---   and the handlers run later from app:drain() (the server's tick).
+--   atomic inbox_add) -> 2xx. The handlers run afterwards:
+--   * process = "background" (the default): from app:tick(), which
+--     oflua.server runs in its own VM and thread (the tick). The answer never
+--     waits for a handler, so a handler that is slow, loops or waits on a
+--     hung API cannot hold up deliveries or make the sender retry.
+--   * process = "inline": before answering, in the worker (the new event is
+--     inserted already leased to it). Handler trouble still cannot change the
+--     answer (the event is durable by then), but a slow handler holds the
+--     worker and delays the 200.
 -- Nothing is acknowledged before it is in the inbox, so nothing acknowledged
--- is lost; an event is leased to one worker at a time, so two workers never
--- run it together; a failing handler leaves the event for retry with
--- backoff, and after max_attempts it is dead-lettered (`oflua webhook replay`
--- re-runs it). Every rejected delivery gets a 4xx and no handler runs
--- (a webhook secret that is not valid base64 is our fault: 500, so the sender
--- retries once it is fixed).
+-- is lost; an event is leased to one runner at a time (lease_s), so two
+-- never run it together; a failing handler leaves the event for retry with
+-- backoff, and after max_attempts it is dead-lettered (`oflua webhook
+-- replay` re-runs it). A lease that runs out (the handler outlived its
+-- lease, or the process died) counts as a failed attempt when the event is
+-- claimed again (oflua.store's inbox_claim), so an event that keeps hanging
+-- or crashing ends dead-lettered too. Each handler run is limited to
+-- handler_timeout seconds (an instruction-count hook: pure-Lua loops are
+-- stopped; blocking C calls are bounded by their own timeouts, e.g.
+-- oflua.http's timeout_ms). Done events are pruned after retention_s by the
+-- tick. Every rejected delivery gets a 4xx and no handler runs (a webhook
+-- secret that is not valid base64 is our fault: 500, so the sender retries
+-- once it is fixed); rejections are counted (ofauth.metrics) and logged at a
+-- limited rate (ofauth.log.limited).
 --
 --   local app = webhooks.app{secret = os.getenv("OFAUTH_WEBHOOK_SECRET"), store = st}
 --   app:on("connection.created", function(event, ctx) ... end)
 --   app:on("*", function(event, ctx) ... end)    -- every type
+--   return app:handler()        -- from an `oflua serve` script: it carries the tick
+-- or, in a bigger app:
 --   router:post("/webhooks/ofauth", app:handler())
-return function(webhooks)
-  local cjson = require("cjson")
-  local log = require("ofauth.log")
-  local metrics = require("ofauth.metrics")
-  local redact = require("ofauth.redact")
+--   return {handler = router, tick = app:tick(), tick_interval = app.tick_interval}
+local cjson = require("cjson")
+local log = require("ofauth.log")
+local metrics = require("ofauth.metrics")
+local redact = require("ofauth.redact")
+local webhooks = require("ofauth.webhooks")
 
-  local App = {}
-  App.__index = App
+local App = {}
+App.__index = App
 
-  local function reply(status, tbl, extra)
-    local h = { ["content-type"] = "application/json" }
-    for k, v in pairs(extra or {}) do h[k] = v end
-    return status, cjson.encode(tbl), h
+--- Defaults of App.new's options (change them here for every app).
+App.defaults = {
+  process = "background", -- or "inline" ("deferred" is an old name of "background")
+  max_attempts = 5, -- handler attempts (failures and lease expiries) before dead-lettering
+  lease_s = 300, -- how long one runner owns a claimed event (crash recovery delay)
+  handler_timeout = 30, -- seconds per handler run; 0: no limit
+  drain_batch = 8, -- due events claimed at once (fewer when lease_s / handler_timeout is smaller)
+  drain_every = 50, -- inline mode: also drain every N deliveries (other workers' retries)
+  tick_interval = 1, -- seconds between two ticks (app:handler() tells oflua.server)
+  tick_budget = 10, -- seconds of handler work one tick starts at most (then prune, next tick)
+  retention_s = 3 * 86400, -- done events are kept this long (duplicates recognised), then pruned
+  prune_every = 600, -- seconds between two prunes by the tick
+  reject_log_lines = 10, -- rejection log lines per reason and interval (ofauth.log.limited)
+  reject_log_interval = 60,
+  tick_grace = 10, -- see App:receive: background mode in a server without the tick
+}
+
+-- Process-wide (per-VM) numbering of apps: every VM of a server runs the same
+-- script, so the k-th app of one VM is the k-th of every other (the tick VM's
+-- included). Used to tell workers that the tick runs this app.
+local app_count = 0
+local TICK_DICT = "oflua.webhook_app"
+
+local function reply(status, tbl, extra)
+  local h = { ["content-type"] = "application/json" }
+  for k, v in pairs(extra or {}) do h[k] = v end
+  return status, cjson.encode(tbl), h
+end
+
+local function positive(opts, name, default, allow_zero)
+  local v = opts[name]
+  if v == nil then return default end
+  if type(v) ~= "number" or v ~= v or v < 0 or (v == 0 and not allow_zero) or v == math.huge then
+    error(("webhooks.app: %s must be a %s number"):format(name, allow_zero and "non-negative" or "positive"), 3)
   end
+  return v
+end
 
-  --- opts: secret (string or list, required), store (an oflua.store handle,
-  -- required), tolerance, max_body, max_attempts, lease_s, drain_batch,
-  -- drain_every, process ("inline": run the handlers before answering, the
-  -- default; "deferred": answer once stored, handlers run from app:drain(),
-  -- e.g. in the server's tick), signature_headers, now (function returning
-  -- unix seconds; for tests), metrics (ofauth.metrics-like).
-  function App.new(opts)
-    opts = opts or {}
-    if opts.secret == nil or opts.secret == "" then
-      error("webhooks.app: secret is required (OFAUTH_WEBHOOK_SECRET)", 2)
-    end
-    if type(opts.store) ~= "userdata" and type(opts.store) ~= "table" then
-      error("webhooks.app: store (an oflua.store handle) is required", 2)
-    end
-    if opts.process ~= nil and opts.process ~= "inline" and opts.process ~= "deferred" then
-      error('webhooks.app: process must be "inline" or "deferred"', 2)
-    end
-    for _, s in ipairs(type(opts.secret) == "table" and opts.secret or { opts.secret }) do
-      redact.register_secret(s)
-    end
-    local d = webhooks.defaults
-    return setmetatable({
-      secret = opts.secret,
-      store = opts.store,
-      tolerance = opts.tolerance or d.tolerance,
-      max_body = opts.max_body or d.max_body,
-      max_attempts = opts.max_attempts or d.max_attempts,
-      lease_s = opts.lease_s or d.lease_s,
-      drain_batch = opts.drain_batch or d.drain_batch,
-      drain_every = opts.drain_every or d.drain_every,
-      process_mode = opts.process or d.process,
-      deliveries = 0,
-      signature_headers = opts.signature_headers,
-      now = opts.now,
-      metrics = opts.metrics or metrics,
-      handlers = {},
-    }, App)
+local function monotonic() return require("oflua.core").monotonic() end
+
+--- opts: secret (string or list, required), store (an oflua.store handle,
+-- required), process ("background" default, or "inline"), and the fields of
+-- App.defaults; tolerance, max_body, signature_headers (ofauth.webhooks
+-- verify options); now (function returning unix seconds; for tests),
+-- metrics (ofauth.metrics-like).
+function App.new(opts)
+  opts = opts or {}
+  if opts.secret == nil or opts.secret == "" then
+    error("webhooks.app: secret is required (OFAUTH_WEBHOOK_SECRET)", 2)
   end
-
-  --- Register fn(event, ctx) for an event type, or "*" for every type.
-  -- ctx = {meta, attempt, app}. Several handlers per type run in order.
-  function App:on(event_type, fn)
-    if type(event_type) ~= "string" or type(fn) ~= "function" then
-      error("app:on(event_type, fn) expects a string and a function", 2)
-    end
-    local list = self.handlers[event_type] or {}
-    list[#list + 1] = fn
-    self.handlers[event_type] = list
-    return self
+  if type(opts.store) ~= "userdata" and type(opts.store) ~= "table" then
+    error("webhooks.app: store (an oflua.store handle) is required", 2)
   end
-
-  local function now(self)
-    if self.now then return self.now() end
-    return require("oflua.core").now()
+  local d = App.defaults
+  local mode = opts.process or d.process
+  if mode == "deferred" then mode = "background" end
+  if mode ~= "inline" and mode ~= "background" then
+    error('webhooks.app: process must be "background" or "inline"', 2)
   end
-
-  -- Inbox payload: one line of JSON meta, then the raw body bytes.
-  local function pack(meta, body) return cjson.encode(meta) .. "\n" .. body end
-  local function unpack(payload)
-    local nl = payload:find("\n", 1, true)
-    if not nl then return nil end
-    local ok, meta = pcall(cjson.decode, payload:sub(1, nl - 1))
-    if not ok then return nil end
-    return meta, payload:sub(nl + 1)
+  for _, s in ipairs(type(opts.secret) == "table" and opts.secret or { opts.secret }) do
+    redact.register_secret(s)
   end
-
-  --- Take one delivery: returns status, body, headers (what the server answers).
-  function App:receive(method, raw_body, headers)
-    self.metrics.webhook("received")
-    if method ~= "POST" then
-      self.metrics.webhook_rejected("method")
-      return reply(405, { error = "method_not_allowed" }, { allow = "POST" })
-    end
-    if #raw_body > self.max_body then
-      self.metrics.webhook_rejected("too_large")
-      return reply(413, { error = "too_large" })
-    end
-    local event, meta = webhooks.verify(raw_body, headers, self.secret, {
-      tolerance = self.tolerance, now = now(self), signature_headers = self.signature_headers })
-    if not event then
-      local reason = meta
-      self.metrics.webhook_rejected(reason)
-      log.event(reason == "bad_secret" and "error" or "warn", "webhook.rejected", { reason = reason })
-      return reply(webhooks.reasons[reason] or 400, { error = reason })
-    end
-    self.metrics.webhook("verified")
-    local stored = { scheme = meta.scheme, id = meta.id, timestamp = meta.timestamp,
-      type = event.type, received_at = now(self) }
-    -- Inline: the new event is inserted already claimed by this worker (one
-    -- write), so no other worker runs it while its handlers run here.
-    local inline = self.process_mode == "inline"
-    local key = meta.idempotency_key
-    local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), nil, inline and self.lease_s or nil)
-    if inserted == nil then
-      log.error("webhook.inbox_failed", { error = tostring(err) })
-      return reply(503, { error = "unavailable" }, { ["retry-after"] = "5" })
-    end
-    if not inserted then
-      self.metrics.webhook("duplicate")
-      log.info("webhook.duplicate", { type = event.type })
-      return reply(200, { status = "duplicate" })
-    end
-    self.metrics.webhook("accepted")
-    log.info("webhook.accepted", { type = event.type, scheme = meta.scheme })
-    -- The event is durable; handler problems can no longer change the answer.
-    if inline then
-      local ok, perr = pcall(function()
-        self:settle({ id = key, attempts = 0 }, self:dispatch(event, stored, { id = key, attempts = 0 }))
-        self.deliveries = self.deliveries + 1
-        -- Retries of earlier events: when one this VM failed is due, and now
-        -- and then for other workers' (a tick or `oflua webhook replay` also
-        -- drains).
-        local t = now(self)
-        if (self.next_due and t >= self.next_due) or self.deliveries % self.drain_every == 0 then
-          self.next_due = nil
-          self:process(self.drain_batch)
-        end
-      end)
-      if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
-    end
-    return reply(200, { status = "accepted" })
+  local max_attempts = positive(opts, "max_attempts", d.max_attempts)
+  if math.type(max_attempts) ~= "integer" then error("webhooks.app: max_attempts must be an integer", 2) end
+  local drain_batch = positive(opts, "drain_batch", d.drain_batch)
+  if math.type(drain_batch) ~= "integer" or drain_batch > 10000 then
+    error("webhooks.app: drain_batch must be an integer in [1, 10000]", 2)
   end
-
-  --- A handler function for oflua.server / oflua.router.
-  function App:handler()
-    return function(req) return self:receive(req.method, req.body or "", req.headers or {}) end
+  app_count = app_count + 1
+  local wd = webhooks.defaults
+  local self = setmetatable({
+    secret = opts.secret,
+    store = opts.store,
+    tolerance = opts.tolerance or wd.tolerance,
+    max_body = opts.max_body or wd.max_body,
+    max_attempts = max_attempts,
+    lease_s = positive(opts, "lease_s", d.lease_s),
+    handler_timeout = positive(opts, "handler_timeout", d.handler_timeout, true),
+    drain_batch = drain_batch,
+    drain_every = positive(opts, "drain_every", d.drain_every),
+    tick_interval = positive(opts, "tick_interval", d.tick_interval),
+    tick_budget = positive(opts, "tick_budget", d.tick_budget),
+    retention_s = positive(opts, "retention_s", d.retention_s, true),
+    prune_every = positive(opts, "prune_every", d.prune_every, true),
+    reject_log = { lines = positive(opts, "reject_log_lines", d.reject_log_lines, true),
+      interval = positive(opts, "reject_log_interval", d.reject_log_interval) },
+    tick_grace = positive(opts, "tick_grace", d.tick_grace, true),
+    process_mode = mode,
+    deliveries = 0,
+    signature_headers = opts.signature_headers,
+    now = opts.now,
+    metrics = opts.metrics or metrics,
+    handlers = {},
+    number = app_count,
+    created = monotonic(),
+  }, App)
+  if self.lease_s > 7 * 86400 then error("webhooks.app: lease_s must be at most 604800 (7 days)", 2) end
+  if self.tick_interval < 0.01 or self.tick_interval > 86400 then
+    error("webhooks.app: tick_interval must be within [0.01, 86400] seconds", 2)
   end
+  return self
+end
 
-  -- Run the handlers for one parsed event; true, or false and the error text.
-  function App:dispatch(event, meta, item)
-    local list = {}
-    for _, fn in ipairs(self.handlers[event.type] or {}) do list[#list + 1] = fn end
-    for _, fn in ipairs(self.handlers["*"] or {}) do list[#list + 1] = fn end
-    if #list == 0 then
-      log.info("webhook.unhandled", { type = event.type })
-      return true
-    end
-    local ctx = { meta = meta, attempt = (item.attempts or 0) + 1, app = self, id = item.id }
-    for _, fn in ipairs(list) do
-      local ok, err = xpcall(fn, debug.traceback, event, ctx)
-      if not ok then return false, tostring(err) end
-    end
-    return true
+--- Register fn(event, ctx) for an event type, or "*" for every type.
+-- ctx = {meta, attempt, app, id}. Several handlers per type run in order.
+function App:on(event_type, fn)
+  if type(event_type) ~= "string" or type(fn) ~= "function" then
+    error("app:on(event_type, fn) expects a string and a function", 2)
   end
+  local list = self.handlers[event_type] or {}
+  list[#list + 1] = fn
+  self.handlers[event_type] = list
+  return self
+end
 
-  -- Run the handlers of one inbox item; true, or false and the error text.
-  function App:run(item)
-    local meta, body = unpack(item.payload)
-    if not meta then return false, "corrupt inbox payload" end
-    local event, perr = webhooks.parse_event(body)
-    if not event then return false, "payload is not an event: " .. tostring(perr) end
-    return self:dispatch(event, meta, item)
-  end
+local function now(self)
+  if self.now then return self.now() end
+  return require("oflua.core").now()
+end
+-- The store's clock: opts.now when given (tests move time), else the store's.
+local function store_now(self) return self.now and self.now() or nil end
 
-  -- Record how a claimed item's handlers went: done, or failed (retried with
-  -- backoff, dead after max_attempts). Returns ok.
-  function App:settle(item, ok, herr)
-    if ok then
-      self.store:inbox_done(item.id)
-      return true
-    end
-    self.metrics.handler_failure()
-    local reason = redact.text(tostring(herr)):sub(1, 2000)
-    local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts)
-    local dead = state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
-    if dead then
-      self.metrics.dead_lettered()
-    elseif type(next_at) == "number" then
-      self.next_due = math.min(self.next_due or next_at, next_at)
-    end
-    log.event(dead and "error" or "warn", dead and "webhook.dead_lettered" or "webhook.handler_failed",
-      { attempt = (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
+-- Inbox payload: one line of JSON meta, then the raw body bytes.
+local function pack(meta, body) return cjson.encode(meta) .. "\n" .. body end
+local function unpack(payload)
+  local nl = payload:find("\n", 1, true)
+  if not nl then return nil end
+  local ok, meta = pcall(cjson.decode, payload:sub(1, nl - 1))
+  if not ok then return nil end
+  return meta, payload:sub(nl + 1)
+end
+
+-- The server's worker id in this VM (nil outside oflua.server, 0 in the
+-- tick's VM).
+local function worker_id()
+  local ok, server = pcall(require, "oflua.server")
+  if not ok or type(server) ~= "table" or not server.worker_id then return nil end
+  local ok2, id = pcall(server.worker_id)
+  return ok2 and id or nil
+end
+
+local function tick_dict()
+  local ok, server = pcall(require, "oflua.server")
+  if not ok or type(server) ~= "table" or not server.shared then return nil end
+  local ok2, d = pcall(server.shared, TICK_DICT)
+  return ok2 and d or nil
+end
+
+-- Background mode needs someone to run app:tick(). In an oflua.server worker
+-- this checks (once it is known: no further cost) that a tick has run this
+-- app; when none has within tick_grace seconds of the app's creation (the
+-- script returned a router or a table without `tick`), the app says so once
+-- and runs handlers inline rather than leave events unprocessed.
+function App:_tick_missing()
+  if self.tick_known then return false end
+  local wid = worker_id()
+  if not wid or wid == 0 then -- outside a server the caller drives app:tick() / app:drain()
+    self.tick_known = true
     return false
   end
-
-  --- Claim up to n due events from the inbox and run their handlers.
-  -- Returns the number processed successfully and the number that failed.
-  function App:process(n)
-    -- max_attempts also applies when a lease runs out (a handler that crashed
-    -- its worker counts as a failed attempt).
-    local items, err = self.store:inbox_claim(n or self.drain_batch, self.lease_s, nil, self.max_attempts)
-    if not items then return nil, err end
-    local done, failed = 0, 0
-    for _, item in ipairs(items) do
-      if self:settle(item, self:run(item)) then done = done + 1 else failed = failed + 1 end
-    end
-    return done, failed
+  local d = tick_dict()
+  if d and d:get("tick:" .. self.number) then
+    self.tick_known = true
+    return false
   end
-
-  --- Process due events until none are left (or `limit` rounds).
-  function App:drain(limit)
-    local total_done, total_failed = 0, 0
-    for _ = 1, limit or 1000 do
-      local d, f = self:process(self.drain_batch)
-      if not d or d + f == 0 then break end
-      total_done, total_failed = total_done + d, total_failed + f
-    end
-    return total_done, total_failed
+  if monotonic() - self.created < self.tick_grace then return false end
+  if not self.warned_no_tick then
+    self.warned_no_tick = true
+    log.warn("webhook.no_tick", { message = "process = \"background\" but the server runs no tick for "
+      .. "this app: return app:handler() from the script, or add tick = app:tick(); handlers run "
+      .. "inline meanwhile" })
   end
-
-  return App
+  return true
 end
+
+--- Take one delivery: returns status, body, headers (what the server answers).
+function App:receive(method, raw_body, headers)
+  self.metrics.webhook("received")
+  if method ~= "POST" then
+    self.metrics.webhook_rejected("method")
+    return reply(405, { error = "method_not_allowed" }, { allow = "POST" })
+  end
+  if #raw_body > self.max_body then
+    self.metrics.webhook_rejected("too_large")
+    return reply(413, { error = "too_large" })
+  end
+  local event, meta = webhooks.verify(raw_body, headers, self.secret, {
+    tolerance = self.tolerance, now = now(self), signature_headers = self.signature_headers })
+  if not event then
+    local reason = meta
+    self.metrics.webhook_rejected(reason)
+    -- An outsider chooses how many of these we see: the log gets a sample
+    -- (reject_log_lines per reason and interval), the counter the total.
+    if not log.limited("webhook.rejected:" .. tostring(reason), reason == "bad_secret" and "error" or "warn",
+        "webhook.rejected", { reason = reason }, self.reject_log) then
+      self.metrics.log_suppressed("webhook.rejected")
+    end
+    return reply(webhooks.reasons[reason] or 400, { error = reason })
+  end
+  self.metrics.webhook("verified")
+  local stored = { scheme = meta.scheme, id = meta.id, timestamp = meta.timestamp,
+    type = event.type, received_at = now(self) }
+  -- Inline: the new event is inserted already claimed by this worker (one
+  -- write), so no other runner takes it while its handlers run here.
+  local inline = self.process_mode == "inline" or self:_tick_missing()
+  local key = meta.idempotency_key
+  local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), store_now(self),
+    inline and self.lease_s or nil)
+  if inserted == nil then
+    log.error("webhook.inbox_failed", { error = tostring(err) })
+    return reply(503, { error = "unavailable" }, { ["retry-after"] = "5" })
+  end
+  if not inserted then
+    self.metrics.webhook("duplicate")
+    log.debug("webhook.duplicate", { type = event.type })
+    return reply(200, { status = "duplicate" })
+  end
+  self.metrics.webhook("accepted")
+  log.debug("webhook.accepted", { type = event.type, scheme = meta.scheme })
+  -- The event is durable; handler problems can no longer change the answer.
+  if inline then
+    local ok, perr = pcall(function()
+      local item = { id = key, attempts = 0 }
+      self:settle(item, self:dispatch(event, stored, item, self.handler_timeout))
+      self.deliveries = self.deliveries + 1
+      -- Retries of earlier events: when one this VM failed is due, and now
+      -- and then for other workers' (a tick or `oflua webhook replay` also
+      -- drains).
+      local t = now(self)
+      if (self.next_due and t >= self.next_due) or self.deliveries % self.drain_every == 0 then
+        self.next_due = nil
+        self:process(self.drain_batch)
+      end
+    end)
+    if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
+  end
+  return reply(200, { status = "accepted" })
+end
+
+--- The tick function for oflua.server: runs due handlers (background mode,
+-- and retries in either mode) and prunes done events. Returns a function.
+function App:tick()
+  return function() return self:run_tick() end
+end
+
+--- A handler for oflua.server / oflua.router. It is a callable table that
+-- also carries `tick` and `tick_interval`, so a serve script that returns it
+-- as is (`return app:handler()`) gets background processing with no other
+-- code; inside a router, pass app:tick() as the script's tick.
+function App:handler()
+  local fn = function(req) return self:receive(req.method, req.body or "", req.headers or {}) end
+  return setmetatable({ handler = fn, tick = self:tick(), tick_interval = self.tick_interval },
+    { __call = function(_, req) return fn(req) end })
+end
+
+-- xpcall(fn, traceback, ...) with at most `limit` seconds of Lua execution
+-- (nil or 0: no limit). The handler runs in a coroutine whose count hook
+-- raises once the deadline has passed (a handler that catches the error is
+-- interrupted again at the next check). A yield inside the handler (e.g.
+-- oflua.server parking a request while a C call waits) is passed on to
+-- whoever runs us and its results back, so the coroutine is transparent.
+-- Returns ok, err, timed_out.
+local tpack, tunpack = table.pack, table.unpack
+local function call_limited(limit, fn, ...)
+  if not limit or limit <= 0 then return xpcall(fn, debug.traceback, ...) end
+  local deadline = monotonic() + limit
+  local timed_out = false
+  local msg = ("handler timed out after %g s"):format(limit)
+  local co = coroutine.create(function(...) return xpcall(fn, debug.traceback, ...) end)
+  debug.sethook(co, function()
+    if monotonic() > deadline then
+      timed_out = true
+      error(msg, 2)
+    end
+  end, "", 1000)
+  local r = tpack(coroutine.resume(co, ...))
+  while r[1] and coroutine.status(co) == "suspended" do
+    if not coroutine.isyieldable() then
+      return false, "handler yielded (coroutine.yield outside its own coroutine)", timed_out
+    end
+    r = tpack(coroutine.resume(co, coroutine.yield(tunpack(r, 2, r.n))))
+  end
+  if not r[1] then return false, tostring(r[2]), timed_out end
+  return r[2], r[3], timed_out
+end
+
+-- Run the handlers for one parsed event; true, or false and the error text.
+function App:dispatch(event, meta, item, limit)
+  local list = {}
+  for _, fn in ipairs(self.handlers[event.type] or {}) do list[#list + 1] = fn end
+  for _, fn in ipairs(self.handlers["*"] or {}) do list[#list + 1] = fn end
+  if #list == 0 then
+    log.debug("webhook.unhandled", { type = event.type })
+    return true
+  end
+  local ctx = { meta = meta, attempt = (item.attempts or 0) + 1, app = self, id = item.id }
+  local deadline = limit and limit > 0 and monotonic() + limit or nil
+  for _, fn in ipairs(list) do
+    local left = deadline and math.max(deadline - monotonic(), 0.001) or nil
+    local ok, err, timed_out = call_limited(left, fn, event, ctx)
+    if not ok then
+      if timed_out then self.metrics.handler_timeout() end
+      return false, tostring(err)
+    end
+  end
+  return true
+end
+
+-- Run the handlers of one inbox item; true, or false and the error text.
+function App:run(item, limit)
+  local meta, body = unpack(item.payload)
+  if not meta then return false, "corrupt inbox payload" end
+  local event, perr = webhooks.parse_event(body)
+  if not event then return false, "payload is not an event: " .. tostring(perr) end
+  return self:dispatch(event, meta, item, limit)
+end
+
+-- Record how a claimed item's handlers went: done, or failed (retried with
+-- backoff, dead after max_attempts). `expired`: its attempts are used up by
+-- lease expiries (no handler ran now): dead. Returns ok.
+function App:settle(item, ok, herr, expired)
+  if ok then
+    self.store:inbox_done(item.id, store_now(self))
+    self.metrics.processed()
+    return true
+  end
+  if not expired then self.metrics.handler_failure() end
+  local reason = redact.text(tostring(herr)):sub(1, 2000)
+  -- (an expired item's attempts already count the expiry: max_attempts here
+  -- makes this call dead-letter it; the row then shows one more attempt)
+  local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts, store_now(self))
+  local dead = expired or state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
+  if dead then
+    self.metrics.dead_lettered()
+  elseif type(next_at) == "number" then
+    self.next_due = math.min(self.next_due or next_at, next_at)
+  end
+  log.event(dead and "error" or "warn", dead and "webhook.dead_lettered" or "webhook.handler_failed",
+    { attempt = expired and item.attempts or (item.attempts or 0) + 1, error = reason:match("^[^\n]*") })
+  return false
+end
+
+--- Claim up to n due events from the inbox and run their handlers.
+-- Returns the number processed successfully and the number that failed.
+-- No more events are claimed at once than fit in one lease with their
+-- handler_timeout each, so a claimed event is never still waiting for its
+-- turn when its lease runs out.
+function App:process(n)
+  n = n or self.drain_batch
+  if self.handler_timeout > 0 then
+    n = math.max(1, math.min(n, math.floor(self.lease_s / self.handler_timeout)))
+  end
+  -- A lease that ran out counts as a failed attempt (the handler hung, or its
+  -- process died): the store adds it when it hands the event out again. The
+  -- claim allows one more than max_attempts so that an event whose last
+  -- attempt ended that way comes back here, to be dead-lettered like one
+  -- whose handler raised (counted, logged) instead of silently in the store.
+  local items, err = self.store:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
+  if not items then return nil, err end
+  local lease_end = monotonic() + self.lease_s
+  local done, failed = 0, 0
+  for _, item in ipairs(items) do
+    if (item.attempts or 0) >= self.max_attempts then
+      self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
+        :format(item.attempts, self.max_attempts), true)
+      failed = failed + 1
+      goto continue
+    end
+    -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
+    local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
+    local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
+    if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
+    if self:settle(item, self:run(item, limit)) then done = done + 1 else failed = failed + 1 end
+    ::continue::
+  end
+  return done, failed
+end
+
+--- Process due events until none are left (or `limit` rounds).
+function App:drain(limit)
+  local total_done, total_failed = 0, 0
+  for _ = 1, limit or 1000 do
+    local d, f = self:process(self.drain_batch)
+    if not d or d + f == 0 then break end
+    total_done, total_failed = total_done + d, total_failed + f
+  end
+  return total_done, total_failed
+end
+
+--- Delete done events older than retention_s (their ids are forgotten: a
+-- redelivery after that is taken as new). Returns the number deleted, or
+-- nil and an error (also when the store has no inbox_prune).
+function App:prune()
+  if type(self.store.inbox_prune) ~= "function" then
+    return nil, "the store has no inbox_prune"
+  end
+  local ok, n, err = pcall(function() return self.store:inbox_prune(self.retention_s, now(self)) end)
+  if not ok then return nil, tostring(n) end
+  if not n then return nil, err end
+  self.metrics.pruned(n)
+  if n > 0 then log.debug("webhook.pruned", { events = n }) end
+  return n
+end
+
+--- One tick: due handlers for at most tick_budget seconds, then a prune
+-- every prune_every seconds. Errors are logged, never raised (the server
+-- would log them every tick).
+function App:run_tick()
+  local d = tick_dict()
+  if d and not self.announced then
+    self.announced = true
+    d:set("tick:" .. self.number, 1)
+  end
+  local started = monotonic()
+  local ok, err = pcall(function()
+    repeat
+      local done, failed = self:process(self.drain_batch)
+      if not done then error(failed) end
+    until done + failed == 0 or monotonic() - started >= self.tick_budget
+  end)
+  if not ok then -- (every tick while the store is unavailable: a sample)
+    log.limited("webhook.tick_failed", "error", "webhook.tick_failed", { error = tostring(err) })
+  end
+  if self.retention_s > 0 and (not self.last_prune or monotonic() - self.last_prune >= self.prune_every) then
+    self.last_prune = monotonic()
+    local n, perr = self:prune()
+    if not n and not self.prune_warned then
+      self.prune_warned = true
+      log.warn("webhook.prune_failed", { error = tostring(perr) })
+    end
+  end
+end
+
+return App

@@ -1,4 +1,5 @@
---- Signed webhooks: verification (both schemes), signing, and a receiver app.
+--- Signed webhooks: verification (both schemes), signing; webhooks.app(opts)
+-- builds the receiver app (ofauth.webhook_app).
 --
 -- Two signature schemes, detected from the headers (ofauth-api.md):
 --  * Svix / Standard Webhooks (what the official SDKs verify):
@@ -25,12 +26,7 @@ M.defaults = {
   tolerance = 300, -- seconds between the signature's timestamp and now
   max_body = 1024 * 1024, -- bytes; larger deliveries are refused (413)
   max_json_depth = 32,
-  max_attempts = 5, -- handler attempts before an event is dead-lettered
-  lease_s = 60, -- how long a worker owns a claimed event
-  drain_batch = 8, -- due events processed per drain round
-  drain_every = 50, -- inline mode: also drain every N deliveries (other workers' retries)
-  process = "inline", -- or "deferred" (handlers run from app:drain(), e.g. in a tick)
-}
+} -- the receiver app's own defaults: require("ofauth.webhook_app").defaults
 
 -- Header names for the checklist scheme (its name is not documented; see
 -- ofauth-api.md). "webhook-signature" only counts when its value starts with
@@ -68,7 +64,7 @@ local function lower_keys(h)
   return out
 end
 
-local function now_of(opts) return (opts and opts.now) or core.now() end
+local now_of = require("ofauth.timeutil").now_of
 
 local function secrets_list(secret)
   if type(secret) == "table" then return secret end
@@ -257,7 +253,7 @@ end
 --- A new svix-style secret: whsec_ + base64 of 24 random bytes.
 function M.new_secret() return "whsec_" .. crypto.base64(crypto.random(24)) end
 
-M.App = require("ofauth.webhook_app")(M)
-M.app = function(opts) return M.App.new(opts) end
+-- The receiver app (ofauth.webhook_app requires this module, not the reverse).
+M.app = function(opts) return require("ofauth.webhook_app").new(opts) end
 
 return M

@@ -113,8 +113,16 @@ end
 
 -- ---- HTTP helpers ------------------------------------------------------------------
 
+-- The example app's admin token (its data routes need it) and public URL:
+-- the browser is sent back to PUBLIC_URL/link/callback, which (like a
+-- reverse proxy would) the demo maps to the app's local address.
+local ADMIN_TOKEN = crypto.hex(crypto.random(16))
+local PUBLIC_URL = "https://app.example.test"
+local app_url
 local function call(method, url, body, headers)
   local h = headers or {}
+  if url:sub(1, #PUBLIC_URL) == PUBLIC_URL and app_url then url = app_url .. url:sub(#PUBLIC_URL + 1) end
+  if app_url and url:sub(1, #app_url) == app_url then h.authorization = "Bearer " .. ADMIN_TOKEN end
   if body ~= nil and type(body) ~= "string" then
     body = cjson.encode(body)
     h["content-type"] = "application/json"
@@ -148,7 +156,7 @@ say("oflua demo: the OFAuth integration end to end, offline (state in %s, remove
 if PG then say("  store: PostgreSQL %s (a throwaway cluster), three receivers", redact.text(db)) end
 say("")
 
-local emu, app_url, conn_id, emu_url
+local emu, conn_id, emu_url
 local connection_secrets = {}
 
 local function cleanup()
@@ -164,9 +172,11 @@ local function run()
     local err
     emu, err = require("ofauth.emulator").start({
       api_keys = { api_key }, webhook_secret = secret, signing = "svix",
+      redirect_uris = { PUBLIC_URL .. "/link/callback" }, -- as registered in the dashboard
       -- the app's address is known once it runs; deliveries start after that
       webhook_url = "http://127.0.0.1:9/unset", subscribers = 2500,
       webhook_base_delay = 0.2, webhook_timeout_ms = 5000,
+      upload_part_size = 64 * 1024, -- so the demo's upload goes in parts
     })
     check(emu, "cannot start the emulator: %s", tostring(err))
     emu_url = emu:url()
@@ -179,6 +189,7 @@ local function run()
     app_env = {
       OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu_url, OFAUTH_WEBHOOK_SECRET = secret,
       OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "info",
+      OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL,
     }
     local _, log = spawn("app", app_env, { BIN, "serve", SOURCE .. "/examples/webhook_receiver.lua",
       "--port", "0", "--workers", "2" })
@@ -214,12 +225,14 @@ local function run()
     redact.register_secret(conn_id)
     return "redirect back with status=success"
   end) and step("callback checked against the pending session", function()
-    local forged = call("GET", (redirect:gsub("status=success", "status=cancelled")))
-    check(forged == 400, "a forged callback (no cookie) got %s", forged)
+    -- forged: the same redirect without the session's state (which OFAuth
+    -- hands back in the real one) and without the browser's cookie
+    local forged = call("GET", redirect:match("^[^?]+") .. "?status=cancelled&client_reference_id=alice")
+    check(forged == 400, "a forged callback (no state, no cookie) got %s", forged)
     local status, body = call("GET", redirect, nil, { cookie = cookie })
     check(status == 200 and body.status == "success" and body.user_id == "alice",
       "callback answered %s: %s", status, cjson.encode(body))
-    return "accepted; a forged one (no session cookie) is refused (400)"
+    return "accepted; a forged one (no session state) is refused (400)"
   end)
   if not ok_all then return end
 
@@ -232,7 +245,13 @@ local function run()
     check(last and last.state == "delivered", "last delivery: %s", cjson.encode(last or {}))
     return ("%d delivery, answered %s"):format(#recs, tostring(last.status or last.http_status or "2xx"))
   end) and step("app stored the connection for alice", function()
-    local status, body = call("GET", app_url .. "/users/alice")
+    -- the 200 came once the event was stored; its handler runs right after,
+    -- in the background (the server's tick)
+    local status, body
+    wait_for(function()
+      status, body = call("GET", app_url .. "/users/alice")
+      return status == 200 and body.status == "active"
+    end, 15)
     check(status == 200 and body.status == "active", "users/alice: %s %s", status, cjson.encode(body))
     return "status active, " .. tostring(#(body.permissions or {})) .. " permissions"
   end) and step(PG and "pg_dump of the database holds no connection id in clear"
@@ -270,6 +289,29 @@ local function run()
     local status, body = call("GET", app_url .. "/users/alice/subscribers?limit=100")
     check(status == 200 and body.subscribers == 2500, "subscribers: %s %s", status, cjson.encode(body))
     return ("%d subscribers in %d pages"):format(body.subscribers, body.pages)
+  end)
+  if not ok_all then return end
+  -- Any endpoint of the catalogue, by its SDK name, from a script
+  local acc = assert(require("ofauth").client({ api_key = api_key, base_url = emu_url })):access(conn_id)
+  ok_all = step("earnings transactions, marker <- nextMarker", function()
+    local pages, n = 0, 0
+    for _ in acc:each("access.earnings.listTransactions", { startDate = "2026-01-01" },
+      { on_page = function() pages = pages + 1 end }) do n = n + 1 end
+    check(n > 0 and pages > 1, "%d transactions in %d pages", n, pages)
+    return ("%d transactions in %d pages"):format(n, pages)
+  end) and step("posts, time cursor beforePublishTime <- tailMarker", function()
+    local pages, n = 0, 0
+    for _ in acc:each("access.listPosts", { limit = 10 }, { on_page = function() pages = pages + 1 end }) do
+      n = n + 1
+    end
+    check(n > 0 and pages > 1, "%d posts in %d pages", n, pages)
+    return ("%d posts in %d pages"):format(n, pages)
+  end) and step("upload a file to the vault (init, parts, complete)", function()
+    local parts = 0
+    local res, err = acc:upload({ data = ("\0"):rep(150 * 1024), filename = "demo.png",
+      content_type = "image/png", on_progress = function(p) parts = p.parts end })
+    check(res, "upload: %s", tostring(err))
+    return ("%d bytes in %d parts -> vault media %s"):format(150 * 1024, parts, tostring(res.media.id))
   end)
   if not ok_all then return end
 
@@ -319,7 +361,11 @@ local function run()
     local scb = call("GET", b2.redirectUrl, nil, { cookie = (resp.headers["set-cookie"] or ""):match("^[^;]+") })
     check(scb == 200, "callback after reconnecting: %s", scb)
     check(emu:deliver_pending(15), "deliveries did not finish")
-    local _, u = call("GET", app_url .. "/users/alice")
+    local u
+    wait_for(function()
+      u = select(2, call("GET", app_url .. "/users/alice"))
+      return u.status == "active"
+    end, 15)
     check(u.status == "active", "alice is %s after reconnecting", tostring(u.status))
     if b2.connectionId and b2.connectionId ~= cjson.null and b2.connectionId ~= conn_id then
       connection_secrets[#connection_secrets + 1] = b2.connectionId
@@ -336,8 +382,9 @@ local function run()
   ok_all = step("pre-production checklist", function()
     local env = {
       OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu_url, OFAUTH_WEBHOOK_SECRET = secret,
-      OFAUTH_REDIRECT_URL = app_url .. "/link/callback", OFAUTH_WEBHOOK_URL = app_url .. "/webhooks/ofauth",
+      OFAUTH_REDIRECT_URL = PUBLIC_URL .. "/link/callback", OFAUTH_WEBHOOK_URL = app_url .. "/webhooks/ofauth",
       OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "error",
+      OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL,
     }
     local parts = { "env" }
     for k, v in pairs(env) do parts[#parts + 1] = k .. "=" .. shq(v) end
@@ -396,12 +443,17 @@ local function run()
       check(answers.duplicate == 60 and answers.accepted == 0, "retries: %s", cjson.encode(answers))
       -- every event is in the shared inbox once, and done
       local st <close> = assert(store.open({ url = db, key = store_key }))
+      -- handlers run in the background once an event is stored: wait for them
       local done = 0
-      for _, id in ipairs(ids) do
-        local e = st:inbox_get("svix:" .. id)
-        check(e, "%s is not in the inbox", id)
-        if e.state == "done" then done = done + 1 end
-      end
+      wait_for(function()
+        done = 0
+        for _, id in ipairs(ids) do
+          local e = st:inbox_get("svix:" .. id)
+          check(e, "%s is not in the inbox", id)
+          if e.state == "done" then done = done + 1 end
+        end
+        return done == 30
+      end, 20)
       check(done == 30, "%d of 30 events done", done)
       scale = { per = per, done = done }
       return ("%d/%d/%d per receiver; 60 retries answered duplicate"):format(per[1], per[2], per[3])

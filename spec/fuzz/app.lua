@@ -12,7 +12,7 @@ log.sink = function() end
 local handled = 0
 local function new_app()
   local app = webhooks.app({ secret = C.secret, store = fakes.store(), now = function() return C.now end,
-    max_body = C.app_max_body })
+    max_body = C.app_max_body, process = "inline" }) -- handlers run inside receive()
   app:on("*", function(event, ctx)
     assert(type(event.type) == "string" and ctx.meta)
     handled = handled + 1

@@ -14,7 +14,7 @@ local function write(target, name, data)
   f:close()
 end
 
-for _, t in ipairs({ "verify", "app", "callback", "store" }) do
+for _, t in ipairs({ "verify", "app", "callback", "store", "json" }) do
   assert(os.execute(("mkdir -p '%s/%s'"):format(dir, t)))
 end
 
@@ -35,4 +35,15 @@ local ok, store_seeds = pcall(require, "spec.fixtures.abuse.store_seeds")
 if ok then
   for i, s in ipairs(store_seeds) do write("store", ("case%03d"):format(i), s) end
 end
+-- ofauth.json: the bodies of the abuse requests, plus integer edge cases
+local json_seeds = {
+  '{"id":9007199254740993,"ids":[123456789012345,-9007199254740993]}',
+  '[9223372036854775807,-9223372036854775808,9223372036854775808,1e400,0.1]',
+  '{"s":"12345678901234567","e":12345678901234567e2,"f":1.12345678901234567}',
+  '"\\u0000oflua-int-00:5"', '[1,2', '{"a":"\\"12345678901234567"}', '12345678901234567',
+}
+for i, req in ipairs(reqs) do
+  if req.body ~= "" and i <= 40 then json_seeds[#json_seeds + 1] = req.body end
+end
+for i, s in ipairs(json_seeds) do write("json", ("case%03d"):format(i), s) end
 print(("seeds: %d requests, %d callbacks in %s"):format(n, #callbacks, dir))

@@ -12,6 +12,7 @@
 --   GET  /v2/access/self, /v2/access/subscribers; any other /v2/access/* echoes
 --   GET|POST /link/{session}                   the hosted page (HTML form)
 --   POST /emulator/link/{session}/complete     headless {outcome, step, error_code}
+--   POST /emulator/link/{session}/2fa          {options?}: the session awaits 2FA
 --   GET  /emulator/state | /emulator/deliveries[?state=] | /emulator/health
 --   GET|POST|DELETE /emulator/faults           fault rules (ofauth.emulator.faults)
 --   POST /emulator/connections/{id}/expire     expire + connection.expired
@@ -28,6 +29,8 @@ local faults_mod = require("ofauth.emulator.faults")
 local subscribers = require("ofauth.emulator.subscribers")
 local delivery = require("ofauth.emulator.delivery")
 local link_page = require("ofauth.emulator.link_page")
+local generic = require("ofauth.emulator.generic")
+local catalogue = require("ofauth.catalogue")
 
 local M = {}
 
@@ -336,6 +339,68 @@ function H.expire(self, req)
   return self:json(200, model_mod.connection_json(c))
 end
 
+--- POST /v2/account/connections/import {cookie, userAgent, permissions?,
+-- clientReferenceId?}: a connection from an existing OnlyFans session (the
+-- cookie must hold auth_id, sess and fp); connection.created is sent.
+function H.import(self, req)
+  local b, ans = self:catalogue_request(catalogue.by_name["account.connections.createImport"], req)
+  if not b then return table.unpack(ans) end
+  if type(b.cookie) ~= "string" or not (b.cookie:find("auth_id=", 1, true) and b.cookie:find("sess=", 1, true)
+    and b.cookie:find("fp=", 1, true)) then
+    return self:fail("VALIDATION_ERROR", "cookie must contain auth_id, sess and fp", { field = "cookie" })
+  end
+  if type(b.userAgent) ~= "string" then return self:fail("VALIDATION_ERROR", "userAgent must be a string") end
+  local ref = json.value(b.clientReferenceId)
+  if ref ~= nil and type(ref) ~= "string" then
+    return self:fail("VALIDATION_ERROR", "clientReferenceId must be a string")
+  end
+  if not self:queue_room() then return self:fail("SERVICE_UNAVAILABLE", "webhook queue is full") end
+  local c, err = self.model:create_connection(ref, config.environment(req.api_key))
+  if not c then return self:fail("CONFLICT", err) end
+  c.imported = true
+  local perms = json.value(b.permissions)
+  if type(perms) == "table" and #perms > 0 then c.permissions = perms end
+  self:persist()
+  self:emit_connection("connection.created", c)
+  return self:json(200, model_mod.connection_json(c))
+end
+
+--- PATCH /v2/account/connections/import/{id} {cookie, userAgent}: a new
+-- session for an imported connection (same id); active again.
+function H.update_import(self, req)
+  local c = self.model:connection(req.params.connectionId)
+  if not c then return self:fail("NOT_FOUND", "connection not found") end
+  if not c.imported then return self:fail("VALIDATION_ERROR", "not an imported connection") end
+  local b, ans = self:catalogue_request(catalogue.by_name["account.connections.updateImport"], req)
+  if not b then return table.unpack(ans) end
+  self.model:reactivate(c)
+  self:persist()
+  return self:json(200, model_mod.connection_json(c))
+end
+
+--- GET|PATCH /v2/account/connections/{id}/settings: Vault+ settings kept per connection.
+function H.conn_settings(self, req)
+  local c = self.model:connection(req.params.connectionId)
+  if not c then return self:fail("NOT_FOUND", "connection not found") end
+  c.vault_plus = c.vault_plus or { enabled = false, settingsOverrides = json.null }
+  if req.method == "PATCH" then
+    local b, err = body_object(req)
+    if not b then return self:fail("VALIDATION_ERROR", err) end
+    local vp = json.value(b.vaultPlus)
+    if vp ~= nil and type(vp) ~= "table" then return self:fail("VALIDATION_ERROR", "vaultPlus must be an object") end
+    if vp then
+      if json.value(vp.enabled) ~= nil then c.vault_plus.enabled = vp.enabled == true end
+      if vp.settings ~= nil then c.vault_plus.settingsOverrides = vp.settings end
+    end
+    self:persist()
+    return self:json(200, { settings = { connectionId = c.id, vaultPlus = c.vault_plus } })
+  end
+  return self:json(200, { connectionId = c.id, vaultPlus = {
+    enabled = c.vault_plus.enabled, settingsOverrides = c.vault_plus.settingsOverrides,
+    stats = { vaultPlusEnabled = c.vault_plus.enabled, totalStorageBytes = 0, storageLimitBytes = 0,
+      mediaCount = 0, storedCount = 0, storageUsagePercent = 0 } } })
+end
+
 -- The connection named by x-connection-id, or an error answer.
 function App:access_connection(req)
   local id = req.headers["x-connection-id"]
@@ -358,6 +423,7 @@ function H.access_self(self, req)
   return self:json(200, {
     id = tonumber(u.id), name = u.name, username = u.username, avatar = u.avatar,
     about = "An emulated creator account.",
+    isAuth = true,
     isVerified = true,
     subscribersCount = self.cfg.subscribers,
     postsCount = 10 + c.n,
@@ -393,7 +459,149 @@ function H.access_echo(self, req)
   end
   local query = req.query
   if next(query) == nil then query = json.null end
-  return self:json(200, { echo = true, method = req.method, path = req.path, query = query, body = body })
+  return self:json(200, { echo = true, method = req.method, path = req.path, query = query, body = body,
+    raw_query = req.raw_query })
+end
+
+---------------------------------------------------------------- catalogue, uploads, proxy
+
+-- Check the required fields of a catalogue entry; returns the decoded body
+-- (or {}), or nil and an error answer.
+function App:catalogue_request(e, req)
+  local body = {}
+  if e.body and req.body ~= "" then
+    local b, err = body_object(req)
+    if not b then return nil, { self:fail("VALIDATION_ERROR", err) } end
+    body = b
+  end
+  for _, f in ipairs(e.required or {}) do
+    local v
+    if e.fields[f] == "query" then v = req.query[f] else v = json.value(body[f]) end
+    if v == nil or v == "" then
+      return nil, { self:fail("VALIDATION_ERROR", f .. " is required", { field = f }) }
+    end
+  end
+  return body
+end
+
+-- The answer for a catalogue entry with no handler of its own.
+function H.catalogue(self, req, e)
+  local c
+  if e.connection then
+    local answer
+    c, answer = self:access_connection(req)
+    if not c then return table.unpack(answer) end
+  end
+  local body, answer = self:catalogue_request(e, req)
+  if not body then return table.unpack(answer) end
+  local v, err = generic.answer(e, req.query, c and c.n or 0, body, self.cfg.data_seed)
+  if v == nil then return self:fail("VALIDATION_ERROR", err) end
+  return self:json(200, v)
+end
+
+--- Upload flow (ofauth-endpoints.md 1.6): init answers the part count and
+-- size in headers; a single-part upload is one PUT that also completes it;
+-- otherwise every part 1..N is PUT (each checked for its exact length) and
+-- complete checks that all parts arrived.
+function H.upload_init(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local b, ans = self:catalogue_request(catalogue.by_name["access.uploads.init"], req)
+  if not b then return table.unpack(ans) end
+  local size = math.tointeger(b.size)
+  if not size or size < 1 then return self:fail("VALIDATION_ERROR", "size must be a positive integer") end
+  if type(b.filename) ~= "string" or type(b.contentType) ~= "string" then
+    return self:fail("VALIDATION_ERROR", "filename and contentType must be strings")
+  end
+  self.uploads = self.uploads or { order = {}, n = 0 }
+  local u = self.uploads
+  if #u.order >= self.cfg.max_uploads then u[table.remove(u.order, 1)] = nil end
+  u.n = u.n + 1
+  local id = ("mu_%d"):format(u.n)
+  local part = self.cfg.upload_part_size
+  local total = size <= part and 1 or (size + part - 1) // part
+  u[id] = { size = size, part_size = part, total = total, parts = {}, conn = c.id,
+    filename = b.filename, type = b.contentType, puts = {} }
+  u.order[#u.order + 1] = id
+  return self:json(200, { mediaUploadId = id }, {
+    ["x-ofauth-upload-total-parts"] = tostring(total),
+    ["x-ofauth-upload-part-size"] = tostring(part),
+  })
+end
+
+function App:upload_of(req)
+  local c, answer = self:access_connection(req)
+  if not c then return nil, answer end
+  local u = self.uploads and self.uploads[req.params.upload]
+  if not u or u.conn ~= c.id then return nil, { self:fail("NOT_FOUND", "upload not found") } end
+  return u
+end
+
+local function media_of(u, id)
+  local n = generic.hash(id)
+  return { id = generic.ID_BASE + n, type = (u.type:match("^(%a+)/") == "video") and "video" or "photo",
+    isReady = true, createdAt = model_mod.iso(generic.EPOCH), size = u.size, filename = u.filename,
+    files = { full = { url = "https://example.invalid/media/" .. id, size = u.size } } }
+end
+
+function H.upload_single(self, req)
+  local u, answer = self:upload_of(req)
+  if not u then return table.unpack(answer) end
+  if u.total ~= 1 then return self:fail("VALIDATION_ERROR", "this upload has parts: PUT each part") end
+  if #req.body ~= u.size then
+    return self:fail("VALIDATION_ERROR", ("expected %d bytes, got %d"):format(u.size, #req.body))
+  end
+  u.done = true
+  return self:json(200, { mediaUploadId = req.params.upload, media = media_of(u, req.params.upload) })
+end
+
+function H.upload_part(self, req)
+  local u, answer = self:upload_of(req)
+  if not u then return table.unpack(answer) end
+  local n = math.tointeger(tonumber(req.params.part))
+  if not n or n < 1 or n > u.total then
+    return self:fail("VALIDATION_ERROR", ("partNumber must be 1 to %d"):format(u.total))
+  end
+  local want = math.min(u.part_size, u.size - (n - 1) * u.part_size)
+  if #req.body ~= want then
+    return self:fail("VALIDATION_ERROR", ("part %d must be %d bytes, got %d"):format(n, want, #req.body))
+  end
+  u.parts[n] = ("%08x"):format(generic.hash(req.body))
+  u.puts[n] = (u.puts[n] or 0) + 1
+  return self:json(200, { mediaUploadId = req.params.upload, partNumber = n, etag = u.parts[n] })
+end
+
+function H.upload_complete(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local b, ans = self:catalogue_request(catalogue.by_name["access.uploads.complete"], req)
+  if not b then return table.unpack(ans) end
+  local id = json.value(b.mediaUploadId)
+  local u = self.uploads and type(id) == "string" and self.uploads[id]
+  if not u or u.conn ~= c.id then return self:fail("NOT_FOUND", "upload not found") end
+  for n = 1, u.total do
+    if not u.parts[n] then return self:fail("VALIDATION_ERROR", ("part %d is missing"):format(n)) end
+  end
+  u.done = true
+  return self:json(200, { mediaUploadId = id, media = media_of(u, id) })
+end
+
+--- /v2/access/proxy/<OnlyFans path>: GET /users/me answers the creator's
+-- profile; anything else is echoed (method, path, query, body).
+function H.proxy(self, req)
+  local c, answer = self:access_connection(req)
+  if not c then return table.unpack(answer) end
+  local of_path = req.path:gsub("^/v2/access/proxy", "")
+  if req.method == "GET" and of_path == "/users/me" then
+    local u = c.userData
+    return self:json(200, { id = tonumber(u.id), username = u.username, name = u.name,
+      subscribersCount = self.cfg.subscribers })
+  end
+  local body = json.null
+  if req.body ~= "" then body = json.decode(req.body) or req.body end
+  local query = req.query
+  if next(query) == nil then query = json.null end
+  return self:json(200, { proxied = true, method = req.method, path = of_path, query = query, body = body })
 end
 
 ---------------------------------------------------------------- Link pages
@@ -450,9 +658,34 @@ function App:complete(s, outcome, step, error_code)
     params.error_code = error_code or M.DEFAULT_ERROR_CODE
     s.result = { step = step, errorCode = params.error_code }
   end
+  s.awaiting_2fa = nil
   s.status = M.OUTCOMES[outcome]
   self:persist()
   return M.callback_url(s.redirectUrl, params), c
+end
+
+--- POST /emulator/link/{session}/2fa {options?}: the user logged in and
+-- OnlyFans asks for a second factor: the session shows awaiting_2fa until
+-- it is completed.
+function H.two_factor(self, req)
+  local s = self:find_session(req.params.session)
+  if not s then return self:fail("NOT_FOUND", "link session not found") end
+  if self.model:session_status(s) ~= "pending" then
+    return self:fail("CONFLICT", "the link session is not pending")
+  end
+  local b, err = body_object(req, true)
+  if not b then return self:fail("VALIDATION_ERROR", err) end
+  local options = json.value(b.options) or { "app" }
+  local allowed = { phone = true, app = true, face = true, forceFace = true }
+  if type(options) ~= "table" or #options == 0 then
+    return self:fail("VALIDATION_ERROR", "options must be a non-empty array")
+  end
+  for _, o in ipairs(options) do
+    if not allowed[o] then return self:fail("VALIDATION_ERROR", "options: phone, app, face or forceFace") end
+  end
+  s.opened, s.awaiting_2fa, s.two_factor_options = true, true, options
+  self:persist()
+  return self:json(200, self.model:session_json(s))
 end
 
 function H.complete(self, req)
@@ -475,6 +708,7 @@ function H.page(self, req)
   if not s then return 404, link_page.closed("unknown"), HTML end
   local status = self.model:session_status(s)
   if status ~= "pending" then return 410, link_page.closed(status), HTML end
+  s.opened = true -- GET /v2/link/{clientSecret}: initialized -> pending
   return 200, link_page.render(s, "/link/" .. s.id, self.cfg.permissions, model_mod.iso(s.expiresAt)), HTML
 end
 
@@ -616,7 +850,7 @@ end
 --- The route table: {method ("*" = any), path pattern (":name" segments,
 -- a final "*" = one or more segments), handler, api (needs an API key)}.
 function M.routes()
-  return {
+  local routes = {
     { "GET", "/v2/account/whoami", H.whoami, true },
     { "POST", "/v2/link/init", H.link_init, true },
     { "GET", "/v2/link/:secret", H.link_get, true },
@@ -628,12 +862,35 @@ function M.routes()
     { "DELETE", "/v2/account/connections/:id", H.disconnect, true },
     { "DELETE", "/v2/connections/:id", H.disconnect, true },
     { "POST", "/v2/account/connections/:id/invalidate", H.expire, true },
+    { "POST", "/v2/account/connections/import", H.import, true },
+    { "PATCH", "/v2/account/connections/import/:connectionId", H.update_import, true },
+    { "GET", "/v2/account/connections/:connectionId/settings", H.conn_settings, true },
+    { "PATCH", "/v2/account/connections/:connectionId/settings", H.conn_settings, true },
     { "GET", "/v2/access/self", H.access_self, true },
     { "GET", "/v2/access/subscribers", H.access_subscribers, true },
-    { "*", "/v2/access/*", H.access_echo, true },
+    { "POST", "/v2/access/uploads/init", H.upload_init, true },
+    { "PUT", "/v2/access/uploads/:upload", H.upload_single, true },
+    { "PUT", "/v2/access/uploads/:upload/parts/:part", H.upload_part, true },
+    { "POST", "/v2/access/uploads/complete", H.upload_complete, true },
+    { "*", "/v2/access/proxy/*", H.proxy, true },
+  }
+  -- every other catalogue endpoint, answered from its entry; literal
+  -- segments win over parameters (/users/lists before /users/:userId)
+  local generic_routes = {}
+  for i, e in ipairs(catalogue.entries) do
+    local pattern, params = e.path:gsub("{([^}]+)}", ":%1")
+    generic_routes[#generic_routes + 1] = { e.method, pattern,
+      function(self, req) return H.catalogue(self, req, e) end, true, order = params * 1000 + i }
+  end
+  table.sort(generic_routes, function(a, b) return a.order < b.order end)
+  for _, r in ipairs(generic_routes) do routes[#routes + 1] = r end
+  -- any other Access path echoes the request (for generic request() tests)
+  routes[#routes + 1] = { "*", "/v2/access/*", H.access_echo, true }
+  for _, r in ipairs({
     { "GET", "/link/:session", H.page },
     { "POST", "/link/:session", H.page_post },
     { "POST", "/emulator/link/:session/complete", H.complete },
+    { "POST", "/emulator/link/:session/2fa", H.two_factor },
     { "GET", "/emulator/health", H.health },
     { "GET", "/emulator/state", H.state },
     { "GET", "/emulator/deliveries", H.deliveries },
@@ -645,7 +902,8 @@ function M.routes()
     { "POST", "/emulator/rules", H.rules_set },
     { "POST", "/emulator/webhooks/send", H.send },
     { "PUT", "/emulator/webhook", H.webhook_set },
-  }
+  }) do routes[#routes + 1] = r end
+  return routes
 end
 
 local function split(path)
@@ -684,7 +942,9 @@ function App:route(method, path)
       if r[1] == "*" or r[1] == method or (method == "HEAD" and r[1] == "GET") then
         return r, params
       end
-      allowed[#allowed + 1] = r[1]
+      local seen = false
+      for _, m in ipairs(allowed) do if m == r[1] then seen = true end end
+      if not seen then allowed[#allowed + 1] = r[1] end
     end
   end
   return nil, allowed
@@ -751,6 +1011,7 @@ function App:handle(req)
     method = (req.method or "GET"):upper(),
     path = req.path or "/",
     query = req.query or {},
+    raw_query = req.raw_query,
     headers = lower_headers(req.headers),
     body = req.body or "",
   }

@@ -53,6 +53,14 @@ M.defaults = {
   list_limit_default = 20,
   list_limit_max = 100,
   max_body = 1048576,
+  -- Uploads (POST /v2/access/uploads/init): files above this size are sent
+  -- in parts of this size (x-ofauth-upload-part-size); at most max_uploads
+  -- unfinished uploads are kept (oldest forgotten first).
+  upload_part_size = 5242880,
+  max_uploads = 100,
+  -- Seed of the generated catalogue data (ofauth.emulator.generic): the same
+  -- seed gives the same answers; another seed, other ids and values.
+  data_seed = 0,
   timeout_s = 10,              -- server read timeout
   slow_delay_ms_max = 60000,
 }
@@ -187,6 +195,9 @@ function M.normalize(opts)
     or check_int(cfg, "list_limit_default", 1, 100000)
     or check_int(cfg, "list_limit_max", 1, 100000)
     or check_int(cfg, "max_body", 1, 1073741824)
+    or check_int(cfg, "upload_part_size", 1, 1073741824)
+    or check_int(cfg, "max_uploads", 1, 100000)
+    or check_int(cfg, "data_seed", 0, 1000000)
     or check_num(cfg, "timeout_s", 0.001, 86400)
     or check_int(cfg, "slow_delay_ms_max", 0, 3600000)
     or check_num(cfg, "poll_interval", 0.01, 60)

@@ -199,17 +199,35 @@ function Model:session_by_secret(secret)
   return id and self.sessions[id]
 end
 
---- `GET /v2/link/{clientSecret}` answer: {status, data?}.
+--- `GET /v2/link/{clientSecret}` answer: {status, data?}. A pending
+-- session shows the SDKs' progression: "initialized" until its hosted page
+-- is opened, then "pending"; "awaiting_2fa" (with data.twoFactorState) after
+-- POST /emulator/link/{id}/2fa until it completes; "completed" carries the
+-- SDKs' {id, session, userData} plus our connectionId. Ended sessions keep
+-- the emulator's own names (cancelled, error, expired).
 function Model:session_json(s)
   local status = self:session_status(s)
+  if status == "pending" then
+    if s.awaiting_2fa then status = "awaiting_2fa" elseif not s.opened then status = "initialized" end
+  end
   local out = { status = status }
-  if status ~= "pending" and status ~= "expired" then
+  if status == "awaiting_2fa" then
+    out.data = { twoFactorState = { options = json.array(s.two_factor_options or { "app" }),
+      phoneLast4 = "0042" } }
+  elseif status ~= "pending" and status ~= "initialized" and status ~= "expired" then
+    local c = s.result and s.result.connectionId and self:connection(s.result.connectionId)
     out.data = {
       clientReferenceId = s.clientReferenceId,
       connectionId = s.result and s.result.connectionId or json.null,
       step = s.result and s.result.step or json.null,
       errorCode = s.result and s.result.errorCode or json.null,
     }
+    if c then
+      out.data.id = c.id
+      out.data.userData = c.userData
+      out.data.session = { ["user-id"] = c.userData and c.userData.id or json.null,
+        ["user-agent"] = "emulator", cookie = "emulated", ["x-bc"] = "emulated" }
+    end
   end
   out.expiresAt = iso(s.expiresAt)
   return out

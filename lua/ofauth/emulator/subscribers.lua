@@ -9,6 +9,8 @@
 --   latest   i = n - k                      (newest first)
 --   active   i = floor(k / 3) * 4 + k % 3 + 1
 --   expired  i = (k + 1) * 4
+local json = require("ofauth.emulator.json")
+
 local M = {}
 
 M.TYPES = { all = true, active = true, expired = true, latest = true }
@@ -48,6 +50,19 @@ function M.subscriber(i, creator)
     isActive = not expired,
     price = (i % 3) * 5,
     renewals = renewals,
+    -- the rest of the SDKs' subscriber shape
+    displayName = ("Fan %d"):format(i),
+    isVerified = false,
+    avatarThumbs = { c50 = ("https://example.invalid/avatars/fan_%d_50.jpg"):format(i) },
+    lastSeen = iso(subscribed + renewals * PERIOD - HOUR),
+    subscription = { subscribedAt = iso(subscribed), expiredAt = iso(subscribed + renewals * PERIOD),
+      price = (i % 3) * 5, history = json.array({}) },
+    spending = { total = (i % 3) * 5 * renewals, tips = 0, subscriptions = (i % 3) * 5 * renewals,
+      messages = 0, posts = 0, streams = 0 },
+    isRestricted = false,
+    isBlocked = false,
+    capabilities = { canMessage = not expired },
+    lists = json.array({}),
   }
 end
 

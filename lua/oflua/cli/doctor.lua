@@ -13,6 +13,9 @@ Runs OFAuth's pre-production checklist against your configuration:
              and a wrongly signed one with 4xx
   store      the store opens with its key, round-trips a value, holds no plaintext
   access     Access API calls work with a stored connection id
+  app        the example app's settings (examples/webhook_receiver.lua):
+             OFLUA_ADMIN_TOKEN and OFLUA_PUBLIC_URL; only warns (! lines),
+             never fails the run
 
 Options (else the environment variable in brackets):
   --api-key K          [OFAUTH_API_KEY]
@@ -26,7 +29,7 @@ Options (else the environment variable in brackets):
   --user ID            check Access with this user's stored connection (default: the first active)
   --skip NAME          skip a check (repeatable)
   --json               one JSON object with every result
-Exit status 0 when every check that ran passed, 1 otherwise.
+Exit status 0 when every check that ran passed (warnings do not count), 1 otherwise.
 ]]
 
 local opts = cli.parse({ ... }, {
@@ -42,9 +45,11 @@ end
 
 local results = {}
 local skip = {}
-local CHECKS = { api_key = true, link = true, webhook = true, store = true, access = true }
+local CHECKS = { api_key = true, link = true, webhook = true, store = true, access = true, app = true }
 for _, s in ipairs(opts.skip or {}) do
-  if not CHECKS[s] then cli.fail(("--skip %s: no such check (api_key, link, webhook, store, access)"):format(s)) end
+  if not CHECKS[s] then
+    cli.fail(("--skip %s: no such check (api_key, link, webhook, store, access, app)"):format(s))
+  end
   skip[s] = true
 end
 
@@ -54,6 +59,17 @@ local function report(name, ok, detail, hint)
   if not opts.json then
     io.write(("%s %-8s %s\n"):format(ok and "✓" or "✗", name, detail))
     if r.hint then io.write(("  hint: %s\n"):format(hint)) end
+    io.stdout:flush()
+  end
+end
+
+-- A warning: printed (and in --json with ok = true, warning = true) but
+-- not a failure.
+local function warn(name, detail, hint)
+  results[#results + 1] = { check = name, ok = true, warning = true, detail = detail, hint = hint }
+  if not opts.json then
+    io.write(("! %-8s %s\n"):format(name, detail))
+    if hint then io.write(("  hint: %s\n"):format(hint)) end
     io.stdout:flush()
   end
 end
@@ -260,6 +276,31 @@ run("access", function()
   end
   report("access", true, ("access/self works for user %s (%s)"):format(rec.user_id,
     tostring(me.username or me.name or "profile read")))
+end)
+
+-- 6. The example app's deployment settings (warnings only) ---------------------------
+run("app", function()
+  local token, public = env("OFLUA_ADMIN_TOKEN"), env("OFLUA_PUBLIC_URL") or env("APP_PUBLIC_URL")
+  local issues = 0
+  if not token then
+    issues = issues + 1
+    warn("app", "OFLUA_ADMIN_TOKEN is not set: the example app's /status, / and /users/... are off (404)",
+      "export OFLUA_ADMIN_TOKEN=$(openssl rand -hex 32) and send it as Authorization: Bearer <token>")
+  elseif #token < 16 then
+    issues = issues + 1
+    warn("app", "OFLUA_ADMIN_TOKEN is short (under 16 characters)", "use a random token: openssl rand -hex 32")
+  end
+  if not public then
+    issues = issues + 1
+    warn("app", "OFLUA_PUBLIC_URL is not set: the example app cannot start a Link (503) and re-auth notices "
+      .. "carry no link", "export OFLUA_PUBLIC_URL=https://<your public host> (the redirect URI registered in "
+      .. "the dashboard is <it>/link/callback)")
+  elseif not public:match("^https://") and not public:match("^http://127%.") and
+      not public:match("^http://localhost[:/]?") then
+    issues = issues + 1
+    warn("app", "OFLUA_PUBLIC_URL is not https: " .. public, "serve the app behind TLS in production")
+  end
+  if issues == 0 then report("app", true, "admin token set; public URL " .. public) end
 end)
 
 local failed = 0

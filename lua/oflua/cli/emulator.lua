@@ -30,6 +30,8 @@ Options:
   --webhook-base-delay-ms N  delay before the 2nd attempt, doubling after
                            (default 1000, capped at 60 s)
   --subscribers N          subscribers per connection (default 1000)
+  --seed N                 seed of the generated data of the other endpoints (default 0)
+  --upload-part-size N     bytes per upload part announced by uploads/init (default 5 MiB)
   --error-shape sdk|checklist  error bodies {error, code, details} (default)
                            or {type, message}
   --state FILE             keep connections and Link sessions in FILE (JSON,
@@ -56,7 +58,8 @@ local opts = cli.parse({ ... }, {
     ["webhook-url"] = "string", ["webhook-secret"] = "string", signing = "string",
     ["webhook-attempts"] = "number", ["webhook-timeout-ms"] = "number",
     ["webhook-base-delay-ms"] = "number", subscribers = "number", ["error-shape"] = "string",
-    state = "string", fault = "list", ["ready-file"] = "string",
+    state = "string", fault = "list", ["ready-file"] = "string", seed = "number",
+    ["upload-part-size"] = "number",
   },
 })
 if opts.help then
@@ -92,6 +95,8 @@ local cfg = {
   webhook_timeout_ms = opts.webhook_timeout_ms,
   webhook_base_delay = opts.webhook_base_delay_ms and opts.webhook_base_delay_ms / 1000,
   subscribers = opts.subscribers,
+  data_seed = opts.seed,
+  upload_part_size = opts.upload_part_size,
   error_shape = opts.error_shape,
   state = opts.state,
   faults = fault_rules,

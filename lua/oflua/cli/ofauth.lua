@@ -15,6 +15,14 @@ usage: oflua ofauth <command> [options]
   connections                     list every connection (all pages)
   subscribers --connection ID | --user ID [--type all|active|expired|latest] [--max N]
                                   export a connection's subscribers (all pages, streamed)
+  call NAME [field=value ...] [--connection ID] [--all] [--jsonl|--csv] [--out FILE]
+                                  call any API operation by its SDK name (see ops);
+                                  fields by wire name (value typed from the catalogue;
+                                  field:=JSON for raw JSON, arrays as a,b,c); --all pages
+                                  through every item (JSON lines by default)
+  ops [FILTER]                    list the operations: name, method, path, scope
+  upload FILE --connection ID [--content-type TYPE] [--filename NAME]
+                                  upload a file to the vault (progress bar on a terminal)
   user-docs --app-name NAME --permissions profile,subscribers,... [--contact EMAIL]
                                   [--purpose TEXT] [--disconnect-where TEXT] [--out FILE]
                                   fill in the end-user page about connecting an account
@@ -26,12 +34,14 @@ A progress line is shown on stderr when it is a terminal.
 ]]
 
 local spec = {
-  flags = { reconnect = true, reveal_ids = true, json = true, quiet = true },
+  flags = { reconnect = true, reveal_ids = true, json = true, quiet = true, all = true, jsonl = true,
+    csv = true },
   options = { format = "string", api_key = "string", base_url = "string", user = "string",
     redirect_url = "string", connection = "string", type = "string", max = "number",
     page_size = "number", store = "string", key_file = "string", namespace = "string",
     app_name = "string", permissions = "string", contact = "string", out = "string",
-    template = "string", purpose = "string", disconnect_where = "string" },
+    template = "string", purpose = "string", disconnect_where = "string", content_type = "string",
+    filename = "string" },
 }
 
 local command, opts = cli.subcommand({ ... }, USAGE, spec)
@@ -149,6 +159,162 @@ local function export(iter, columns, clean)
   end
   return 0
 end
+
+-- ---- call / ops / upload: any catalogue operation -------------------------
+
+local catalogue = require("ofauth.catalogue")
+local ojson = require("ofauth.json")
+
+-- "field=value" -> field, typed value (from the catalogue's field type);
+-- "field:=JSON" -> field, decoded JSON.
+local function field_arg(e, arg)
+  local name, raw = arg:match("^([%w_%-]+):=(.*)$")
+  if name then
+    local v, err = ojson.decode(raw)
+    if v == nil then cli.fail(("%s: not JSON (%s)"):format(name, tostring(err))) end
+    return name, v
+  end
+  name, raw = arg:match("^([%w_%-]+)=(.*)$")
+  if not name then cli.fail(("expected field=value or field:=JSON, got %q"):format(arg)) end
+  if not e.fields[name] then return name, raw end -- the library names the unknown field
+  local ty = catalogue.type_of(e, name)
+  local function scalar(x)
+    if x:match("^%-?%d+$") then return math.tointeger(tonumber(x)) or x end
+    return x
+  end
+  if ty == "integer" or ty == "number" then
+    local n = tonumber(raw)
+    if not n then cli.fail(("%s must be a number, got %q"):format(name, raw)) end
+    return name, math.tointeger(n) or n
+  elseif ty == "boolean" then
+    if raw ~= "true" and raw ~= "false" then cli.fail(("%s must be true or false"):format(name)) end
+    return name, raw == "true"
+  elseif ty == "array" or ty == "array_or_string" then
+    local list = {}
+    for x in raw:gmatch("[^,]+") do list[#list + 1] = scalar(x) end
+    return name, list
+  elseif ty == "object" then
+    local v = ojson.decode(raw)
+    if type(v) ~= "table" then cli.fail(("%s must be a JSON object (field:=JSON)"):format(name)) end
+    return name, v
+  end
+  return name, raw
+end
+
+local function open_out()
+  if not opts.out then return io.stdout end
+  local f, err = io.open(opts.out, "wb")
+  if not f then cli.fail(err) end
+  return f
+end
+
+local function call_command()
+  local name = opts._[1]
+  if not name then cli.fail("call needs an operation name (see oflua ofauth ops)") end
+  local e = catalogue.find(name)
+  if not e then cli.fail(("unknown operation %q (see oflua ofauth ops)"):format(name)) end
+  local params = {}
+  for i = 2, #opts._ do
+    local k, v = field_arg(e, opts._[i])
+    params[k] = v
+  end
+  local c = client()
+  local target = c
+  if e.connection then
+    if not opts.connection then cli.fail(e.name .. " needs --connection ID") end
+    target = c:access(opts.connection)
+  end
+  if opts.jsonl and opts.csv then cli.fail("--jsonl and --csv exclude each other") end
+  if not opts.all then
+    local res, err = target:call(e.name, params)
+    if not res then api_fail(err) end
+    local out = open_out()
+    out:write(type(res) == "string" and res or ojson.encode(res), "\n")
+    if out ~= io.stdout then out:close() end
+    return 0
+  end
+  if not e.page then cli.fail(e.name .. " is not paginated: call it without --all") end
+  local out = open_out()
+  local n, columns = 0, nil
+  local ok, err = pcall(function()
+    for item in target:each(e.name, params, { max_items = opts.max }) do
+      n = n + 1
+      if opts.csv then
+        if not columns then
+          columns = {}
+          for k in pairs(type(item) == "table" and item or {}) do columns[#columns + 1] = k end
+          table.sort(columns)
+          local head = {}
+          for i, k in ipairs(columns) do head[i] = csv_field(k) end
+          out:write(table.concat(head, ","), "\n")
+        end
+        local cells = {}
+        for i, k in ipairs(columns) do
+          local v = item[k]
+          cells[i] = csv_field(type(v) == "table" and ojson.encode(v) or cell(v))
+        end
+        out:write(table.concat(cells, ","), "\n")
+      else
+        out:write(ojson.encode(item), "\n")
+      end
+      progress.update(n)
+    end
+  end)
+  progress.update(n, true)
+  if out ~= io.stdout then out:close() else out:flush() end
+  if not ok then cli.fail(("stopped after %d items: %s"):format(n, tostring(err))) end
+  return 0
+end
+
+local function ops_command()
+  local list = catalogue.list(opts._[1])
+  if opts.json then
+    local rows = {}
+    for i, e in ipairs(list) do
+      rows[i] = { name = e.name, method = e.method, path = e.path, scope = e.scope, page = e.page,
+        connection = e.connection or false, summary = e.summary }
+    end
+    print(ojson.encode(rows))
+    return 0
+  end
+  for _, e in ipairs(list) do
+    print(("%-52s %-6s %-58s %s"):format(e.name, e.method, e.path, e.scope or "-"))
+  end
+  io.stderr:write(("%d operation(s)\n"):format(#list))
+  return 0
+end
+
+local TYPES = { jpg = "image/jpeg", jpeg = "image/jpeg", png = "image/png", gif = "image/gif",
+  webp = "image/webp", mp4 = "video/mp4", mov = "video/quicktime", webm = "video/webm",
+  mp3 = "audio/mpeg", wav = "audio/wav", m4a = "audio/mp4" }
+
+local function upload_command()
+  local path = opts._[1]
+  if not path then cli.fail("upload needs a FILE") end
+  if not opts.connection then cli.fail("upload needs --connection ID") end
+  local ext = (path:match("%.(%w+)$") or ""):lower()
+  local ctype = opts.content_type or TYPES[ext]
+  if not ctype then cli.fail("cannot tell the file's type from its name: pass --content-type") end
+  local tty = core.isatty(2) and not opts.quiet
+  local function bar(p)
+    if not tty then return end
+    local width = 30
+    local fill = math.floor(width * p.sent / p.total)
+    io.stderr:write(("\r[%s%s] %3d%%  %d/%d bytes  part %d/%d"):format(("#"):rep(fill),
+      (" "):rep(width - fill), math.floor(100 * p.sent / p.total), p.sent, p.total, p.part, p.parts))
+    if p.sent >= p.total then io.stderr:write("\n") end
+    io.stderr:flush()
+  end
+  local res, err = client():access(opts.connection):upload({ path = path, content_type = ctype,
+    filename = opts.filename, on_progress = bar })
+  if not res then api_fail(err) end
+  print(ojson.encode(res))
+  return 0
+end
+
+if command == "call" then return call_command() end
+if command == "ops" then return ops_command() end
+if command == "upload" then return upload_command() end
 
 -- ---- commands -------------------------------------------------------------
 
