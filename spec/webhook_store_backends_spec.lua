@@ -73,7 +73,7 @@ for _, be in ipairs(backends.all()) do
       assert.equal("dead", e.state)
       assert.matches("handler down", e.last_error)
       assert.equal(1, #st:inbox_dead())
-      assert.is_true(st:inbox_retry("svix:msg_fail"))
+      assert.is_true(st:inbox_retry("svix:msg_fail", clock)) -- due on the app's clock
       app:drain()
       assert.equal(2, calls)
       assert.equal("dead", st:inbox_get("svix:msg_fail").state)
