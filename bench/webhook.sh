@@ -3,8 +3,12 @@
 #                  (signature, timestamp, JSON parse) and answering
 #   oflua durable  ofauth.webhooks.app over oflua.store: verify, dedupe,
 #                  encrypted inbox insert, a no-op handler run from the inbox
-#   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC,
-#                  nothing else (the ceiling of this stack)
+#   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC +
+#                  cJSON parse, nothing else (the ceiling of this stack)
+#   openresty      bench/peers/openresty_webhook.conf: nginx + ngx_http_lua
+#                  (LuaJIT), HMAC through the FFI, cjson.safe (the strongest
+#                  Lua-extended peer); skipped with a note when nginx or its
+#                  Lua module is missing (scripts/bootstrap --bench installs them)
 #   node           bench/peers/node_webhook.js: http cluster, crypto HMAC,
 #                  JSON.parse (what most integrators write)
 # Load: wrk -t2 -c50 --latency with bench/wrk/webhook.lua, which sends
@@ -38,7 +42,15 @@ store_key=$("$OFLUA_BIN" -e 'print(require("oflua.store").keygen())')
 export BENCH_SECRET=$secret
 
 # shellcheck disable=SC2046
-gcc -O2 -o "$tmp/mhd_webhook" "$here/peers/mhd_webhook.c" $(pkg-config --cflags --libs libmicrohttpd libcrypto)
+gcc -O2 -o "$tmp/mhd_webhook" "$here/peers/mhd_webhook.c" \
+  $(pkg-config --cflags --libs libmicrohttpd libcrypto libcjson)
+have_openresty=
+if command -v nginx >/dev/null && [ -f /usr/lib/nginx/modules/ngx_http_lua_module.so ] &&
+  [ -f /usr/share/lua/5.1/resty/core.lua ]; then
+  have_openresty=1
+else
+  echo "bench/webhook: nginx + libnginx-mod-http-lua + lua-resty-core missing: no OpenResty peer (scripts/bootstrap --bench)"
+fi
 
 # ---- request pools (signed by oflua; timestamps now + 60 s: valid for 6 min) ----
 # pool FILE COUNT good|bad PREFIX
@@ -105,11 +117,31 @@ wait_for() {
 # OFAUTH_LOG=warn: no info line per accepted delivery (the peers log nothing)
 OFAUTH_LOG=warn "$OFLUA_BIN" serve "$tmp/verify.lua" --port 0 --workers "$WORKERS" \
   >"$tmp/oflua.out" 2>"$tmp/oflua.err" &
+oflua_pid=$!
 pids+=($!)
 "$tmp/mhd_webhook" "$WORKERS" >"$tmp/mhd.out" &
+mhd_pid=$!
 pids+=($!)
 node "$here/peers/node_webhook.js" "$WORKERS" >"$tmp/node.out" &
+node_pid=$!
 pids+=($!)
+peers=(oflua mhd node)
+if [ -n "$have_openresty" ]; then
+  # nginx binds the port itself (reuseport, one socket per worker): take a
+  # free one from the kernel first. Its own prefix, pid file and logs in $tmp;
+  # daemon off, so the PID we keep is the master's and SIGTERM stops it.
+  or_port=$(node -e 'const s = require("net").createServer().listen(0, "127.0.0.1", () => { console.log(s.address().port); s.close(); })')
+  mkdir -p "$tmp/openresty/logs"
+  sed -e "s|@DIR@|$tmp/openresty|g" -e "s|@PORT@|$or_port|g" -e "s|@WORKERS@|$WORKERS|g" \
+    "$here/peers/openresty_webhook.conf" >"$tmp/openresty/nginx.conf"
+  nginx -p "$tmp/openresty" -c "$tmp/openresty/nginx.conf" -e "$tmp/openresty/error.log" \
+    >"$tmp/openresty.out" 2>&1 &
+  openresty_pid=$!
+  pids+=($!)
+  openresty_url="http://127.0.0.1:$or_port"
+  for _ in $(seq 100); do curl -s -o /dev/null "$openresty_url/" && break; sleep 0.05; done
+  peers+=(openresty)
+fi
 wait_for "$tmp/oflua.out"
 wait_for "$tmp/mhd.out"
 wait_for "$tmp/node.out"
@@ -150,14 +182,17 @@ check() { # check URL POOL STATUS
     exit 1
   fi
 }
-for u in "$oflua_url" "$mhd_url" "$node_url" "$durable_url" "$deferred_url"; do
-  check "$u" "$tmp/good.tsv" 200
-  check "$u" "$tmp/bad.tsv" 401
+for name in "${peers[@]}" durable deferred; do
+  url_var="${name}_url"
+  check "${!url_var}" "$tmp/good.tsv" 200
+  check "${!url_var}" "$tmp/bad.tsv" 401
 done
 start_durable durable inline
 start_durable deferred deferred
 
-# bench_wrk URL POOL SECONDS -> "requests_per_s p99_ms requests non2xx"
+# bench_wrk URL POOL SECONDS -> "requests_per_s p99_ms requests non2xx wrapped"
+# (wrapped = 1 when a wrk thread ran through its share of the pool and sent
+# deliveries again)
 bench_wrk() {
   WEBHOOK_POOL="$2" WEBHOOK_THREADS=$THREADS wrk -t$THREADS -c$CONNS -d"$3"s --latency \
     -s "$here/wrk/webhook.lua" "$1" | awk '
@@ -169,7 +204,29 @@ bench_wrk() {
       p99 = v }
     / requests in / { n = $1 }
     /Non-2xx or 3xx responses/ { bad = $5 }
-    END { printf "%s %s %s %s\n", rps, p99, n, bad + 0 }'
+    /^POOL WRAPPED/ { wrapped = 1 }
+    END { printf "%s %s %s %s %s\n", rps, p99, n, bad + 0, wrapped + 0 }'
+}
+
+# CPU time (utime + stime, clock ticks) of a server: the process (all its
+# threads) and its direct children (node's and nginx's workers). Divided by
+# the requests served it gives CPU per request, which a busy shared machine
+# disturbs far less than requests per second.
+cpu_ticks() {
+  local total=0 p t
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$(awk '{ print $14 + $15 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+least_cpu() { # least_cpu NAME TICKS REQUESTS: keep the lowest CPU us per request
+  local us cur
+  us=$(awk -v t="$2" -v n="$3" -v u="$tick_us" 'BEGIN { printf "%.2f", (n > 0 ? t * u / n : 0) }')
+  cur=$(cat "$tmp/$1.cpu" 2>/dev/null || echo 0)
+  if [ "$cur" = 0 ] || awk -v a="$us" -v b="$cur" 'BEGIN { exit !(a < b) }'; then echo "$us" >"$tmp/$1.cpu"; fi
+  echo "$us"
 }
 
 best() { # best NAME rps p99: keep the highest rps (and its p99)
@@ -181,29 +238,39 @@ best() { # best NAME rps p99: keep the highest rps (and its p99)
 }
 
 # warm-up
-for u in "$oflua_url" "$mhd_url" "$node_url"; do bench_wrk "$u" "$tmp/good.tsv" 1 >/dev/null; done
+for name in "${peers[@]}"; do url_var="${name}_url"; bench_wrk "${!url_var}" "$tmp/good.tsv" 1 >/dev/null; done
 
 echo "bench/webhook: load average before: $(cut -d' ' -f1-3 /proc/loadavg); body $body_bytes bytes"
 for round in $(seq "$ROUNDS"); do
   # the durable path needs a delivery it has not seen for every request
-  pool "$tmp/durable.tsv" $((SECS * 12000)) good "r$round"
+  # (30k/s: far above the durable rate, so that no wrk thread runs out of
+  # its share even when the machine favours one of them)
+  pool "$tmp/durable.tsv" $((SECS * 30000)) good "r$round"
   if [ "$round" -gt 1 ]; then start_durable durable inline; start_durable deferred deferred; fi
-  for name in oflua mhd node durable deferred; do
+  for name in "${peers[@]}" durable deferred; do
     url_var="${name}_url"
     p="$tmp/good.tsv"
     [ "$name" = durable ] || [ "$name" = deferred ] && p="$tmp/durable.tsv"
-    read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$p" "$SECS")
-    echo "bench/webhook: round $round $name: $rps req/s, p99 $p99 ms ($n requests, $bad not 2xx)"
-    if [ "$bad" != 0 ]; then echo "bench/webhook: $name answered $bad requests with an error" >&2; fi
-    if { [ "$name" = durable ] || [ "$name" = deferred ]; } && [ "$n" -gt $((SECS * 12000)) ]; then
-      echo "bench/webhook: the durable pool ran out (duplicates were sent)" >&2
+    pid_var="${name}_pid"
+    c0=$(cpu_ticks "${!pid_var}")
+    read -r rps p99 n bad wrapped < <(bench_wrk "${!url_var}" "$p" "$SECS")
+    if { [ "$name" = durable ] || [ "$name" = deferred ]; } && [ "$wrapped" = 1 ]; then
+      # duplicates are answered without a write: the round would flatter the durable path
+      echo "bench/webhook: round $round $name: the pool ran out in a wrk thread (duplicates sent): round discarded" >&2
+      continue
     fi
+    cpu=$(least_cpu "$name" $(($(cpu_ticks "${!pid_var}") - c0)) "$n")
+    echo "bench/webhook: round $round $name: $rps req/s, p99 $p99 ms, $cpu us CPU/request ($n requests, $bad not 2xx)"
+    if [ "$bad" != 0 ]; then echo "bench/webhook: $name answered $bad requests with an error" >&2; fi
     best "$name" "$rps" "$p99"
   done
-  for name in oflua mhd node; do
+  for name in "${peers[@]}"; do
     url_var="${name}_url"
-    read -r rps p99 n bad < <(bench_wrk "${!url_var}" "$tmp/bad.tsv" "$SECS")
-    echo "bench/webhook: round $round $name bad signatures: $rps req/s, p99 $p99 ms ($n requests, $bad rejected)"
+    pid_var="${name}_pid"
+    c0=$(cpu_ticks "${!pid_var}")
+    read -r rps p99 n bad _ < <(bench_wrk "${!url_var}" "$tmp/bad.tsv" "$SECS")
+    cpu=$(least_cpu "${name}_bad" $(($(cpu_ticks "${!pid_var}") - c0)) "$n")
+    echo "bench/webhook: round $round $name bad signatures: $rps req/s, p99 $p99 ms, $cpu us CPU/request ($n requests, $bad rejected)"
     if [ "$bad" != "$n" ]; then echo "bench/webhook: $name accepted a bad signature" >&2; fi
     best "${name}_bad" "$rps" "$p99"
   done
@@ -216,27 +283,47 @@ for name in durable deferred; do
   echo "bench/webhook: $name inbox after the last round (total done open dead): $stats"
 done
 
-for name in oflua mhd node durable deferred oflua_bad mhd_bad node_bad; do
-  read -r rps p99 <"$tmp/$name.best"
+for name in "${peers[@]}" durable deferred oflua_bad mhd_bad node_bad ${have_openresty:+openresty_bad}; do
+  read -r rps p99 < <(cat "$tmp/$name.best" 2>/dev/null || echo "0 0")
   printf -v "${name}_rps" '%s' "$rps"
   printf -v "${name}_p99" '%s' "$p99"
 done
 
-result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL" "$oflua_rps" "req/s" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_rps" ge 0.7
+for name in "${peers[@]}" durable oflua_bad mhd_bad; do
+  printf -v "${name}_cpu" '%s' "$(cat "$tmp/$name.cpu" 2>/dev/null || echo 0)"
+done
+mhd_peer="libmicrohttpd C + OpenSSL HMAC + cJSON (mhd_webhook.c)"
+or_peer="OpenResty: nginx + ngx_http_lua, FFI HMAC, cjson.safe (openresty_webhook.conf)"
+result "webhook verify+parse req/s vs libmicrohttpd+OpenSSL+cJSON" "$oflua_rps" "req/s" \
+  "$mhd_peer" "$mhd_rps" ge 0.85
+# CPU per request (server side, user + system, lowest round): lower is better
+result "webhook verify+parse server CPU us/request vs libmicrohttpd+OpenSSL+cJSON" "$oflua_cpu" \
+  "us" "$mhd_peer" "$mhd_cpu"
+result "webhook bad-signature server CPU us/request vs libmicrohttpd+OpenSSL" "$oflua_bad_cpu" \
+  "us" "$mhd_peer" "$mhd_bad_cpu"
+result "webhook durable path server CPU us/request vs node verify+parse" "$durable_cpu" "us" \
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_cpu"
+if [ -n "$have_openresty" ]; then
+  result "webhook verify+parse server CPU us/request vs OpenResty" "$oflua_cpu" "us" "$or_peer" \
+    "$openresty_cpu" le 1.0
+  result "webhook verify+parse req/s vs OpenResty" "$oflua_rps" "req/s" "$or_peer" "$openresty_rps" ge 1.0
+  result "webhook verify+parse p99 vs OpenResty" "$oflua_p99" "ms" "$or_peer" "$openresty_p99"
+  result "webhook bad-signature rejections/s vs OpenResty" "$oflua_bad_rps" "req/s" \
+    "$or_peer" "$openresty_bad_rps"
+fi
 result "webhook verify+parse req/s vs node" "$oflua_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.5
 result "webhook durable path req/s vs node verify+parse" "$durable_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
 result "webhook durable path, deferred handlers, req/s vs node verify+parse" "$deferred_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
-result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL" "$oflua_p99" "ms" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_p99"
+result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL+cJSON" "$oflua_p99" "ms" \
+  "$mhd_peer" "$mhd_p99"
 result "webhook verify+parse p99 vs node" "$oflua_p99" "ms" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
 result "webhook durable path p99 vs node verify+parse" "$durable_p99" "ms" \
-  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99"
+  "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_p99" le 2.0
 result "webhook bad-signature rejections/s vs libmicrohttpd+OpenSSL" "$oflua_bad_rps" "req/s" \
-  "libmicrohttpd C + OpenSSL HMAC (mhd_webhook.c)" "$mhd_bad_rps"
+  "$mhd_peer" "$mhd_bad_rps" ge 0.7
 result "webhook bad-signature rejections/s vs node" "$oflua_bad_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_bad_rps"

@@ -237,22 +237,40 @@ describe("oflua.crypto", function()
         aad = "feedfacedeadbeeffeedfacedeadbeefabaddad2", ct = C15:sub(1, 120),
         tag = "76fc6ece0f4e1768cddf8853bb2d551b" },
     }
+    -- Known answers need the vector's nonce: aead_seal_with_nonce (tests only).
     for _, v in ipairs(gcm) do
       it(("matches GCM test case %d"):format(v.n), function()
         local key, iv, pt, aad = unhex(v.key), unhex(v.iv), unhex(v.pt), unhex(v.aad)
-        local sealed = crypto.aead_seal(key, iv, pt, aad)
-        assert.equal(v.ct .. v.tag, hex(sealed))
-        assert.equal(pt, crypto.aead_open(key, iv, sealed, aad))
+        local sealed = crypto.aead_seal_with_nonce(key, iv, pt, aad)
+        assert.equal(v.iv .. v.ct .. v.tag, hex(sealed))
+        assert.equal(pt, crypto.aead_open(key, sealed, aad))
       end)
     end
 
-    local key, nonce = unhex(K15), unhex("cafebabefacedbaddecaf888")
-    local sealed = crypto.aead_seal(key, nonce, "attack at dawn", "row 1")
+    local key = unhex(K15)
+    local sealed = crypto.aead_seal(key, "attack at dawn", "row 1")
+
+    it("draws a fresh random nonce for every seal and puts it in front", function()
+      local seen = {}
+      for _ = 1, 200 do
+        local s = crypto.aead_seal(key, "same plaintext", "row 1")
+        assert.equal(12 + #"same plaintext" + 16, #s)
+        local nonce = s:sub(1, 12)
+        assert.is_nil(seen[nonce])
+        seen[nonce] = true
+        assert.equal("same plaintext", crypto.aead_open(key, s, "row 1"))
+      end
+      -- the nonce in front is the one the data was sealed with
+      local s = crypto.aead_seal(key, "x")
+      assert.equal(s, crypto.aead_seal_with_nonce(key, s:sub(1, 12), "x"))
+    end)
 
     it("treats a missing AAD as empty", function()
-      local a = crypto.aead_seal(key, nonce, "x")
-      assert.equal(a, crypto.aead_seal(key, nonce, "x", ""))
-      assert.equal("x", crypto.aead_open(key, nonce, a))
+      local a = crypto.aead_seal(key, "x")
+      assert.equal("x", crypto.aead_open(key, a))
+      assert.equal("x", crypto.aead_open(key, a, ""))
+      local n = ("\1"):rep(12)
+      assert.equal(crypto.aead_seal_with_nonce(key, n, "x"), crypto.aead_seal_with_nonce(key, n, "x", ""))
     end)
 
     local function assert_fails(v, err)
@@ -262,36 +280,37 @@ describe("oflua.crypto", function()
 
     it("fails with a wrong key, nonce or AAD", function()
       local other_key = key:sub(1, 31) .. "\0"
-      assert_fails(crypto.aead_open(other_key, nonce, sealed, "row 1"))
-      assert_fails(crypto.aead_open(key, ("\0"):rep(12), sealed, "row 1"))
-      assert_fails(crypto.aead_open(key, nonce, sealed, "row 2"))
-      assert_fails(crypto.aead_open(key, nonce, sealed))
+      assert_fails(crypto.aead_open(other_key, sealed, "row 1"))
+      assert_fails(crypto.aead_open(key, ("\0"):rep(12) .. sealed:sub(13), "row 1"))
+      assert_fails(crypto.aead_open(key, sealed, "row 2"))
+      assert_fails(crypto.aead_open(key, sealed))
     end)
 
-    it("fails when any single bit of ciphertext or tag is flipped", function()
+    it("fails when any single bit of nonce, ciphertext or tag is flipped", function()
       for i = 1, #sealed do
         for bit = 0, 7 do
           local b = sealed:byte(i) ~ (1 << bit)
           local bad = sealed:sub(1, i - 1) .. string.char(b) .. sealed:sub(i + 1)
-          assert_fails(crypto.aead_open(key, nonce, bad, "row 1"))
+          assert_fails(crypto.aead_open(key, bad, "row 1"))
         end
       end
     end)
 
     it("fails on truncated or extended input", function()
-      assert_fails(crypto.aead_open(key, nonce, sealed:sub(1, -2), "row 1"))
-      assert_fails(crypto.aead_open(key, nonce, sealed .. "\0", "row 1"))
-      assert_fails(crypto.aead_open(key, nonce, sealed:sub(1, 15), "row 1"))
-      assert_fails(crypto.aead_open(key, nonce, "", "row 1"))
+      assert_fails(crypto.aead_open(key, sealed:sub(1, -2), "row 1"))
+      assert_fails(crypto.aead_open(key, sealed .. "\0", "row 1"))
+      assert_fails(crypto.aead_open(key, sealed:sub(1, 27), "row 1"))
+      assert_fails(crypto.aead_open(key, "", "row 1"))
     end)
 
     it("raises on wrong key or nonce sizes and non-strings", function()
-      assert.has_error(function() crypto.aead_seal(key:sub(2), nonce, "x") end,
+      assert.has_error(function() crypto.aead_seal(key:sub(2), "x") end,
         "bad argument #1 to 'aead_seal' (key must be 32 bytes)")
-      assert.has_error(function() crypto.aead_seal(key, nonce .. "x", "x") end,
-        "bad argument #2 to 'aead_seal' (nonce must be 12 bytes)")
-      assert.has_error(function() crypto.aead_open(key, nonce, nil) end)
-      assert.has_error(function() crypto.aead_seal(key, nonce, "x", 5 > 4) end)
+      assert.has_error(function() crypto.aead_seal_with_nonce(key, ("n"):rep(13), "x") end,
+        "bad argument #2 to 'aead_seal_with_nonce' (nonce must be 12 bytes)")
+      assert.has_error(function() crypto.aead_open(key, nil) end)
+      assert.has_error(function() crypto.aead_seal(key, "x", 5 > 4) end)
+      assert.has_error(function() crypto.aead_seal(key, nil) end)
     end)
   end)
 

@@ -230,6 +230,72 @@ describe("oflua.http", function()
       assert.is_nil(resp.headers["location"])
     end)
 
+    describe("follow_redirects", function()
+      local secret_headers = { apikey = "k_test_not_real", ["x-connection-id"] = "conn_test",
+        accept = "application/json", ["user-agent"] = "spec" }
+
+      it("keeps the request's headers on the same origin", function()
+        local resp = assert(http.request({ url = srv.url .. "/goto/302/" .. srv.url .. "/echo",
+          headers = secret_headers, follow_redirects = true }))
+        local req = parse_echo(resp.body)
+        assert.equal("k_test_not_real", req.headers["apikey"])
+        assert.equal("conn_test", req.headers["x-connection-id"])
+      end)
+
+      it("drops apikey and x-connection-id when the host changes", function()
+        -- 127.0.0.1 -> localhost: another host name, the same fixture server
+        local other = "http://localhost:" .. srv.port .. "/echo"
+        local resp = assert(http.request({ url = srv.url .. "/goto/302/" .. other,
+          headers = secret_headers, follow_redirects = true }))
+        assert.equal(200, resp.status)
+        local req = parse_echo(resp.body)
+        assert.matches("^localhost:", req.headers["host"])
+        assert.is_nil(req.headers["apikey"])
+        assert.is_nil(req.headers["x-connection-id"])
+        assert.equal("application/json", req.headers["accept"])
+        assert.equal("spec", req.headers["user-agent"])
+        -- and stay dropped when a later hop comes back to the first host
+        local back = "http://localhost:" .. srv.port .. "/goto/307/" .. srv.url .. "/echo"
+        req = parse_echo(assert(http.request({ url = srv.url .. "/goto/302/" .. back,
+          headers = secret_headers, follow_redirects = true })).body)
+        assert.is_nil(req.headers["apikey"])
+      end)
+
+      it("turns a POST into a GET on 302 and 303 and repeats it on 307 and 308", function()
+        for code, want in pairs({ [301] = "GET", [302] = "GET", [303] = "GET", [307] = "POST", [308] = "POST" }) do
+          local resp = assert(http.request({ url = srv.url .. "/goto/" .. code .. "/" .. srv.url .. "/echo",
+            method = "POST", body = "payload", follow_redirects = true }))
+          local req = parse_echo(resp.body)
+          assert.matches("^" .. want .. " /echo ", req.line, 1, false)
+          assert.equal(want == "POST" and "payload" or "", req.body)
+        end
+      end)
+
+      it("stops after 10 redirects", function()
+        local url = srv.url .. "/hello"
+        for _ = 1, 10 do url = srv.url .. "/goto/302/" .. url end
+        assert.equal("hello", assert(http.request({ url = url, follow_redirects = true })).body)
+        local _, err = http.request({ url = srv.url .. "/goto/302/" .. url, follow_redirects = true })
+        assert.equal("invalid", err.kind)
+        assert.matches("too many redirects", err.message)
+      end)
+
+      it("refuses https -> http and other schemes", function()
+        local check = http._redirect_check
+        assert.same({ nil, "redirect from https to http refused" },
+          { check("https://api.example/a", "http://api.example/b") })
+        assert.same({ nil, "redirect to a scheme other than http or https refused" },
+          { check("https://api.example/a", "ftp://api.example/b") })
+        assert.equal("same_origin", check("https://api.example/a", "https://API.example:443/b"))
+        assert.equal("other_origin", check("https://api.example/a", "https://evil.example/b"))
+        assert.equal("other_origin", check("https://api.example/a", "https://api.example:8443/b"))
+        assert.equal("other_origin", check("http://api.example/a", "https://api.example/b"))
+        -- over the wire: the refusal happens before any request to the new URL
+        local _, err = http.request({ url = srv.url .. "/goto/302/ftp://127.0.0.1/x", follow_redirects = true })
+        assert.equal("invalid", err.kind)
+      end)
+    end)
+
     it("reads chunked bodies and bodies of exactly max_body bytes", function()
       local resp = assert(http.request({ url = srv.url .. "/chunked/300000" }))
       assert.equal(300000, #resp.body)

@@ -11,9 +11,15 @@
  *   base64(s) / unbase64(s)          -> RFC 4648 section 4, padded
  *   base64url(s) / unbase64url(s)    -> RFC 4648 section 5, unpadded on output;
  *                                       input may be unpadded or correctly padded
- *   aead_seal(key, nonce, pt[, aad]) -> ciphertext .. 16-byte tag (AES-256-GCM,
- *                                       32-byte key, 12-byte nonce)
- *   aead_open(key, nonce, ct[, aad]) -> plaintext | nil, "authentication failed"
+ *   aead_seal(key, pt[, aad])        -> nonce .. ciphertext .. tag: AES-256-GCM,
+ *                                       32-byte key, a fresh random 12-byte nonce
+ *                                       in front, 16-byte tag at the end
+ *   aead_open(key, sealed[, aad])    -> plaintext | nil, "authentication failed"
+ *   aead_seal_with_nonce(key, nonce, pt[, aad]) -> same layout with the
+ *                                       caller's nonce: known-answer tests ONLY
+ *                                       (a reused nonce breaks GCM)
+ *   webhook_svix / webhook_checklist -> the native webhook verifier
+ *                                       (crypto_webhook.c)
  *   hkdf(alg, ikm, salt, info, len)  -> len bytes (RFC 5869); salt, info may be nil
  *   openssl_version                  -> string (used by `oflua version`)
  *
@@ -24,6 +30,7 @@
  * each byte string has exactly one accepted encoding.
  */
 #include "crypto_core.h"
+#include "crypto_webhook.h"
 #include "internal.h"
 
 #include <stdint.h>
@@ -95,16 +102,12 @@ static int crypto_random(lua_State *L) {
 /* ---- hex ------------------------------------------------------------------ */
 
 static int crypto_hex(lua_State *L) {
-  static const char digits[] = "0123456789abcdef";
   size_t len;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  const char *s = luaL_checklstring(L, 1, &len);
   luaL_argcheck(L, len <= (SIZE_MAX - 1) / 2, 1, "too long");
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, len * 2);
-  for (size_t i = 0; i < len; i++) {
-    out[2 * i] = digits[s[i] >> 4];
-    out[2 * i + 1] = digits[s[i] & 15];
-  }
+  ofc_hex_encode(s, len, out);
   luaL_pushresultsize(&b, len * 2);
   return 1;
 }
@@ -139,141 +142,104 @@ static int crypto_unhex(lua_State *L) {
   return 1;
 }
 
-/* ---- base64 ----------------------------------------------------------------
- * By hand rather than EVP_EncodeBlock/EVP_DecodeBlock: DecodeBlock skips
- * leading/trailing whitespace, does not report how much padding it saw and
- * accepts non-zero unused bits, all of which the strict decoder must reject. */
+/* ---- base64 (crypto_codec.c) -------------------------------------------- */
 
-static const char b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-static const char b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static int b64_encode(lua_State *L, const char *alphabet, int pad) {
+static int b64_encode(lua_State *L, int url) {
   size_t len;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+  const char *s = luaL_checklstring(L, 1, &len);
   luaL_argcheck(L, len / 3 < SIZE_MAX / 4 - 1, 1, "too long");
-  size_t full = len / 3, rest = len % 3;
-  size_t outlen = full * 4 + (rest == 0 ? 0 : pad ? 4 : rest + 1);
+  size_t outlen = ofc_base64_len(len, url);
   luaL_Buffer b;
   char *out = luaL_buffinitsize(L, &b, outlen);
-  char *o = out;
-  for (size_t i = 0; i < full; i++, s += 3) {
-    uint32_t v = (uint32_t)s[0] << 16 | (uint32_t)s[1] << 8 | s[2];
-    *o++ = alphabet[v >> 18];
-    *o++ = alphabet[(v >> 12) & 63];
-    *o++ = alphabet[(v >> 6) & 63];
-    *o++ = alphabet[v & 63];
-  }
-  if (rest > 0) {
-    uint32_t v = (uint32_t)s[0] << 16 | (rest == 2 ? (uint32_t)s[1] << 8 : 0);
-    *o++ = alphabet[v >> 18];
-    *o++ = alphabet[(v >> 12) & 63];
-    if (rest == 2) *o++ = alphabet[(v >> 6) & 63];
-    if (pad) {
-      if (rest == 1) *o++ = '=';
-      *o++ = '=';
-    }
-  }
-  luaL_pushresultsize(&b, (size_t)(o - out));
+  luaL_pushresultsize(&b, ofc_base64_encode(s, len, url, out));
   return 1;
 }
 
-static int b64_fail(lua_State *L, const char *why) {
-  lua_pushnil(L);
-  lua_pushfstring(L, "invalid base64: %s", why);
-  return 2;
-}
-
-/* pad: 1 = padding required (standard), 0 = optional but exact if present (url). */
-static int b64_decode(lua_State *L, const char *alphabet, int pad_required) {
-  size_t len;
-  const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
-  signed char val[256];
-  memset(val, -1, sizeof val);
-  for (int i = 0; i < 64; i++) val[(unsigned char)alphabet[i]] = (signed char)i;
-
-  /* Split off the padding, then the data part must be all alphabet. */
-  size_t npad = 0;
-  while (npad < len && npad < 3 && s[len - 1 - npad] == '=') npad++;
-  size_t dlen = len - npad;
-  if (npad > 2) return b64_fail(L, "too much padding");
-  if (npad > 0 || pad_required) {
-    if (len % 4 != 0) return b64_fail(L, pad_required ? "length is not a multiple of 4"
-                                                      : "wrong padding");
-    if (npad > 0 && dlen % 4 != 4 - npad) return b64_fail(L, "wrong padding");
-  }
-  if (dlen % 4 == 1) return b64_fail(L, "truncated input");
+static int b64_decode(lua_State *L, int url) {
+  size_t len, outlen = 0, badpos = 0;
+  const char *s = luaL_checklstring(L, 1, &len);
   luaL_Buffer b;
-  size_t outlen = dlen / 4 * 3 + (dlen % 4 == 0 ? 0 : dlen % 4 - 1);
-  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, outlen);
-  unsigned char *o = out;
-  uint32_t acc = 0;
-  int bits = 0;
-  for (size_t i = 0; i < dlen; i++) {
-    int v = val[s[i]];
-    if (v < 0) {
-      return b64_fail(L, s[i] == '=' ? "padding inside the data"
-                                     : lua_pushfstring(L, "bad character at position %d",
-                                                       (int)(i + 1)));
-    }
-    acc = (acc << 6 | (uint32_t)v) & 0xffffff;
-    bits += 6;
-    if (bits >= 8) {
-      bits -= 8;
-      *o++ = (unsigned char)(acc >> bits);
-    }
+  unsigned char *out = (unsigned char *)luaL_buffinitsize(L, &b, len / 4 * 3 + 3);
+  const char *err = ofc_base64_decode(s, len, url, out, &outlen, &badpos);
+  if (err != NULL) {
+    lua_pushnil(L);
+    if (badpos > 0 && err[0] == 'b')
+      lua_pushfstring(L, "invalid base64: %s at position %d", err, (int)badpos);
+    else
+      lua_pushfstring(L, "invalid base64: %s", err);
+    return 2;
   }
-  /* Leftover bits (2 or 4) must be zero: otherwise two encodings would
-   * decode to the same bytes. */
-  if (bits > 0 && (acc & ((1u << bits) - 1)) != 0) return b64_fail(L, "non-zero trailing bits");
-  luaL_pushresultsize(&b, (size_t)(o - out));
+  luaL_pushresultsize(&b, outlen);
   return 1;
 }
 
-static int crypto_base64(lua_State *L) { return b64_encode(L, b64_std, 1); }
-static int crypto_unbase64(lua_State *L) { return b64_decode(L, b64_std, 1); }
-static int crypto_base64url(lua_State *L) { return b64_encode(L, b64_url, 0); }
-static int crypto_unbase64url(lua_State *L) { return b64_decode(L, b64_url, 0); }
+static int crypto_base64(lua_State *L) { return b64_encode(L, 0); }
+static int crypto_unbase64(lua_State *L) { return b64_decode(L, 0); }
+static int crypto_base64url(lua_State *L) { return b64_encode(L, 1); }
+static int crypto_unbase64url(lua_State *L) { return b64_decode(L, 1); }
 
-/* ---- AEAD ------------------------------------------------------------------ */
+/* ---- AEAD ------------------------------------------------------------------
+ * Sealed layout: nonce (12) .. ciphertext .. tag (16). aead_seal draws the
+ * nonce from the CSPRNG, so a caller cannot reuse one (a repeated nonce under
+ * one GCM key reveals the XOR of two plaintexts and lets tags be forged).
+ * With random 96-bit nonces a key must seal fewer than 2^32 messages (NIST
+ * SP 800-38D). aead_seal_with_nonce takes the nonce from the caller: it exists
+ * for known-answer tests only and must not be used for real data. */
 
-static const unsigned char *check_key_nonce(lua_State *L, const unsigned char **nonce) {
-  size_t klen, nlen;
-  const char *key = luaL_checklstring(L, 1, &klen);
-  const char *n = luaL_checklstring(L, 2, &nlen);
-  luaL_argcheck(L, klen == OFC_AEAD_KEY_LEN, 1, "key must be 32 bytes");
-  luaL_argcheck(L, nlen == OFC_AEAD_NONCE_LEN, 2, "nonce must be 12 bytes");
-  *nonce = (const unsigned char *)n;
+static const unsigned char *check_key(lua_State *L, int arg) {
+  size_t klen;
+  const char *key = luaL_checklstring(L, arg, &klen);
+  luaL_argcheck(L, klen == OFC_AEAD_KEY_LEN, arg, "key must be 32 bytes");
   return (const unsigned char *)key;
 }
 
-static int crypto_aead_seal(lua_State *L) {
-  const unsigned char *nonce;
-  const unsigned char *key = check_key_nonce(L, &nonce);
+/* seal with key at 1, plaintext at pt_arg, aad at pt_arg + 1, nonce given */
+static int seal(lua_State *L, const unsigned char *nonce, int pt_arg) {
+  const unsigned char *key = check_key(L, 1);
   size_t ptlen, aadlen;
-  const char *pt = luaL_checklstring(L, 3, &ptlen);
-  const char *aad = luaL_optlstring(L, 4, "", &aadlen);
-  luaL_argcheck(L, ptlen <= (size_t)INT32_MAX - OFC_AEAD_TAG_LEN, 3, "too long");
-  unsigned char *out = scratch(L, ptlen + OFC_AEAD_TAG_LEN);
-  if (ofc_aead_seal(key, nonce, pt, ptlen, aad, aadlen, out) != 0)
+  const char *pt = luaL_checklstring(L, pt_arg, &ptlen);
+  const char *aad = luaL_optlstring(L, pt_arg + 1, "", &aadlen);
+  luaL_argcheck(L, ptlen <= (size_t)INT32_MAX - OFC_AEAD_TAG_LEN - OFC_AEAD_NONCE_LEN, pt_arg,
+                "too long");
+  size_t total = OFC_AEAD_NONCE_LEN + ptlen + OFC_AEAD_TAG_LEN;
+  unsigned char *out = scratch(L, total);
+  if (nonce == NULL) {
+    if (ofc_random(out, OFC_AEAD_NONCE_LEN) != 0) return luaL_error(L, "aead_seal: RAND_bytes failed");
+  } else {
+    memcpy(out, nonce, OFC_AEAD_NONCE_LEN);
+  }
+  if (ofc_aead_seal(key, out, pt, ptlen, aad, aadlen, out + OFC_AEAD_NONCE_LEN) != 0)
     return luaL_error(L, "aead_seal: OpenSSL failure");
-  lua_pushlstring(L, (const char *)out, ptlen + OFC_AEAD_TAG_LEN);
+  lua_pushlstring(L, (const char *)out, total);
   return 1;
 }
 
+/* aead_seal(key, pt[, aad]) -> nonce .. ct .. tag, nonce random */
+static int crypto_aead_seal(lua_State *L) { return seal(L, NULL, 2); }
+
+/* aead_seal_with_nonce(key, nonce, pt[, aad]): known-answer tests only */
+static int crypto_aead_seal_with_nonce(lua_State *L) {
+  size_t nlen;
+  const char *nonce = luaL_checklstring(L, 2, &nlen);
+  luaL_argcheck(L, nlen == OFC_AEAD_NONCE_LEN, 2, "nonce must be 12 bytes");
+  return seal(L, (const unsigned char *)nonce, 3);
+}
+
+/* aead_open(key, sealed[, aad]) -> plaintext | nil, "authentication failed" */
 static int crypto_aead_open(lua_State *L) {
-  const unsigned char *nonce;
-  const unsigned char *key = check_key_nonce(L, &nonce);
-  size_t ctlen, aadlen;
-  const char *ct = luaL_checklstring(L, 3, &ctlen);
-  const char *aad = luaL_optlstring(L, 4, "", &aadlen);
-  if (ctlen < OFC_AEAD_TAG_LEN || ctlen > (size_t)INT32_MAX) {
+  const unsigned char *key = check_key(L, 1);
+  size_t len, aadlen;
+  const char *in = luaL_checklstring(L, 2, &len);
+  const char *aad = luaL_optlstring(L, 3, "", &aadlen);
+  if (len < OFC_AEAD_NONCE_LEN + OFC_AEAD_TAG_LEN || len > (size_t)INT32_MAX) {
     lua_pushnil(L);
     lua_pushliteral(L, "authentication failed");
     return 2;
   }
-  size_t ptlen = ctlen - OFC_AEAD_TAG_LEN;
+  const unsigned char *nonce = (const unsigned char *)in;
+  size_t ctlen = len - OFC_AEAD_NONCE_LEN, ptlen = ctlen - OFC_AEAD_TAG_LEN;
   unsigned char *out = scratch(L, ptlen);
-  if (ofc_aead_open(key, nonce, ct, ctlen, aad, aadlen, out) != 0) {
+  if (ofc_aead_open(key, nonce, in + OFC_AEAD_NONCE_LEN, ctlen, aad, aadlen, out) != 0) {
     lua_pushnil(L);
     lua_pushliteral(L, "authentication failed");
     return 2;
@@ -310,6 +276,7 @@ static const luaL_Reg crypto_funcs[] = {
     {"base64", crypto_base64},       {"unbase64", crypto_unbase64},
     {"base64url", crypto_base64url}, {"unbase64url", crypto_unbase64url},
     {"aead_seal", crypto_aead_seal}, {"aead_open", crypto_aead_open},
+    {"aead_seal_with_nonce", crypto_aead_seal_with_nonce},
     {"hkdf", crypto_hkdf},           {NULL, NULL}};
 
 int luaopen_oflua_crypto(lua_State *L) {
@@ -322,5 +289,6 @@ int luaopen_oflua_crypto(lua_State *L) {
   lua_setfield(L, -2, "aead_nonce_len");
   lua_pushinteger(L, OFC_AEAD_TAG_LEN);
   lua_setfield(L, -2, "aead_tag_len");
+  ofc_webhook_register(L);
   return 1;
 }

@@ -63,4 +63,21 @@ int ofc_hmac_key_mac(ofc_hmac_key *k, const void *data, size_t len, unsigned cha
                      size_t *outlen);
 void ofc_hmac_key_free(ofc_hmac_key *k);
 
+/* Encodings (src/crypto_codec.c). hex: out holds 2 * len bytes, lower case.
+ * base64: url = 0 for RFC 4648 section 4 (padded), 1 for section 5 (no
+ * padding on output; on input padding optional but exact). _encode writes
+ * ofc_base64_len(len, url) bytes. _decode is strict; out holds len / 4 * 3 + 3
+ * bytes; NULL on success with *outlen set, else a static message (for "bad
+ * character" and "padding inside the data", *badpos is the 1-based position
+ * when badpos is not NULL). */
+void ofc_hex_encode(const void *in, size_t len, char *out);
+size_t ofc_base64_len(size_t len, int url);
+size_t ofc_base64_encode(const void *in, size_t len, int url, char *out);
+const char *ofc_base64_decode(const char *in, size_t len, int url, unsigned char *out,
+                              size_t *outlen, size_t *badpos);
+
+/* HMAC of the concatenation of n parts (no copy of the parts). */
+int ofc_hmac_key_mac_parts(ofc_hmac_key *k, const void *const *parts, const size_t *lens, size_t n,
+                           unsigned char *out, size_t *outlen);
+
 #endif

@@ -135,6 +135,18 @@ int ofc_hmac_key_mac(ofc_hmac_key *k, const void *data, size_t len, unsigned cha
   return 0;
 }
 
+int ofc_hmac_key_mac_parts(ofc_hmac_key *k, const void *const *parts, const size_t *lens, size_t n,
+                           unsigned char *out, size_t *outlen) {
+  if (k == NULL) return -1;
+  size_t m = 0;
+  if (EVP_MAC_init(k->ctx, NULL, 0, NULL) != 1) return -1;
+  for (size_t i = 0; i < n; i++)
+    if (lens[i] > 0 && EVP_MAC_update(k->ctx, parts[i], lens[i]) != 1) return -1;
+  if (EVP_MAC_final(k->ctx, out, &m, k->mdlen) != 1 || m != k->mdlen) return -1;
+  if (outlen != NULL) *outlen = m;
+  return 0;
+}
+
 void ofc_hmac_key_free(ofc_hmac_key *k) {
   if (k == NULL) return;
   EVP_MAC_CTX_free(k->ctx); /* clears the key */

@@ -15,7 +15,14 @@
  *     timeout_ms          whole request, default 30000
  *     connect_timeout_ms  default 10000
  *     max_body            response body limit in bytes, default 16 MiB
- *     follow_redirects    boolean, default false (at most 10, http(s) only)
+ *     follow_redirects    boolean, default false: at most 10 redirects, http(s)
+ *                         only; https -> http is refused (kind "invalid"); on
+ *                         a change of origin (scheme, host, port) the
+ *                         request's own headers are dropped except Accept,
+ *                         Accept-Language, User-Agent and Content-Type (so
+ *                         apikey or x-connection-id never reach another
+ *                         host); 301/302 turn a POST, 303 anything but HEAD,
+ *                         into a GET without body; 307/308 repeat the request
  *     reuse               boolean: may this request go over a kept-alive
  *                         connection? Default true for GET, HEAD, OPTIONS, PUT
  *                         and DELETE, false for POST, PATCH and others (on a
@@ -139,6 +146,7 @@ typedef struct transfer {
   const char *invalid; /* static reason when the request cannot be sent */
   int done;
   CURLcode result;
+  int follow, redirects; /* follow_redirects, and how many were followed */
   /* progress callback: a function at stack index progress_idx of L */
   lua_State *L;
   int progress_idx;
@@ -523,6 +531,14 @@ static void check_fields(lua_State *L, int idx, where_t w) {
   }
 }
 
+/* Appends a copy of line to *l; -1 (the list unchanged) when out of memory. */
+static int slist_add(struct curl_slist **l, const char *line) {
+  struct curl_slist *n = curl_slist_append(*l, line);
+  if (n == NULL) return -1;
+  *l = n;
+  return 0;
+}
+
 /* Appends "name: value" to the request header list (copied by curl). */
 static int add_header(transfer *t, const char *name, size_t nlen, const char *val, size_t vlen,
                       lua_State *L) {
@@ -754,10 +770,12 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
       SETOPT(CURLOPT_POSTFIELDS, has_body ? body : "");
       /* POSTFIELDS implies a form Content-Type and, for large bodies,
        * Expect: 100-continue (an extra round trip): drop both unless given */
-      if (!has_ctype) t->req_headers = curl_slist_append(t->req_headers, "Content-Type:");
-      if (!has_expect && t->req_headers != NULL)
-        t->req_headers = curl_slist_append(t->req_headers, "Expect:");
-      if (t->req_headers == NULL) luaL_error(L, "oflua.http: not enough memory");
+      /* curl_slist_append returns NULL on failure and leaves the list as it
+       * was: keep it in t (freed by __gc) rather than lose it */
+      if (!has_ctype && slist_add(&t->req_headers, "Content-Type:") != 0)
+        luaL_error(L, "oflua.http: not enough memory");
+      if (!has_expect && slist_add(&t->req_headers, "Expect:") != 0)
+        luaL_error(L, "oflua.http: not enough memory");
     }
     if (strcmp(method, "POST") != 0) SETOPT(CURLOPT_CUSTOMREQUEST, method);
   }
@@ -767,7 +785,11 @@ static void configure(lua_State *L, transfer *t, int tidx, int ridx, where_t w) 
   SETOPT(CURLOPT_TIMEOUT_MS, timeout);
   SETOPT(CURLOPT_CONNECTTIMEOUT_MS, ctimeout);
   SETOPT(CURLOPT_MAXFILESIZE_LARGE, t->max_body);
-  SETOPT(CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
+  /* Redirects are followed by run() itself (see follow_redirect), never by
+   * libcurl, which would send every custom header to any host. */
+  SETOPT(CURLOPT_FOLLOWLOCATION, 0L);
+  t->follow = follow;
+  t->redirects = 0;
   SETOPT(CURLOPT_FRESH_CONNECT, reuse ? 0L : 1L);
   SETOPT(CURLOPT_WRITEDATA, t);
   SETOPT(CURLOPT_HEADERDATA, t);
@@ -796,6 +818,148 @@ static transfer *prepare(lua_State *L, http_state *st, int ridx, where_t w) {
 }
 
 /* ---- the multi loop ------------------------------------------------------------- */
+
+/* ---- redirects -------------------------------------------------------------------
+ * follow_redirects is implemented here rather than with CURLOPT_FOLLOWLOCATION:
+ * libcurl keeps sending every custom header (apikey, x-connection-id, ...)
+ * to whatever host a Location names (it only drops Authorization and Cookie)
+ * and would follow https -> http. Policy:
+ *   - at most MAX_REDIRECTS (10) redirects, http and https only;
+ *   - https -> http is refused (error kind "invalid");
+ *   - when the origin changes (scheme, host or port), every header the caller
+ *     set is dropped except the harmless ones in keep_across_origins;
+ *   - 301, 302 and 303 turn a POST (303: any method but HEAD) into a GET
+ *     without a body, as browsers and libcurl do; 307 and 308 repeat the
+ *     method and body. */
+
+typedef struct {
+  char *scheme, *host, *port;
+} origin_t;
+
+static void origin_free(origin_t *o) {
+  curl_free(o->scheme);
+  curl_free(o->host);
+  curl_free(o->port);
+}
+
+static int origin_of(const char *url, origin_t *o) {
+  memset(o, 0, sizeof *o);
+  CURLU *u = curl_url();
+  if (u == NULL) return -1;
+  int ok = curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_SCHEME, &o->scheme, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_HOST, &o->host, 0) == CURLUE_OK &&
+           curl_url_get(u, CURLUPART_PORT, &o->port, CURLU_DEFAULT_PORT) == CURLUE_OK;
+  curl_url_cleanup(u);
+  if (!ok) origin_free(o);
+  return ok ? 0 : -1;
+}
+
+/* 0: same origin, 1: another origin (drop the caller's headers), -1: refused
+ * with *why set. */
+static int redirect_check(const char *from, const char *to, const char **why) {
+  origin_t a, b;
+  if (origin_of(from, &a) != 0) {
+    *why = "redirect from a URL that does not parse";
+    return -1;
+  }
+  if (origin_of(to, &b) != 0) {
+    origin_free(&a);
+    *why = "redirect to a URL that does not parse";
+    return -1;
+  }
+  int rc = 0;
+  if (strcasecmp(b.scheme, "http") != 0 && strcasecmp(b.scheme, "https") != 0) {
+    *why = "redirect to a scheme other than http or https refused";
+    rc = -1;
+  } else if (strcasecmp(a.scheme, "https") == 0 && strcasecmp(b.scheme, "http") == 0) {
+    *why = "redirect from https to http refused";
+    rc = -1;
+  } else if (strcasecmp(a.scheme, b.scheme) != 0 || strcasecmp(a.host, b.host) != 0 ||
+             strcmp(a.port, b.port) != 0) {
+    rc = 1;
+  }
+  origin_free(&a);
+  origin_free(&b);
+  return rc;
+}
+
+static const char *const keep_across_origins[] = {
+    "accept", "accept-language", "user-agent", "content-type", "expect", NULL};
+
+/* The request header list without the caller's headers that may not go to
+ * another origin. 0 on success, -1 when out of memory (the old list kept). */
+static int drop_headers(transfer *t) {
+  struct curl_slist *kept = NULL;
+  for (struct curl_slist *l = t->req_headers; l != NULL; l = l->next) {
+    size_t nlen = strcspn(l->data, ":;");
+    int keep = 0;
+    for (const char *const *k = keep_across_origins; *k != NULL && !keep; k++)
+      keep = strlen(*k) == nlen && strncasecmp(l->data, *k, nlen) == 0;
+    if (keep && slist_add(&kept, l->data) != 0) {
+      curl_slist_free_all(kept);
+      return -1;
+    }
+  }
+  if (curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, kept) != CURLE_OK) {
+    curl_slist_free_all(kept);
+    return -1;
+  }
+  curl_slist_free_all(t->req_headers);
+  t->req_headers = kept;
+  return 0;
+}
+
+/* After a finished transfer: when it was a redirect to follow, set the easy
+ * handle up for the next hop and return 1 (the caller adds it to the multi
+ * handle again); 0 when the response is final; -1 with t->invalid set when
+ * the redirect is refused. */
+static int follow_redirect(transfer *t) {
+  if (!t->follow || t->result != CURLE_OK) return 0;
+  long status = 0;
+  char *to = NULL, *from = NULL;
+  curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+  if (status < 300 || status > 399) return 0;
+  if (curl_easy_getinfo(t->easy, CURLINFO_REDIRECT_URL, &to) != CURLE_OK || to == NULL) return 0;
+  if (t->redirects >= MAX_REDIRECTS) {
+    t->invalid = "too many redirects (more than 10)";
+    return -1;
+  }
+  curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &from);
+  const char *why = NULL;
+  int rc = redirect_check(from != NULL ? from : "", to, &why);
+  if (rc < 0) {
+    t->invalid = why;
+    return -1;
+  }
+  /* CURLINFO_REDIRECT_URL points into the handle: copy it before setopt */
+  char *url = strdup(to);
+  if (url == NULL) {
+    t->invalid = "not enough memory for a redirect";
+    return -1;
+  }
+  char *method = NULL;
+  curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_METHOD, &method);
+  int is_post = method != NULL && strcmp(method, "POST") == 0;
+  int is_head = method != NULL && strcmp(method, "HEAD") == 0;
+  int to_get = ((status == 301 || status == 302) && is_post) || (status == 303 && !is_head);
+  int ok = curl_easy_setopt(t->easy, CURLOPT_URL, url) == CURLE_OK;
+  free(url);
+  if (ok && to_get) {
+    ok = curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, (char *)NULL) == CURLE_OK &&
+         curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L) == CURLE_OK;
+  }
+  if (ok && rc == 1) ok = drop_headers(t) == 0;
+  if (!ok) {
+    t->invalid = "libcurl refused the redirect";
+    return -1;
+  }
+  t->redirects++;
+  t->body.len = 0;
+  t->head.len = 0;
+  t->last_now = t->last_total = -1;
+  return 1;
+}
 
 /* Runs transfers ts[0..n) (invalid ones are skipped) with at most
  * max_parallel in flight. On return every transfer is done or invalid, or
@@ -841,6 +1005,13 @@ static const char *run(lua_State *L, http_state *st, transfer **ts, int n, int m
       if (t == NULL) continue;
       t->in_multi = 0;
       t->result = rc;
+      if (follow_redirect(t) == 1) {
+        if (curl_multi_add_handle(st->multi, t->easy) == CURLM_OK) {
+          t->in_multi = 1;
+          continue; /* still in flight, still pending */
+        }
+        t->invalid = "libcurl could not start the transfer";
+      }
       t->done = 1;
       inflight--;
       pending--;
@@ -953,6 +1124,23 @@ static void push_response(lua_State *L, transfer *t) {
 
 /* ---- Lua API -------------------------------------------------------------------- */
 
+/* http._redirect_check(from_url, to_url) -> "same_origin" | "other_origin" |
+ * nil, reason: the redirect policy of follow_redirect, for the specs (an
+ * https -> http redirect cannot be produced on loopback without a trusted
+ * certificate). Not part of the API. */
+static int http_redirect_check(lua_State *L) {
+  const char *from = luaL_checkstring(L, 1), *to = luaL_checkstring(L, 2);
+  const char *why = NULL;
+  int rc = redirect_check(from, to, &why);
+  if (rc < 0) {
+    lua_pushnil(L);
+    lua_pushstring(L, why);
+    return 2;
+  }
+  lua_pushstring(L, rc == 0 ? "same_origin" : "other_origin");
+  return 1;
+}
+
 static int http_request(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
@@ -973,7 +1161,7 @@ static int http_request(lua_State *L) {
       xfer_release(t);
       return luaL_error(L, "oflua.http: curl multi failure: %s", fail);
     }
-    if (t->result == CURLE_OK) {
+    if (t->result == CURLE_OK && t->invalid == NULL) {
       push_response(L, t);
       xfer_release(t);
       return 1;
@@ -1049,7 +1237,8 @@ static int http_request_many(lua_State *L) {
 }
 
 static const luaL_Reg http_funcs[] = {
-    {"request", http_request}, {"request_many", http_request_many}, {NULL, NULL}};
+    {"request", http_request}, {"request_many", http_request_many},
+    {"_redirect_check", http_redirect_check}, {NULL, NULL}};
 
 int luaopen_oflua_http(lua_State *L) {
   pthread_once(&global_once, global_init);

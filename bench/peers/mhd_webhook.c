@@ -3,11 +3,14 @@
  * mhd_ok.c) that verifies Svix-signed deliveries with OpenSSL and nothing
  * else: svix-id / svix-timestamp / svix-signature, |now - t| <= 300 s,
  * HMAC-SHA256 over "<id>.<t>.<body>" with the base64 key after "whsec_",
- * constant-time comparison with every "v1,<base64>" entry. No JSON parsing,
- * no storage. 200 when valid, 401 when not, 400 without the headers.
+ * constant-time comparison with every "v1,<base64>" entry, then the body
+ * parsed with cJSON (Debian libcjson-dev): it must be an object with a string
+ * eventType (or type), as oflua and the Node peer check. No storage.
+ * 200 when valid, 401 when not, 400 without the headers or with bad JSON.
  *   usage: BENCH_SECRET=whsec_... mhd_webhook WORKERS
  * Prints the port it listens on (127.0.0.1, ephemeral), runs until killed. */
 #include <arpa/inet.h>
+#include <cjson/cJSON.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
 #include <openssl/crypto.h>
@@ -23,7 +26,7 @@
 static unsigned char key[256];
 static int key_len;
 static EVP_MAC *hmac; /* fetched once */
-static struct MHD_Response *r200, *r400, *r401, *r413;
+static struct MHD_Response *r200, *r400, *r401, *r413, *r400json;
 
 typedef struct {
   char *buf;
@@ -90,6 +93,17 @@ static int verify(struct MHD_Connection *c, const Body *b) {
   return 401;
 }
 
+/* The verified body must be a JSON object with a string eventType or type. */
+static int parse(const Body *b) {
+  cJSON *v = cJSON_ParseWithLength(b->buf ? b->buf : "", b->len);
+  if (v == NULL) return 400;
+  const cJSON *t = cJSON_GetObjectItemCaseSensitive(v, "eventType");
+  if (!cJSON_IsString(t)) t = cJSON_GetObjectItemCaseSensitive(v, "type");
+  int status = cJSON_IsObject(v) && cJSON_IsString(t) && t->valuestring[0] != '\0' ? 200 : 400;
+  cJSON_Delete(v);
+  return status;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *data,
                                   size_t *size, void **con_cls) {
@@ -122,6 +136,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
   if (strcmp(method, "POST") != 0) return MHD_queue_response(c, 405, r400);
   if (b->too_large) return MHD_queue_response(c, 413, r413);
   int status = verify(c, b);
+  if (status == 200 && parse(b) != 200)
+    return MHD_queue_response(c, 400, r400json);
   return MHD_queue_response(c, (unsigned)status, status == 200 ? r200 : status == 401 ? r401 : r400);
 }
 
@@ -160,6 +176,7 @@ int main(int argc, char **argv) {
   r400 = text("{\"error\":\"bad_request\"}");
   r401 = text("{\"error\":\"bad_signature\"}");
   r413 = text("{\"error\":\"too_large\"}");
+  r400json = text("{\"error\":\"invalid_json\"}");
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;

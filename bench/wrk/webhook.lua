@@ -9,7 +9,9 @@
 -- the durable path, so bench/webhook.sh makes that pool large enough).
 --   WEBHOOK_POOL=pool.tsv WEBHOOK_PATH=/webhooks/ofauth wrk -s bench/wrk/webhook.lua URL
 -- wrk's API is globals: the functions it calls, `wrk`, and what thread:set sets.
--- luacheck: globals setup init request wrk tid reqs n
+-- done() prints "POOL WRAPPED" when any thread started its share again, so
+-- bench/webhook.sh can discard a durable-path round that sent duplicates.
+-- luacheck: globals setup init request done wrk tid reqs n wrapped
 local threads = {}
 
 function setup(thread)
@@ -35,10 +37,23 @@ function init(_)
   end
   f:close()
   n = 0
+  wrapped = false
 end
 
 function request()
   n = n + 1
-  if n > #reqs then n = 1 end
+  if n > #reqs then
+    n = 1
+    wrapped = true
+  end
   return reqs[n]
+end
+
+function done()
+  for _, t in ipairs(threads) do
+    if t:get("wrapped") then
+      io.write("POOL WRAPPED\n")
+      return
+    end
+  end
 end

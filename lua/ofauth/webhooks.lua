@@ -42,8 +42,6 @@ M.reasons = {
 local json = cjson.new()
 json.decode_max_depth(M.defaults.max_json_depth)
 
-local MAX_TS_DIGITS = 12
-
 -- Header names lower-cased. oflua.server already gives lower-case names, so
 -- the table is only copied when a name has an upper-case letter (or is not
 -- a string).
@@ -66,11 +64,6 @@ end
 
 local now_of = require("ofauth.timeutil").now_of
 
-local function secrets_list(secret)
-  if type(secret) == "table" then return secret end
-  return { secret }
-end
-
 -- whsec_<base64> -> key bytes, or nil. The last answer is kept: a receiver
 -- verifies every delivery with the same secret.
 local last_secret, last_key
@@ -85,19 +78,12 @@ local function svix_key(secret)
 end
 M.svix_key = svix_key
 
-local function check_time(ts, opts)
-  if not ts:match("^%d+$") or #ts > MAX_TS_DIGITS then return nil, "malformed_header" end
-  local t = tonumber(ts)
-  local tol = (opts and opts.tolerance) or M.defaults.tolerance
-  if math.abs(now_of(opts) - t) > tol then return nil, "stale_timestamp" end
-  return t
-end
-
-local function parse_event(body)
+local function parse_event(body, ascii)
   -- JSON text is UTF-8 with no raw NUL (RFC 8259); cjson checks neither (it
   -- copies invalid UTF-8 into strings and stops reading at a NUL byte), so
-  -- both are checked here before a handler sees the strings.
-  if body:find("\0", 1, true) or not utf8.len(body) then return nil, "invalid_json" end
+  -- both are checked here before a handler sees the strings. ascii: the
+  -- native verifier found only bytes 1..127 (nothing to check).
+  if not ascii and (body:find("\0", 1, true) or not utf8.len(body)) then return nil, "invalid_json" end
   local ok, v = pcall(json.decode, body)
   if not ok or type(v) ~= "table" then return nil, "invalid_json" end
   local typ = v.eventType
@@ -109,84 +95,28 @@ local function parse_event(body)
 end
 M.parse_event = parse_event
 
-local function verify_svix(body, h, secret, opts)
-  local id = h["svix-id"] or h["webhook-id"]
-  local ts = h["svix-timestamp"] or h["webhook-timestamp"]
-  local sig = h["svix-signature"] or h["webhook-signature"]
-  if not (id and ts and sig) or id == "" or ts == "" or sig == "" then return nil, "missing_header" end
-  -- Message ids are printable ASCII (msg_<base62> from Svix); anything else
-  -- (spaces, control bytes, non-ASCII) would become an idempotency key that
-  -- is awkward to log or compare, so it is refused.
-  if #id > 256 or id:find("[^\33-\126]") then return nil, "malformed_header" end
-  local t, terr = check_time(ts, opts)
-  if not t then return nil, terr end
-  -- Each entry is "<version>,<value>" and a value holds no comma (base64 for
-  -- v1). A stray comma means two headers were joined ("v1,a, v1,b" when the
-  -- header is sent twice): ambiguous, so the whole header is refused.
-  local candidates = {}
-  local function add(entry)
-    local version, value = entry:match("^(v%d+[a-z]?),([^,]+)$")
-    if not version then return false end
-    if version == "v1" then candidates[#candidates + 1] = value end
-    return true
-  end
-  if not find(sig, " ", 1, true) then -- one entry: the usual case
-    if not add(sig) then return nil, "malformed_header" end
-  else
-    for entry in sig:gmatch("%S+") do
-      if not add(entry) then return nil, "malformed_header" end
-    end
-  end
-  if #candidates == 0 then return nil, "malformed_header" end
-  local signed = id .. "." .. ts .. "." .. body
-  for _, s in ipairs(secrets_list(secret)) do
-    local key = svix_key(s)
-    if not key then return nil, "bad_secret" end
-    local expected = crypto.base64(crypto.hmac("sha256", key, signed))
-    for _, c in ipairs(candidates) do
-      if crypto.equal(expected, c) then
-        return { scheme = "svix", id = id, idempotency_key = "svix:" .. id, timestamp = t }
-      end
-    end
-  end
-  return nil, "bad_signature"
-end
+-- Both schemes are verified by one native call each (src/crypto_webhook.c):
+-- header parsing, base64/hex, HMAC-SHA256 over the parts (no copy of the
+-- body) and the constant-time comparison. Svix entries are "<version>,<value>"
+-- separated by spaces, a value holds no comma (a stray comma means two headers
+-- were joined: ambiguous, refused); the checklist header is "t=<t>,v1=<hex>"
+-- parts. A header with more than M.max_signatures entries is refused
+-- (malformed_header) before any HMAC is computed. Idempotency keys:
+-- "svix:<svix-id>" (the sender's message id, stable across retries) and, for
+-- the checklist scheme, "sha256:<hex sha256 of the body>" -- the body alone,
+-- so the same event re-signed at a later t is a duplicate.
+M.max_signatures = crypto.webhook_max_signatures
+local webhook_svix, webhook_checklist = crypto.webhook_svix, crypto.webhook_checklist
 
-local function parse_checklist_header(value)
-  local t, sigs = nil, {}
-  for part in value:gmatch("[^,]+") do
-    local k, v = part:match("^%s*(%w+)=(.-)%s*$")
-    if k == "t" then
-      if t then return nil end -- two timestamps: ambiguous
-      t = v
-    elseif k == "v1" then
-      sigs[#sigs + 1] = v
-    end
-  end
-  return t, sigs
+local function verify_svix(body, h, secret, opts)
+  return webhook_svix(body, h["svix-id"] or h["webhook-id"],
+    h["svix-timestamp"] or h["webhook-timestamp"], h["svix-signature"] or h["webhook-signature"],
+    secret, now_of(opts), (opts and opts.tolerance) or M.defaults.tolerance)
 end
 
 local function verify_checklist(body, value, secret, opts)
-  if #value > 4096 then return nil, "malformed_header" end
-  local ts, sigs = parse_checklist_header(value)
-  if not ts or ts == "" or #sigs == 0 then return nil, "malformed_header" end
-  for _, s in ipairs(sigs) do
-    if #s ~= 64 or not s:match("^%x+$") then return nil, "malformed_header" end
-  end
-  local t, terr = check_time(ts, opts)
-  if not t then return nil, terr end
-  local signed = ts .. "." .. body
-  for _, sec in ipairs(secrets_list(secret)) do
-    if type(sec) ~= "string" or sec == "" then return nil, "bad_secret" end
-    local expected = crypto.hex(crypto.hmac("sha256", sec, signed))
-    for _, c in ipairs(sigs) do
-      if crypto.equal(expected, c:lower()) then
-        return { scheme = "checklist", timestamp = t,
-          idempotency_key = "sha256:" .. crypto.hex(crypto.sha256(signed)) }
-      end
-    end
-  end
-  return nil, "bad_signature"
+  return webhook_checklist(body, value, secret, now_of(opts),
+    (opts and opts.tolerance) or M.defaults.tolerance)
 end
 
 --- Which scheme a request uses: "svix", "checklist" (with the header value),
@@ -218,18 +148,33 @@ function M.verify(raw_body, headers, secret, opts)
     error("verify: headers must be a table or a signature header string", 2)
   end
   if secret == nil or (type(secret) == "table" and #secret == 0) then return nil, "bad_secret" end
-  if type(headers) == "table" then headers = lower_keys(headers) end
+  if type(headers) == "table" then
+    -- Fast path: the three Svix headers under their lower-case names (what
+    -- oflua.server gives and OFAuth sends): no copy, no scan of the table.
+    -- (A second spelling of the same header in another case would be
+    -- ambiguous anyway: lower_keys keeps an arbitrary one.)
+    local id, ts, sig = headers["svix-id"], headers["svix-timestamp"], headers["svix-signature"]
+    if type(id) == "string" and type(ts) == "string" and type(sig) == "string" then
+      local meta, ascii = webhook_svix(raw_body, id, ts, sig, secret, now_of(opts),
+        (opts and opts.tolerance) or M.defaults.tolerance)
+      if not meta then return nil, ascii end
+      local event, perr = parse_event(raw_body, ascii)
+      if not event then return nil, perr end
+      return event, meta
+    end
+    headers = lower_keys(headers)
+  end
   local scheme, value = M.detect(headers, opts, true)
-  local meta, reason
+  local meta, ascii -- ascii: the reason when meta is nil
   if scheme == "svix" then
-    meta, reason = verify_svix(raw_body, headers, secret, opts)
+    meta, ascii = verify_svix(raw_body, headers, secret, opts)
   elseif scheme == "checklist" then
-    meta, reason = verify_checklist(raw_body, value, secret, opts)
+    meta, ascii = verify_checklist(raw_body, value, secret, opts)
   else
     return nil, "missing_header"
   end
-  if not meta then return nil, reason end
-  local event, perr = parse_event(raw_body)
+  if not meta then return nil, ascii end
+  local event, perr = parse_event(raw_body, ascii)
   if not event then return nil, perr end
   return event, meta
 end

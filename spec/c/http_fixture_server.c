@@ -28,6 +28,8 @@
  *   /reset            promise 100000 bytes, send 100, reset the connection (RST)
  *   /garbage          reply with bytes that are not HTTP, close
  *   /redirect         302 to /hello
+ *   /goto/N/URL       status N (a redirect) with Location: URL (the rest of
+ *                     the target, as sent)
  *   /close            200 with Connection: close, then close
  * A request that does not parse (e.g. a TLS ClientHello) gets a 400 and close.
  * A request in absolute form (http://host/path, as sent to a proxy) is served
@@ -245,6 +247,12 @@ static int serve_one(conn_t *c) {
     rc = -1;
   } else if (strcmp(target, "/redirect") == 0) {
     rc = respond(c, 302, "Found", "Location: /hello\r\n", "", 0, client_close);
+  } else if (sscanf(target, "/goto/%ld/", &arg) == 1) {
+    const char *dest = strchr(target + 6, '/') + 1;
+    char loc[900];
+    int n = snprintf(loc, sizeof loc, "Location: %s\r\n", dest);
+    rc = n > 0 && (size_t)n < sizeof loc ? respond(c, (int)arg, "Redirect", loc, "", 0, client_close)
+                                         : respond(c, 400, "Bad Request", NULL, "", 0, 1);
   } else if (strcmp(target, "/close") == 0) {
     rc = respond(c, 200, "OK", NULL, "bye", 3, 1);
   } else {
