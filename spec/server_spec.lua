@@ -490,6 +490,31 @@ describe("oflua.server stop", function()
     assert.has_error(function() srv:port() end, "server is closed")
   end)
 
+  it("finishes each parked handler once when its wait completes as its deadline passes", function()
+    -- handler_timeout 0.1 s, each handler parks for 0.1 s + about 1 ms: the
+    -- worker abandons a late parked job just as its timer completes it. Both
+    -- must not finish it (a double free under ASan, lost parked jobs), on
+    -- the run and on stop with handlers parked.
+    local srv = assert(server.listen({ script = FIX .. "late_sleep.lua", workers = 2, handler_timeout = 0.1 }))
+    local codes = h.sh(("curl -s -Z --parallel-max 24 -o /dev/null -w '%%{http_code}\n' %s")
+      :format(shq(srv:url() .. "/[1-400]?t=0.1")))
+    local n, other = 0, {}
+    for c in codes:gmatch("%d+") do
+      n = n + 1
+      if c ~= "200" and c ~= "503" then other[#other + 1] = c end
+    end
+    assert.equal(400, n)
+    assert.same({}, other)
+    assert.is_true(srv:stats().handler_timeouts > 0)
+    -- stop while handlers are parked near their deadline
+    os.execute(("curl -s -Z --parallel-max 24 -o /dev/null %s >/dev/null 2>&1 &")
+      :format(shq(srv:url() .. "/[1-100]?t=0.1")))
+    eventually(function() return srv:stats().inflight > 0 end, 5)
+    core.sleep(0.1)
+    assert.is_true(srv:stop(0.1))
+    srv:close()
+  end)
+
   it("wait returns false when the timeout passes first", function()
     local srv = assert(server.listen({ script = FIX .. "hello.lua", workers = 1 }))
     assert.is_false(srv:wait(0.05))

@@ -62,6 +62,7 @@ enum { PHASE_NONE = 0, PHASE_HEAD, PHASE_BODY };
 struct job {
   job *prev, *next;   /* server's unanswered in-flight list, under srv->mu */
   job *qnext;         /* run queue or a worker's ready list, under srv->qmu */
+  int on_ready;       /* on its worker's ready list (under srv->qmu) */
   job *pprev, *pnext; /* a worker's parked list (worker thread only) */
   atomic_int refs;
   server *srv;

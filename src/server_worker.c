@@ -332,6 +332,7 @@ static void push_ready(job *j) {
   pthread_mutex_lock(&s->qmu);
   j->qnext = w->ready;
   w->ready = j;
+  j->on_ready = 1;
   pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
@@ -493,6 +494,7 @@ static void after_resume(worker *w, job *j, int st, int nres) {
       pthread_mutex_lock(&w->srv->qmu);
       j->qnext = w->ready;
       w->ready = j;
+      j->on_ready = 1;
       pthread_mutex_unlock(&w->srv->qmu);
     }
     return;
@@ -694,6 +696,7 @@ static void *worker_main(void *arg) {
     if (w->ready != NULL) {
       job *j = w->ready;
       w->ready = j->qnext;
+      j->on_ready = 0;
       w->busy = 1;
       pthread_mutex_unlock(&s->qmu);
       resume_job(w, j);
@@ -712,17 +715,33 @@ static void *worker_main(void *arg) {
       w->busy = 0;
       continue;
     }
-    /* parked jobs past their deadline (or all, when stopping) */
+    /* parked jobs past their deadline (or all, when stopping). A job whose
+     * wait completed is on the ready list (resumed above, where the hook
+     * cuts it if it is late): only the ready list finishes it. */
     double now = oflua__mono_now(), next = 0;
     job *p = w->parked;
     int expired = 0;
     while (p != NULL) {
       job *pn = p->pnext;
+      if (p->on_ready) {
+        p = pn;
+        continue;
+      }
       if (s->qstop || p->deadline <= now) {
         w->busy = 1; /* the VM is in use: no I/O thread may borrow it */
         pthread_mutex_unlock(&s->qmu);
-        parked_remove(w, p);
-        abandon(w, p, s->qstop ? "server stopping" : "time limit (parked)");
+        /* detach the waiter first: from then on its completion no longer
+         * queues the job; if it already did, the ready list has it */
+        pthread_mutex_lock(&wait_mu);
+        if (p->waiter != NULL) p->waiter->job = NULL;
+        pthread_mutex_unlock(&wait_mu);
+        pthread_mutex_lock(&s->qmu);
+        int queued = p->on_ready;
+        pthread_mutex_unlock(&s->qmu);
+        if (!queued) {
+          parked_remove(w, p);
+          abandon(w, p, s->qstop ? "server stopping" : "time limit (parked)");
+        }
         pthread_mutex_lock(&s->qmu);
         w->busy = 0;
         expired = 1;
