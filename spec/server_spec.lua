@@ -412,6 +412,21 @@ describe("oflua.server handler scripts", function()
     assert.matches("nested too deep", err)
   end)
 
+  it("keeps script and host alive when the options come from an __index metamethod", function()
+    -- fresh strings that only the listen call holds; every other lookup collects garbage
+    local opts = setmetatable({}, { __index = function(_, k)
+      if k == "script" then return table.concat({ FIX, "hello", ".lua" }) end
+      if k == "host" then return ("%d.%d.%d.%d"):format(127, 0, 0, 1) end
+      collectgarbage()
+      collectgarbage()
+      return nil
+    end })
+    local srv = assert(server.listen(opts))
+    assert.matches("^http://127%.0%.0%.1:%d+$", srv:url())
+    assert.equal(200, (curl(srv:url() .. "/")))
+    srv:close()
+  end)
+
   it("rejects bad options as programmer errors", function()
     assert.has_error(function() server.listen({ script = FIX .. "hello.lua", prot = 1 }) end,
       "server.listen: unknown option 'prot'")

@@ -957,15 +957,15 @@ static void parse_listen_opts(lua_State *L, listen_opts *o) {
     }
     lua_pop(L, 1);
   }
+  /* script and host stay on the stack while they are used: an __index
+   * metamethod may hand out strings that nothing else keeps alive */
   lua_getfield(L, 1, "script");
   if (lua_type(L, -1) != LUA_TSTRING) luaL_error(L, "server.listen: script (a path) is required");
-  o->script = lua_tostring(L, -1); /* kept alive by the options table */
-  lua_pop(L, 1);
+  o->script = lua_tostring(L, -1);
   lua_getfield(L, 1, "host");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
     luaL_error(L, "server.listen: host must be a string");
   o->host = lua_isnil(L, -1) ? "127.0.0.1" : lua_tostring(L, -1);
-  lua_pop(L, 1);
   o->port = opt_int(L, "port", 0, 0, 65535);
   o->workers = opt_int(L, "workers", 2, 1, 256);
   o->io_threads = opt_int(L, "io_threads", DEF_IO_THREADS, 1, 64);
