@@ -124,7 +124,7 @@ describe("oflua serve under attack (default settings)", function()
     assert.not_matches("smuggled", out)
   end)
 
-  it("refuses two Content-Lengths, a missing Host on HTTP/1.1 and NUL bytes with one 400", function()
+  it("refuses two Content-Lengths, a missing Host, NUL bytes, folded lines and bad names with one 400", function()
     local bad = {
       "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
       "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
@@ -132,6 +132,16 @@ describe("oflua serve under attack (default settings)", function()
       "GET /x HTTP/1.1\r\nHost: x\r\nX-A: a\0b\r\nX-B: c\r\n\r\n",
       "GET /a\0b HTTP/1.1\r\nHost: x\r\n\r\n",
       "GET /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+      -- a NUL in the last header line, or in the only one
+      "GET /x HTTP/1.1\r\nHost: x\r\nX-Sig: abc\0def\r\n\r\n",
+      "GET /x HTTP/1.1\nHost: x\nX-Sig: abc\0def\n\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\0 7\r\n\r\nhello",
+      -- white space before the colon, a folded line (RFC 9112 5.1, 5.2), a name that is not a token
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length : 3\r\n\r\nabc",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding : chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nX: y\r\n Content-Length: 3\r\n\r\nabc",
+      "GET /x HTTP/1.1\r\nHost: x\r\nX: y\r\n\tz\r\n\r\n",
+      "GET /x HTTP/1.1\r\nHost: x\r\nX(a): 1\r\n\r\n",
     }
     for _, req in ipairs(bad) do
       local out = raw(srv.port, req)
@@ -139,6 +149,20 @@ describe("oflua serve under attack (default settings)", function()
       assert.matches("^HTTP/1%.1 400", out)
       assert.matches("Connection: close", out, 1, true)
       assert.not_matches("path=", out)
+    end
+  end)
+
+  it("still serves LF-only heads, empty values and bodies that start with NUL", function()
+    local ok = {
+      "GET /lf HTTP/1.1\nHost: x\nX-Sig: abc\n\n",
+      "GET /empty HTTP/1.1\r\nHost: x\r\nX-Sig:\r\n\r\n",
+      "GET /ten HTTP/1.0\r\n\r\n",
+      "POST /echo HTTP/1.1\nHost: x\nContent-Length: 3\n\nabc",
+      "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n\0bc",
+    }
+    for _, req in ipairs(ok) do
+      local out = raw(srv.port, req)
+      assert.matches("^HTTP/1%.1 200", out, nil, false, ("%q"):format(req))
     end
   end)
 

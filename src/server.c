@@ -23,8 +23,9 @@
  *  - Strict parsing, our own checks on top of MHD's parser:
  *    Content-Length with Transfer-Encoding, more than one or a malformed
  *    Content-Length, a Transfer-Encoding other than chunked, HTTP/1.1
- *    without Host, NUL bytes in the head or %00 in the path: one 400 and
- *    the connection is closed. Handlers see the raw (undecoded) path.
+ *    without Host, NUL bytes in the head, a header name that is not a
+ *    token, a folded line or %00 in the path: one 400 and the connection
+ *    is closed. Handlers see the raw (undecoded) path.
  *  - The request target comes from the URI log callback, the only place
  *    MHD shows it before unescaping it. A target over max_header -> 414,
  *    target plus headers over max_header -> 431. Each connection gets
@@ -233,8 +234,9 @@ struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, in
 /* ---- the head: checks and the request copy --------------------------------- */
 
 typedef struct head_scan {
-  int n_cl, n_te, n_host, nul, te_not_chunked;
-  const char *prev_end; /* end of the previous header's value */
+  int n_cl, n_te, n_host, nul, bad_name, te_not_chunked;
+  int eol;              /* bytes of a line end seen in the head (1: LF, 2: CRLF) */
+  const char *prev_end; /* end of the previous header's value (or of the version) */
   const char *cl;
   size_t bytes, count;
   /* copy pass */
@@ -242,25 +244,59 @@ typedef struct head_scan {
   char *out;
 } head_scan;
 
+static int is_eol(char c) { return c == '\0' || c == '\r' || c == '\n'; }
+
+/* MHD 0.9.75 cuts a value at a NUL byte and reports the rest of the line
+ * nowhere, and ends a line at CR, LF or CRLF, overwriting them with NULs in
+ * its read buffer, where the head stays in order. Between one value's end
+ * (or the request line's version) and the next name there may thus be only
+ * white space and one line end (1 or 2 bytes). Anything else hid behind a
+ * NUL; white space after the line end starts a folded line (obs-fold, which
+ * RFC 9112 5.2 lets a server refuse). */
+static void scan_gap(head_scan *h, const char *from, const char *to) {
+  const char *p = from;
+  while (p < to && (*p == ' ' || *p == '\t')) p++;
+  int n = 0;
+  while (p < to && is_eol(*p)) p++, n++;
+  if (p != to || n == 0 || n > 2) h->nul = 1;
+  else if (n > h->eol) h->eol = n;
+}
+
+/* After the last header: its line end and the empty line (2 to 4 bytes
+ * with the line ends seen so far). A byte that is not a line end before
+ * that many means a NUL hid the rest of the last line. (A NUL at the very
+ * end of it hides nothing and is not seen: the bytes after the head are
+ * the body's or stale.) */
+static void scan_last(head_scan *h) {
+  if (h->prev_end == NULL) return;
+  const char *p = h->prev_end;
+  for (int i = 0; i < 256 && (*p == ' ' || *p == '\t'); i++) p++;
+  int want = 2 * (h->eol > 0 ? h->eol : 2);
+  for (int n = 0; n < want; n++, p++)
+    if (!is_eol(*p)) {
+      h->nul = 1;
+      return;
+    }
+}
+
 static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const char *key,
                                    size_t key_size, const char *value, size_t value_size) {
   head_scan *h = cls;
   (void)kind;
+  const char *in_buf = value; /* NULL: no value in MHD's buffer to measure from */
   if (value == NULL) {
     value = "";
     value_size = 0;
   }
   if (strlen(key) != key_size || strlen(value) != value_size) h->nul = 1;
-  /* MHD 0.9.75 cuts a value at a NUL byte and reports the rest of the line
-   * nowhere. Its headers lie in order in the connection's read buffer, so
-   * the bytes between one value's end and the next name are only line
-   * terminators and trimmed white space, unless a NUL hid something. (A
-   * NUL in the last header, or in folded lines, is not seen this way.) */
-  if (h->prev_end != NULL && key > h->prev_end && key - h->prev_end < 256) {
-    for (const char *p = h->prev_end; p < key; p++)
-      if (*p != '\0' && *p != '\r' && *p != '\n' && *p != ' ' && *p != '\t') h->nul = 1;
-  }
-  h->prev_end = value + value_size;
+  /* a name with white space ("Content-Length : 3") or what MHD makes of a
+   * folded line is not a token: 400 (RFC 9112 5.1) */
+  if (!oflua__is_token(key, key_size)) h->bad_name = 1;
+  if (h->prev_end != NULL && key > h->prev_end && key - h->prev_end < 256)
+    scan_gap(h, h->prev_end, key);
+  else if (h->prev_end != NULL)
+    h->nul = 1; /* not in order in the buffer: MHD moved something */
+  h->prev_end = in_buf != NULL ? value + value_size : NULL;
   if (strcasecmp(key, "Content-Length") == 0) {
     h->n_cl++;
     h->cl = value;
@@ -379,12 +415,14 @@ static enum MHD_Result on_head(server *s, struct MHD_Connection *conn, job *r,
     return reject(s, conn, &s->n_bad_requests, MHD_HTTP_URI_TOO_LONG, s->r414);
   head_scan h;
   memset(&h, 0, sizeof h);
+  h.prev_end = version + strlen(version); /* the request line's end, in MHD's buffer */
   MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &h);
+  if (!h.nul && !h.bad_name && h.count > 0) scan_last(&h);
   if (ulen + h.bytes > s->max_header)
     return reject(s, conn, &s->n_bad_requests, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
                   s->r431);
   unsigned long long len = 0;
-  if (h.nul || line_has_nul(r, version) || h.n_cl > 1 || h.n_te > 1 || (h.n_cl > 0 && h.n_te > 0) || h.te_not_chunked ||
+  if (h.nul || h.bad_name || line_has_nul(r, version) || h.n_cl > 1 || h.n_te > 1 || (h.n_cl > 0 && h.n_te > 0) || h.te_not_chunked ||
       (h.n_cl == 1 && !valid_content_length(h.cl, &len)) || path_has_nul(r->uri) ||
       (strcmp(version, MHD_HTTP_VERSION_1_1) != 0 && strcmp(version, MHD_HTTP_VERSION_1_0) != 0) ||
       (strcmp(version, MHD_HTTP_VERSION_1_1) == 0 && h.n_host != 1))
