@@ -240,6 +240,29 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     assert.matches('"event":"handler_timeout"', stop(srv), 1, true)
   end)
 
+  it("answers 503 to a handler looping in a C callback under pcall and keeps serving", function()
+    local srv = serve({ "--handler-timeout", "1", "--io-threads", "1" })
+    local f = os.tmpname()
+    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &"):format(shq(srv.url .. "/gsubloop"), shq(f))))
+    assert.truthy(eventually(function() return h.slurp(f):match("503$") end, 15))
+    os.remove(f)
+    for i = 1, 4 do assert.equal(200, (curl(srv.url .. "/after" .. i))) end
+    assert.equal(1, state(srv)["gsubloop.started"])
+    assert.matches('"event":"handler_timeout"', stop(srv), 1, true)
+  end)
+
+  it("answers 503 to a handler no hook can stop and exits on SIGTERM within its grace", function()
+    local srv = serve({ "--handler-timeout", "1", "--grace", "1" })
+    local f = os.tmpname()
+    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &"):format(shq(srv.url .. "/cstuck"), shq(f))))
+    assert.truthy(eventually(function() return h.slurp(f):match("503$") end, 15))
+    os.remove(f)
+    assert.equal(1, state(srv)["cstuck.started"])
+    os.execute("kill -TERM " .. srv.pid)
+    assert.truthy(eventually(function() return not alive(srv.pid) end, 10))
+    assert.matches('"event":"handler_timeout"', stop(srv), 1, true)
+  end)
+
   it("answers 503 when the process-wide body budget is spent", function()
     local srv = serve({ "--max-body", "100000", "--body-budget", "100000" })
     local holder = ("exec 3<>/dev/tcp/127.0.0.1/%d; printf 'POST /echo HTTP/1.1\\r\\nHost: x\\r\\n"

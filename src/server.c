@@ -32,12 +32,14 @@
  *    max_header + 16 KiB of MHD memory: requests far beyond the limit never
  *    reach us and MHD answers them itself.
  *  - The monitor thread also answers 503 for requests whose handler is
- *    past handler_timeout but cannot be interrupted (stuck in a C call).
+ *    past handler_timeout but cannot be interrupted (stuck in a C call),
+ *    also when it runs inline on an I/O thread (written to the socket).
  *  - srv:stop(grace) quiesces the listen socket, waits (at most grace
  *    seconds) for requests in flight, answers 503 to those left, stops MHD,
  *    then stops the workers (handlers still running are cut) and runs each
  *    VM's shutdown hook. A worker stuck in a C call is abandoned (its
- *    memory is kept) so that stop always returns.
+ *    memory is kept) so that stop always returns; so is MHD when one of its
+ *    I/O threads is still inside an inline handler.
  *  - Errors are logged to stderr as one JSON line each. Request headers,
  *    bodies, paths and queries are never logged: they carry secrets.
  */
@@ -151,12 +153,21 @@ void srv_job_unref(job *r) {
   free(r);
 }
 
-static void inflight_unlink(server *s, job *r) {
+static void list_unlink(job **head, job *r) {
   if (r->prev != NULL) r->prev->next = r->next;
-  else if (s->inflight_head == r) s->inflight_head = r->next;
+  else if (*head == r) *head = r->next;
   if (r->next != NULL) r->next->prev = r->prev;
   r->prev = r->next = NULL;
 }
+
+static void list_push(job **head, job *r) {
+  r->next = *head;
+  r->prev = NULL;
+  if (*head != NULL) (*head)->prev = r;
+  *head = r;
+}
+
+static void inflight_unlink(server *s, job *r) { list_unlink(&s->inflight_head, r); }
 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
@@ -562,22 +573,26 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     r->deadline = oflua__mono_now() + s->handler_timeout;
     worker *w = s->inline_slice > 0 && !atomic_load(&s->stopping) ? srv_borrow_vm(s) : NULL;
     if (w != NULL) { /* the fast path: run here for at most inline_slice */
+      pthread_mutex_lock(&s->mu); /* seen by the monitor while it runs */
       r->inline_run = 1;
+      list_push(&s->inline_head, r);
+      pthread_mutex_unlock(&s->mu);
       if (srv_run_inline(w, r, s->inline_slice)) {
+        pthread_mutex_lock(&s->mu);
+        list_unlink(&s->inline_head, r);
+        pthread_mutex_unlock(&s->mu);
         srv_release_vm(w);
-        return queue_answer(s, conn, r);
+        return queue_answer(s, conn, r); /* after a monitor 503: closes */
       }
     }
     MHD_suspend_connection(conn);
     pthread_mutex_lock(&s->mu);
+    if (r->inline_run) list_unlink(&s->inline_head, r);
     r->inline_run = 0;
     int closing = s->closing;
     if (!closing) {
       r->queued_inflight = 1;
-      r->next = s->inflight_head;
-      r->prev = NULL;
-      if (s->inflight_head != NULL) s->inflight_head->prev = r;
-      s->inflight_head = r;
+      list_push(&s->inflight_head, r);
     }
     pthread_mutex_unlock(&s->mu);
     if (w != NULL) srv_release_vm(w); /* its worker continues the handler */
@@ -636,6 +651,32 @@ static void *monitor_main(void *arg) {
                 NULL, NULL);
       }
       srv_job_unref(late);
+    }
+    /* late handlers running inline on an I/O thread (stuck where the hook
+     * cannot stop them, in a callback called from C): that thread cannot
+     * queue an answer, so the 503 is written to the socket here, under mu so
+     * that the I/O thread (which takes mu before it touches the connection
+     * again, then closes it) cannot write or close meanwhile */
+    int ncut = 0;
+    pthread_mutex_lock(&s->mu);
+    for (job *r = s->inline_head; r != NULL; r = r->next) {
+      if (!(dnow > r->deadline + 0.25) || r->answered || r->inline_cut) continue;
+      r->answered = 1; /* the handler's answer is dropped, the connection closed */
+      r->status = 0;
+      r->mr = NULL;
+      r->inline_cut = 1;
+      if (r->ct != NULL && r->ct->fd >= 0) {
+        ssize_t wr = send(r->ct->fd, RAW_503, sizeof RAW_503 - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)wr;
+        shutdown(r->ct->fd, SHUT_WR);
+      }
+      ncut++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    for (; ncut > 0; ncut--) {
+      atomic_fetch_add(&s->n_handler_timeouts, 1);
+      srv_log("error", "handler_timeout", 0, "reason",
+              "no answer in time (inline handler stuck in a C callback)", NULL, NULL);
     }
     pthread_mutex_lock(&s->conn_mu);
   }
@@ -710,8 +751,30 @@ static void server_stop(server *s, double grace) {
     double flush = oflua__mono_now() + 0.2; /* let those answers go out */
     while (atomic_load(&s->inflight) > 0 && oflua__mono_now() < flush) oflua__sleep(0.005);
     while (atomic_load(&g_resuming) > 0) oflua__sleep(0.001);
-    MHD_stop_daemon(s->daemon); /* joins the I/O threads */
-    s->daemon = NULL;
+    /* a handler running inline holds its I/O thread: MHD_stop_daemon would
+     * wait for it forever. Cut (above), it has until 1 s past the grace */
+    double io_deadline = (deadline > oflua__mono_now() ? deadline : oflua__mono_now()) + 1.0;
+    for (;;) {
+      pthread_mutex_lock(&s->mu);
+      int busy = s->inline_head != NULL;
+      pthread_mutex_unlock(&s->mu);
+      if (!busy) break;
+      if (oflua__mono_now() >= io_deadline) {
+        s->io_stuck = 1;
+        break;
+      }
+      oflua__sleep(0.005);
+    }
+    if (s->io_stuck) {
+      /* keep the daemon and everything it uses: the process is to exit */
+      srv_log("error", "io_thread_stuck", 0, "detail",
+              "a handler running on an I/O thread does not return: that thread is abandoned",
+              NULL, NULL);
+      stuck = 1;
+    } else {
+      MHD_stop_daemon(s->daemon); /* joins the I/O threads */
+      s->daemon = NULL;
+    }
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
   }
   if (s->monitor_started) {
@@ -724,8 +787,9 @@ static void server_stop(server *s, double grace) {
   }
   atomic_store(&s->abort_handlers, 1);
   double now = oflua__mono_now();
-  if (s->workers != NULL && srv_workers_stop(s, (deadline > now ? deadline : now) + 1.0) != 0)
-    stuck = 1;
+  /* the VM of a stuck I/O thread stays borrowed: its worker cannot exit */
+  double wdl = s->io_stuck ? now : (deadline > now ? deadline : now) + 1.0;
+  if (s->workers != NULL && srv_workers_stop(s, wdl) != 0) stuck = 1;
   if (stuck) s->leaked = 1;
   if (s->handle_signals) {
     sigaction(SIGINT, &s->old_int, NULL);

@@ -60,7 +60,8 @@ enum { PHASE_NONE = 0, PHASE_HEAD, PHASE_BODY };
 /* One request, from the URI callback to the completion callback (MHD side)
  * and from the queue to its answer (worker side): reference counted. */
 struct job {
-  job *prev, *next;   /* server's unanswered in-flight list, under srv->mu */
+  job *prev, *next;   /* server's unanswered in-flight list, or its list of jobs
+                         running inline (inline_run), under srv->mu */
   job *qnext;         /* run queue or a worker's ready list, under srv->qmu */
   int on_ready;       /* on its worker's ready list (under srv->qmu) */
   job *pprev, *pnext; /* a worker's parked list (worker thread only) */
@@ -87,6 +88,7 @@ struct job {
   int co_ref;
   int timed_out;
   int inline_run;   /* running on an I/O thread, connection not suspended */
+  int inline_cut;   /* inline past its time: the monitor wrote a 503 (under mu) */
   int sliced;       /* yielded to move to a worker */
   double slice_end; /* inline: the I/O thread's share ends (0: on a worker) */
   struct oflua_waiter *waiter; /* set by oflua_wait_park */
@@ -143,6 +145,7 @@ struct server {
   /* unanswered requests (suspended connections), answers */
   pthread_mutex_t mu;
   job *inflight_head;
+  job *inline_head; /* handlers running on an I/O thread (the fast path) */
   int closing; /* no more suspending */
   /* connections and the monitor thread */
   pthread_mutex_t conn_mu;
@@ -164,6 +167,7 @@ struct server {
   pthread_mutex_t tick_mu;
   pthread_cond_t tick_cv;
   int leaked; /* a thread did not stop: keep this memory (process exits) */
+  int io_stuck; /* an I/O thread is still in a handler: MHD is not stopped */
 };
 
 typedef struct load_ctx {

@@ -13,7 +13,9 @@
  *  - Time limit: a count hook checks the request's deadline (its arrival
  *    plus handler_timeout) every HOOK_COUNT instructions; past it, the
  *    coroutine is yielded out of (or, where it cannot yield, an error is
- *    raised), the request is answered 503 and the coroutine reset. A
+ *    raised; from then on the hook runs on every instruction so that a
+ *    pcall cannot keep it alive), the request is answered 503 and the
+ *    coroutine reset. A
  *    handler stuck in a blocking C call is answered 503 by the monitor
  *    thread (server.c); its worker is lost until the call returns.
  *  - The tick VM runs the script's tick() on its own thread.
@@ -359,7 +361,15 @@ static void handler_hook(lua_State *L, lua_Debug *ar) {
     }
     return;
   }
-  j->timed_out = 1;
+  if (!j->timed_out) {
+    /* from now on the hook runs on every instruction: where the handler
+     * cannot yield (a callback called from C) the error below is raised
+     * again at once, and the first instruction back in yieldable code
+     * yields, so a pcall cannot keep it alive for long */
+    j->timed_out = 1;
+    lua_sethook(L, handler_hook, LUA_MASKCOUNT, 1);
+    if (w->cur_co != NULL && w->cur_co != L) lua_sethook(w->cur_co, handler_hook, LUA_MASKCOUNT, 1);
+  }
   if (L == w->cur_co && lua_isyieldable(L)) {
     lua_yield(L, 0); /* in a hook: returns, and Lua yields once the hook is done */
     return;
@@ -401,6 +411,7 @@ static int co_body(lua_State *L) {
 static void co_release(worker *w, lua_State *co, int ref, int ok) {
   if (!ok) lua_resetthread(co);
   lua_settop(co, 0);
+  lua_sethook(co, handler_hook, LUA_MASKCOUNT, HOOK_COUNT); /* 1 after a time limit */
   if (w->nidle < WORKER_CO_CACHE) {
     w->idle_co[w->nidle] = co;
     w->idle_ref[w->nidle] = ref;
@@ -648,7 +659,7 @@ int srv_run_inline(worker *w, job *j, double slice) {
   j->slice_end = oflua__mono_now() + slice;
   start_job(w, j);
   tls_worker = saved;
-  return j->answered; /* only this thread can have answered it yet */
+  return job_answered(j); /* by this thread, or 503 by the monitor (late) */
 }
 
 static int offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
