@@ -263,6 +263,25 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     assert.matches('"event":"handler_timeout"', stop(srv), 1, true)
   end)
 
+  it("stops taking connections and drains requests at once on SIGTERM, even with a tick busy", function()
+    local srv = serve({ "--grace", "5" }, h.source_dir .. "/spec/fixtures/servers/busy_tick.lua")
+    local function st() return select(2, curl(srv.url .. "/state")) or "" end
+    assert.truthy(eventually(function() return st():match("tick=1") end))
+    local f = os.tmpname()
+    assert(os.execute(("curl -s --max-time 20 -w ' %%{http_code}' %s >%s &"):format(shq(srv.url .. "/sleep?s=1"), shq(f))))
+    assert.truthy(eventually(function() return st():match("sleep=1") end))
+    os.execute("kill -TERM " .. srv.pid)
+    -- the listen socket is closed before the tick is waited for: refused (curl 7)
+    assert.truthy(eventually(function()
+      local _, _, code = h.sh(("curl -s --max-time 5 -o /dev/null %s"):format(shq(srv.url .. "/new")))
+      return code == 7
+    end, 4))
+    assert.truthy(eventually(function() return h.slurp(f) == "slept\n 200" end, 10))
+    os.remove(f)
+    assert.truthy(eventually(function() return not alive(srv.pid) end, 10))
+    assert.matches('"event":"tick_stuck"', stop(srv), 1, true)
+  end)
+
   it("answers 503 when the process-wide body budget is spent", function()
     local srv = serve({ "--max-body", "100000", "--body-budget", "100000" })
     local holder = ("exec 3<>/dev/tcp/127.0.0.1/%d; printf 'POST /echo HTTP/1.1\\r\\nHost: x\\r\\n"

@@ -530,6 +530,13 @@ describe("oflua.server stop", function()
     srv:close()
   end)
 
+  it("cuts a shutdown hook that does not return", function()
+    local srv = assert(server.listen({ script = FIX .. "slow_shutdown.lua", workers = 1 }))
+    assert.equal(200, (curl(srv:url() .. "/")))
+    assert.is_true(srv:stop(0)) -- the hook is cut after its time limit (2 s)
+    srv:close()
+  end)
+
   it("wait returns false when the timeout passes first", function()
     local srv = assert(server.listen({ script = FIX .. "hello.lua", workers = 1 }))
     assert.is_false(srv:wait(0.05))

@@ -34,10 +34,11 @@
  *  - The monitor thread also answers 503 for requests whose handler is
  *    past handler_timeout but cannot be interrupted (stuck in a C call),
  *    also when it runs inline on an I/O thread (written to the socket).
- *  - srv:stop(grace) quiesces the listen socket, waits (at most grace
- *    seconds) for requests in flight, answers 503 to those left, stops MHD,
+ *  - srv:stop(grace) asks the tick to stop, quiesces the listen socket,
+ *    waits (at most grace seconds) for requests in flight, answers 503 to
+ *    those left, stops MHD, waits for the tick (until the same deadline),
  *    then stops the workers (handlers still running are cut) and runs each
- *    VM's shutdown hook. A worker stuck in a C call is abandoned (its
+ *    VM's shutdown hook (at most 2 s of Lua each). A worker stuck in a C call is abandoned (its
  *    memory is kept) so that stop always returns; so is MHD when one of its
  *    I/O threads is still inside an inline handler.
  *  - Errors are logged to stderr as one JSON line each. Request headers,
@@ -737,7 +738,10 @@ static void server_stop(server *s, double grace) {
   if (s->stopped) return;
   atomic_store(&s->stopping, 1);
   double deadline = oflua__mono_now() + grace;
-  int stuck = srv_tick_stop(s, deadline) != 0;
+  int stuck = 0;
+  /* the tick finishes the one in progress while requests drain; it is
+   * waited for (until the same deadline) once they are answered */
+  srv_tick_signal(s);
   MHD_socket lsock = MHD_INVALID_SOCKET;
   if (s->daemon != NULL) {
     lsock = MHD_quiesce_daemon(s->daemon);
@@ -777,6 +781,7 @@ static void server_stop(server *s, double grace) {
     }
     if (lsock != MHD_INVALID_SOCKET) close(lsock);
   }
+  if (srv_tick_stop(s, deadline) != 0) stuck = 1;
   if (s->monitor_started) {
     pthread_mutex_lock(&s->conn_mu);
     s->monitor_stop = 1;

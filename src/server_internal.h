@@ -185,6 +185,7 @@ void srv_enqueue(server *s, job *j);
  * returns 0 if every worker stopped (VMs closed), -1 if one is stuck. */
 int srv_workers_stop(server *s, double deadline);
 void *srv_tick_main(void *arg);
+void srv_tick_signal(server *s);
 int srv_tick_stop(server *s, double deadline);
 int srv_sleep(lua_State *L);
 /* The inline fast path: an I/O thread borrows an idle VM (NULL if none or

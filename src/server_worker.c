@@ -135,8 +135,23 @@ static int run_shutdown(lua_State *L) {
   return 0;
 }
 
+/* Shutdown hooks run on the stopping thread, each for at most
+ * SHUTDOWN_LIMIT seconds of Lua (a count hook; a blocking C call is not
+ * interrupted). */
+#define SHUTDOWN_LIMIT 2.0
+static _Thread_local double shutdown_deadline = 0;
+
+static void shutdown_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  if (oflua__mono_now() < shutdown_deadline) return;
+  lua_sethook(L, shutdown_hook, LUA_MASKCOUNT, 1); /* again at once if a pcall catches it */
+  luaL_error(L, "shutdown hook time limit exceeded");
+}
+
 /* Runs the shutdown hook at [2] of L (protected) and logs its error. */
 static void shutdown_vm(lua_State *L, int id) {
+  shutdown_deadline = oflua__mono_now() + SHUTDOWN_LIMIT;
+  lua_sethook(L, shutdown_hook, LUA_MASKCOUNT, 1000);
   lua_settop(L, 2);
   lua_pushcfunction(L, oflua__msgh);
   lua_pushcfunction(L, run_shutdown);
@@ -147,6 +162,7 @@ static void shutdown_vm(lua_State *L, int id) {
     oflua__filter_error(L, err, sizeof err);
     srv_log("error", "shutdown_error", id, "error", err, NULL, NULL);
   }
+  lua_sethook(L, NULL, 0, 0);
 }
 
 /* ==== waiters (server_wait.h) ============================================== */
@@ -874,6 +890,15 @@ void *srv_tick_main(void *arg) {
   pthread_cond_broadcast(&s->tick_cv);
   pthread_mutex_unlock(&s->tick_mu);
   return NULL;
+}
+
+/* Asks the tick thread to stop after the tick in progress (no wait). */
+void srv_tick_signal(server *s) {
+  if (!s->tick_started) return;
+  pthread_mutex_lock(&s->tick_mu);
+  s->tick_stop = 1;
+  pthread_cond_broadcast(&s->tick_cv);
+  pthread_mutex_unlock(&s->tick_mu);
 }
 
 /* Stops the tick thread (a tick in progress may finish until deadline) and
