@@ -293,6 +293,30 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     stop(srv)
   end)
 
+  it("gives each client address a share of the body budget (127.0.0.1 cannot starve 127.0.0.2)", function()
+    -- budget 400000, max_body 100000: each address may hold 100000 at once
+    local srv = serve({ "--max-body", "100000", "--body-budget", "400000" })
+    local holders = {}
+    for i = 1, 4 do -- four bodies of 100000 announced, 90000 sent, held open
+      local done = os.tmpname()
+      holders[i] = done
+      local holder = ("exec 3<>/dev/tcp/127.0.0.1/%d; printf 'POST /echo HTTP/1.1\\r\\nHost: x\\r\\n"
+        .. "Content-Length: 100000\\r\\n\\r\\n' >&3; head -c 90000 /dev/zero >&3; sleep 4; echo >%s")
+        :format(srv.port, shq(done))
+      assert(os.execute("bash -c " .. shq(holder) .. " >/dev/null 2>&1 &"))
+    end
+    core.sleep(1)
+    local body = h.write_file(os.tmpname(), ("b"):rep(100000))
+    local status, echoed = curl(srv.url .. "/echo", "--interface 127.0.0.2 --data-binary @" .. shq(body))
+    assert.equal(200, status)
+    assert.equal(100000, #echoed)
+    -- 127.0.0.1 has used its share
+    assert.equal(503, (curl(srv.url .. "/echo", "--data-binary @" .. shq(body))))
+    os.remove(body)
+    for i = 1, 4 do os.remove(holders[i]) end
+    stop(srv)
+  end)
+
   it("logs a fixed placeholder, never the raw error, when the error filter fails", function()
     local srv = serve({}, h.source_dir .. "/spec/fixtures/servers/bad_filter.lua")
     assert.equal(500, (curl(srv.url .. "/boom")))

@@ -16,8 +16,9 @@
  *    connection's start (or of the end of the previous request on a kept-
  *    alive connection), the body within body_timeout of the head: a monitor
  *    thread shuts down connections past their deadline (MHD's own timeout
- *    only counts inactivity). Bodies are buffered up to max_body each and
- *    body_budget bytes for the whole process (503 beyond). A body over
+ *    only counts inactivity). Bodies are buffered up to max_body each,
+ *    body_budget bytes for the whole process and body_budget_per_ip for
+ *    one client address (503 beyond). A body over
  *    max_body, announced or chunked, is answered 413 as soon as it is
  *    passed and the connection closed.
  *  - Strict parsing, our own checks on top of MHD's parser:
@@ -137,8 +138,88 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *conn) {
   return r;
 }
 
+/* ---- body budget: process-wide, and a share per client address ---------- */
+
+static int client_addr(struct MHD_Connection *conn, unsigned char addr[16], int *family) {
+  memset(addr, 0, 16);
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (ci == NULL || ci->client_addr == NULL) return -1;
+  const struct sockaddr *sa = ci->client_addr;
+  *family = sa->sa_family;
+  if (sa->sa_family == AF_INET)
+    memcpy(addr, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, 4);
+  else if (sa->sa_family == AF_INET6)
+    memcpy(addr, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, 16);
+  else return -1;
+  return 0;
+}
+
+static unsigned ip_bucket(const unsigned char addr[16]) {
+  uint32_t h = 2166136261u; /* FNV-1a: entries are bounded by max_connections */
+  for (int i = 0; i < 16; i++) h = (h ^ addr[i]) * 16777619u;
+  return h % IP_BUCKETS;
+}
+
+/* Reserves `more` bytes of body for r: within body_budget (process) and
+ * body_budget_per_ip (its client address). 0, or -1 when over either. */
+static int body_reserve(server *s, struct MHD_Connection *conn, job *r, size_t more) {
+  long long used = atomic_fetch_add(&g_body_used, (long long)more) + (long long)more;
+  if (used > (long long)s->body_budget) {
+    atomic_fetch_sub(&g_body_used, (long long)more);
+    return -1;
+  }
+  pthread_mutex_lock(&s->ip_mu);
+  ip_share *e = r->ip;
+  if (e == NULL) {
+    unsigned char addr[16];
+    int family = 0;
+    if (client_addr(conn, addr, &family) == 0) {
+      unsigned b = ip_bucket(addr);
+      for (e = s->ip_table[b]; e != NULL; e = e->next)
+        if (e->family == family && memcmp(e->addr, addr, 16) == 0) break;
+      if (e == NULL && (e = calloc(1, sizeof *e)) != NULL) {
+        memcpy(e->addr, addr, 16);
+        e->family = family;
+        e->next = s->ip_table[b];
+        s->ip_table[b] = e;
+      }
+    }
+    if (e == NULL) { /* no address or out of memory: refuse */
+      pthread_mutex_unlock(&s->ip_mu);
+      atomic_fetch_sub(&g_body_used, (long long)more);
+      return -1;
+    }
+    e->refs++;
+    r->ip = e;
+  }
+  if (more > s->body_budget_per_ip - e->used) {
+    pthread_mutex_unlock(&s->ip_mu);
+    atomic_fetch_sub(&g_body_used, (long long)more);
+    return -1;
+  }
+  e->used += more;
+  pthread_mutex_unlock(&s->ip_mu);
+  r->reserved += more;
+  return 0;
+}
+
 static void body_release(job *r) {
   if (r->reserved > 0) atomic_fetch_sub(&g_body_used, (long long)r->reserved);
+  if (r->ip != NULL) {
+    server *s = r->srv;
+    pthread_mutex_lock(&s->ip_mu);
+    ip_share *e = r->ip;
+    e->used -= r->reserved;
+    if (--e->refs == 0) {
+      ip_share **pp = &s->ip_table[ip_bucket(e->addr)];
+      while (*pp != e) pp = &(*pp)->next;
+      *pp = e->next;
+      free(e);
+    }
+    pthread_mutex_unlock(&s->ip_mu);
+    r->ip = NULL;
+  }
   r->reserved = 0;
   free(r->body);
   r->body = NULL;
@@ -445,17 +526,15 @@ static enum MHD_Result on_head(server *s, struct MHD_Connection *conn, job *r,
     set_phase(r->ct, PHASE_BODY, s->body_timeout);
     if (len > 0) { /* reserve up front, but not more than 64 KiB before data arrives */
       size_t cap = len < 65536 ? (size_t)len : 65536;
-      long long used = atomic_fetch_add(&g_body_used, (long long)cap) + (long long)cap;
-      if (used > (long long)s->body_budget) {
-        atomic_fetch_sub(&g_body_used, (long long)cap);
+      if (body_reserve(s, conn, r, cap) != 0)
         return reject(s, conn, &s->n_budget, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
-      }
       r->body = malloc(cap);
       if (r->body == NULL) {
-        atomic_fetch_sub(&g_body_used, (long long)cap);
+        body_release(r);
         return reject(s, conn, &s->n_budget, MHD_HTTP_SERVICE_UNAVAILABLE, s->r503);
       }
-      r->body_cap = r->reserved = cap;
+      r->body_cap = cap;
+      r->body_want = (size_t)len;
     }
   } else {
     set_phase(r->ct, PHASE_NONE, 0);
@@ -501,21 +580,22 @@ static const char RAW_503[] =
 /* A piece of the body: 0 to go on, else the request was refused. */
 static enum MHD_Result on_body(server *s, struct MHD_Connection *conn, job *r, const char *data,
                                size_t n, int *done) {
-  (void)conn;
   *done = 1;
   if (n > s->max_body - r->body_len) return refuse_mid_body(s, r, &s->n_too_large, RAW_413);
   if (r->body_len + n > r->body_cap) {
-    size_t cap = r->body_cap ? r->body_cap : 4096;
-    while (cap < r->body_len + n) cap *= 2;
+    /* grow by an eighth (at least 64 KiB), not by doubling: what is
+     * reserved stays close to what was received (and never past an
+     * announced length) */
+    size_t need = r->body_len + n, step = r->body_cap / 8;
+    size_t cap = r->body_cap + (step > 65536 ? step : 65536);
+    if (cap < need) cap = need;
+    if (r->body_want > 0 && cap > r->body_want) cap = r->body_want;
     if (cap > s->max_body) cap = s->max_body;
+    if (cap < need) cap = need;
     size_t more = cap - r->body_cap;
-    long long used = atomic_fetch_add(&g_body_used, (long long)more) + (long long)more;
-    char *b = used > (long long)s->body_budget ? NULL : realloc(r->body, cap);
-    if (b == NULL) {
-      atomic_fetch_sub(&g_body_used, (long long)more);
-      return refuse_mid_body(s, r, &s->n_budget, RAW_503);
-    }
-    r->reserved += more;
+    if (body_reserve(s, conn, r, more) != 0) return refuse_mid_body(s, r, &s->n_budget, RAW_503);
+    char *b = realloc(r->body, cap);
+    if (b == NULL) return refuse_mid_body(s, r, &s->n_budget, RAW_503); /* releases it all */
     r->body = b;
     r->body_cap = cap;
   }
@@ -824,6 +904,7 @@ static void server_free(server *s) {
     if (rs[i] != NULL) MHD_destroy_response(rs[i]);
   if (s->sync_ready) {
     pthread_mutex_destroy(&s->qmu);
+    pthread_mutex_destroy(&s->ip_mu);
     pthread_cond_destroy(&s->qcv);
     pthread_cond_destroy(&s->exit_cv);
     pthread_mutex_destroy(&s->mu);
@@ -999,7 +1080,7 @@ static void on_mhd_log(void *cls, const char *fmt, va_list ap) {
 typedef struct listen_opts {
   const char *host, *script;
   lua_Integer port, workers, io_threads, max_body, max_header, max_connections, per_ip,
-      body_budget;
+      body_budget, body_budget_per_ip;
   lua_Number timeout_s, grace_s, head_timeout, body_timeout, handler_timeout, inline_slice;
   int handle_signals;
   int args_idx;
@@ -1038,7 +1119,7 @@ static const char *const listen_keys[] = {
     "host",         "port",           "workers",         "io_threads",      "script",
     "args",         "max_body",       "max_header",      "timeout_s",       "max_connections",
     "per_ip_connections", "head_timeout", "body_timeout", "handler_timeout", "body_budget",
-    "handle_signals", "grace_s",      "inline_slice", NULL};
+    "handle_signals", "grace_s",      "inline_slice", "body_budget_per_ip", NULL};
 
 /* Defaults: safe for a server exposed to the internet (docs/operations.md). */
 #define DEF_MAX_CONNECTIONS 1024
@@ -1091,6 +1172,11 @@ static void parse_listen_opts(lua_State *L, listen_opts *o) {
     luaL_error(L, "server.listen: per_ip_connections must not exceed max_connections");
   if (o->body_budget < o->max_body)
     luaL_error(L, "server.listen: body_budget must be at least max_body");
+  /* default: a quarter of the budget, but room for one max_body */
+  lua_Integer per_ip = o->body_budget / 4 > o->max_body ? o->body_budget / 4 : o->max_body;
+  o->body_budget_per_ip = opt_int(L, "body_budget_per_ip", per_ip, 0, (lua_Integer)1 << 44);
+  if (o->body_budget_per_ip < o->max_body || o->body_budget_per_ip > o->body_budget)
+    luaL_error(L, "server.listen: body_budget_per_ip must be within [max_body, body_budget]");
   lua_getfield(L, 1, "handle_signals");
   o->handle_signals = lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -1126,7 +1212,8 @@ static int init_sync(server *s) {
   pthread_condattr_t ca; /* timed waits on the monotonic clock */
   if (pthread_condattr_init(&ca) != 0) return -1;
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  int rc = pthread_mutex_init(&s->qmu, NULL) | pthread_cond_init(&s->qcv, &ca) |
+  int rc = pthread_mutex_init(&s->qmu, NULL) | pthread_mutex_init(&s->ip_mu, NULL) |
+           pthread_cond_init(&s->qcv, &ca) |
            pthread_cond_init(&s->exit_cv, &ca) | pthread_mutex_init(&s->mu, NULL) |
            pthread_mutex_init(&s->conn_mu, NULL) | pthread_cond_init(&s->monitor_cv, &ca);
   pthread_condattr_destroy(&ca);
@@ -1202,6 +1289,7 @@ static int server_listen(lua_State *L) {
   s->max_body = (size_t)o.max_body;
   s->max_header = (size_t)o.max_header;
   s->body_budget = (size_t)o.body_budget;
+  s->body_budget_per_ip = (size_t)o.body_budget_per_ip;
   s->grace = o.grace_s;
   s->head_timeout = o.head_timeout;
   s->body_timeout = o.body_timeout;

@@ -43,6 +43,18 @@ typedef struct server server;
 typedef struct worker worker;
 typedef struct job job;
 typedef struct conn_track conn_track;
+typedef struct ip_share ip_share;
+
+/* Body bytes reserved by the requests of one client address (server.c),
+ * in the server's table under ip_mu. */
+struct ip_share {
+  ip_share *next;
+  unsigned char addr[16];
+  int family;
+  size_t used;
+  int refs; /* jobs holding a reservation here */
+};
+#define IP_BUCKETS 256
 struct oflua_waiter;
 
 /* One TCP connection, from MHD's "started" to its "closed" notification
@@ -83,6 +95,8 @@ struct job {
   char *mem; /* headers array and strings */
   char *body;
   size_t body_len, body_cap, reserved;
+  size_t body_want; /* announced Content-Length (0: chunked) */
+  ip_share *ip;     /* the address's share, once something is reserved */
   /* worker side */
   lua_State *co;
   int co_ref;
@@ -129,7 +143,9 @@ struct server {
   int port;
   char url[128];
   /* limits (see parse_listen_opts) */
-  size_t max_body, max_header, body_budget;
+  size_t max_body, max_header, body_budget, body_budget_per_ip;
+  pthread_mutex_t ip_mu;
+  ip_share *ip_table[IP_BUCKETS];
   double grace, head_timeout, body_timeout, handler_timeout, inline_slice;
   int handle_signals;
   struct sigaction old_int, old_term;
