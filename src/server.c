@@ -329,6 +329,7 @@ struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, in
 typedef struct head_scan {
   int n_cl, n_te, n_host, nul, bad_name, te_not_chunked;
   int eol;              /* bytes of a line end seen in the head (1: LF, 2: CRLF) */
+  int moved;            /* a gap could not be measured: no check of the last line */
   const char *prev_end; /* end of the previous header's value (or of the version) */
   const char *cl;
   size_t bytes, count;
@@ -387,8 +388,8 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
   if (!oflua__is_token(key, key_size)) h->bad_name = 1;
   if (h->prev_end != NULL && key > h->prev_end && key - h->prev_end < 256)
     scan_gap(h, h->prev_end, key);
-  else if (h->prev_end != NULL)
-    h->nul = 1; /* not in order in the buffer: MHD moved something */
+  else
+    h->moved = 1; /* not in order in MHD's buffer (it moved): not checked */
   h->prev_end = in_buf != NULL ? value + value_size : NULL;
   if (strcasecmp(key, "Content-Length") == 0) {
     h->n_cl++;
@@ -510,7 +511,7 @@ static enum MHD_Result on_head(server *s, struct MHD_Connection *conn, job *r,
   memset(&h, 0, sizeof h);
   h.prev_end = version + strlen(version); /* the request line's end, in MHD's buffer */
   MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &h);
-  if (!h.nul && !h.bad_name && h.count > 0) scan_last(&h);
+  if (!h.nul && !h.bad_name && !h.moved && h.count > 0) scan_last(&h);
   if (ulen + h.bytes > s->max_header)
     return reject(s, conn, &s->n_bad_requests, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
                   s->r431);
