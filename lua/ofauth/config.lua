@@ -3,7 +3,8 @@
 --   OFAUTH_API_KEY         API key (Sandbox or Production decides the environment)
 --   OFAUTH_BASE_URL        API base URL (default https://api.ofauth.com)
 --   OFAUTH_WEBHOOK_SECRET  webhook signing secret (whsec_... for Svix, raw for the checklist scheme)
---   OFLUA_STORE            path of the encrypted store (SQLite file)
+--   OFLUA_STORE            the encrypted store: a SQLite file path, or a
+--                          postgresql://user@host:port/db URL (many hosts, one database)
 --   OFLUA_STORE_KEY        store master key (base64 of 32 bytes), or
 --   OFLUA_STORE_KEY_FILE   a file holding it (mode 0600)
 --
@@ -41,14 +42,16 @@ function M.store_configured(flags) return pick(flags.store, env("OFLUA_STORE")) 
 --- The store from --store/--key-file/--namespace or the environment.
 function M.store(flags)
   local path = pick(flags.store, env("OFLUA_STORE"))
-  if not path then return nil, "no store: pass --store PATH or set OFLUA_STORE" end
+  if not path then return nil, "no store: pass --store PATH|URL or set OFLUA_STORE" end
   local key_file = pick(flags.key_file, env("OFLUA_STORE_KEY_FILE"))
   local key = not key_file and env("OFLUA_STORE_KEY") or nil
   if not key and not key_file then
     return nil, "no store key: set OFLUA_STORE_KEY or OFLUA_STORE_KEY_FILE (or pass --key-file); "
       .. "make one with 'oflua store keygen'"
   end
-  local st, err = require("oflua.store").open({ path = path, key = key, key_file = key_file,
+  local store = require("oflua.store")
+  local where = store.is_url(path) and "url" or "path"
+  local st, err = store.open({ [where] = path, key = key, key_file = key_file,
     namespace = flags.namespace })
   if not st then return nil, tostring(err) end
   return st

@@ -17,6 +17,12 @@ local redact = require("ofauth.redact")
 local BIN = arg[-1] or "build/oflua"
 local SOURCE = core.lua_dir:gsub("/lua$", "")
 local KEEP = os.getenv("OFLUA_DEMO_KEEP") == "1"
+-- --postgres (scripts/demo --postgres runs this under scripts/with-postgres):
+-- the store is a PostgreSQL database shared by three receivers.
+local PG = false
+for _, a in ipairs(arg) do if a == "--postgres" then PG = true end end
+local PG_URL = PG and assert(os.getenv("OFLUA_TEST_PG_URL"), "--postgres: run through scripts/demo --postgres")
+local APPS = PG and { "app", "app2", "app3" } or { "app" }
 
 local function shq(s) return "'" .. tostring(s):gsub("'", "'\\''") .. "'" end
 
@@ -136,16 +142,25 @@ local store_key = store.keygen()
 local key_file = path("store.key")
 assert(store.save_key(key_file, store_key))
 local db = path("app.db")
+local pg_password
+if PG then
+  -- a database of its own on the throwaway server
+  assert(os.execute("psql " .. shq(PG_URL) .. " -qAtX -c 'CREATE DATABASE oflua_demo' >/dev/null"))
+  db = PG_URL:gsub("/[^/?]*$", "/oflua_demo")
+  pg_password = PG_URL:match("^%a+://[^:/@]+:([^@]+)@")
+  if pg_password then redact.register_secret(pg_password) end
+end
 for _, s in ipairs({ api_key, secret, store_key }) do redact.register_secret(s) end
 
 say("oflua demo: the OFAuth integration end to end, offline (state in %s, removed after a pass)", tmp)
+if PG then say("  store: PostgreSQL %s (a throwaway cluster), three receivers", redact.text(db)) end
 say("")
 
 local emu, conn_id, emu_url
 local connection_secrets = {}
 
 local function cleanup()
-  stop_child("app")
+  for _, name in ipairs(APPS) do stop_child(name) end
   if emu then emu:stop(1) end
   if not KEEP and failed == 0 then os.execute("rm -rf " .. shq(tmp)) end
 end
@@ -169,12 +184,15 @@ local function run()
   end)
   if not ok_all then return end
 
+  local app_env
   ok_all = step("app: oflua serve examples/webhook_receiver.lua", function()
-    local _, log = spawn("app", {
+    app_env = {
       OFAUTH_API_KEY = api_key, OFAUTH_BASE_URL = emu_url, OFAUTH_WEBHOOK_SECRET = secret,
       OFLUA_STORE = db, OFLUA_STORE_KEY_FILE = key_file, OFAUTH_LOG = "info",
       OFLUA_ADMIN_TOKEN = ADMIN_TOKEN, OFLUA_PUBLIC_URL = PUBLIC_URL,
-    }, { BIN, "serve", SOURCE .. "/examples/webhook_receiver.lua", "--port", "0", "--workers", "2" })
+    }
+    local _, log = spawn("app", app_env, { BIN, "serve", SOURCE .. "/examples/webhook_receiver.lua",
+      "--port", "0", "--workers", "2" })
     app_url = wait_for(function() return slurp(log):match("listening on (http://[%d.:]+)") end, 15)
     check(app_url, "the app did not start:\n%s", slurp(log))
     if emu.set_webhook_url then
@@ -236,8 +254,13 @@ local function run()
     end, 15)
     check(status == 200 and body.status == "active", "users/alice: %s %s", status, cjson.encode(body))
     return "status active, " .. tostring(#(body.permissions or {})) .. " permissions"
-  end) and step("the store file holds no connection id in clear", function()
+  end) and step(PG and "pg_dump of the database holds no connection id in clear"
+    or "the store file holds no connection id in clear", function()
     local bytes = slurp(db) .. slurp(db .. "-wal")
+    if PG then
+      assert(os.execute("pg_dump " .. shq(db) .. " >" .. shq(path("dump.sql"))))
+      bytes = slurp(path("dump.sql"))
+    end
     check(#bytes > 0, "no store file at %s", db)
     check(not bytes:find(conn_id, 1, true), "the connection id is in the store file in clear")
     check(not bytes:find("alice", 1, true), "the user id is in the store file in clear")
@@ -375,12 +398,80 @@ local function run()
   end)
   if not ok_all then return end
 
+  if PG then
+    say("")
+    say("6b. Scale-out: three receivers on one PostgreSQL")
+    local apps = { app_url }
+    ok_all = step("two more receivers on the same database", function()
+      for i = 2, 3 do
+        local _, log = spawn("app" .. i, app_env, { BIN, "serve", SOURCE .. "/examples/webhook_receiver.lua",
+          "--port", "0", "--workers", "2" })
+        apps[i] = wait_for(function() return slurp(log):match("listening on (http://[%d.:]+)") end, 15)
+        check(apps[i], "app%d did not start:\n%s", i, slurp(log))
+      end
+      return table.concat(apps, " ")
+    end)
+    local scale
+    ok_all = ok_all and step("emulator delivers 30 events round-robin, retries go elsewhere", function()
+      local per = { 0, 0, 0 }
+      local ids = {}
+      for n = 1, 30 do
+        local i = (n - 1) % 3 + 1
+        emu:set_webhook_url(apps[i] .. "/webhooks/ofauth")
+        local status, body = call("POST", emu_url .. "/emulator/webhooks/send",
+          { type = "connection.updated", connection_id = conn_id })
+        check(status == 202, "send: %s %s", status, cjson.encode(body))
+        check(emu:deliver_pending(15), "deliveries did not finish")
+        per[i] = per[i] + 1
+        ids[#ids + 1] = body.id
+      end
+      emu:set_webhook_url(app_url .. "/webhooks/ofauth")
+      local recs = emu:deliveries("delivered")
+      check(#recs >= 30, "%d delivered", #recs)
+      -- the sender's retries of each event (same svix id) reach the two other receivers
+      local answers = { accepted = 0, duplicate = 0 }
+      for n, id in ipairs(ids) do
+        for k = 1, 2 do
+          local body = cjson.encode({ eventType = "connection.updated", live = false,
+            data = { clientReferenceId = "alice", connection = { id = conn_id, status = "active" } } })
+          local i = (n - 1 + k) % 3 + 1
+          local st, b = call("POST", apps[i] .. "/webhooks/ofauth", body, webhooks.sign_svix(body, secret, id))
+          check(st == 200, "retry of %s to app%d: %s", id, i, st)
+          answers[b.status] = (answers[b.status] or 0) + 1
+        end
+      end
+      check(answers.duplicate == 60 and answers.accepted == 0, "retries: %s", cjson.encode(answers))
+      -- every event is in the shared inbox once, and done
+      local st <close> = assert(store.open({ url = db, key = store_key }))
+      -- handlers run in the background once an event is stored: wait for them
+      local done = 0
+      wait_for(function()
+        done = 0
+        for _, id in ipairs(ids) do
+          local e = st:inbox_get("svix:" .. id)
+          check(e, "%s is not in the inbox", id)
+          if e.state == "done" then done = done + 1 end
+        end
+        return done == 30
+      end, 20)
+      check(done == 30, "%d of 30 events done", done)
+      scale = { per = per, done = done }
+      return ("%d/%d/%d per receiver; 60 retries answered duplicate"):format(per[1], per[2], per[3])
+    end)
+    if ok_all then
+      say("  each event handled once: 30 events, 90 deliveries over 3 receivers (30 from the emulator,"
+        .. " 60 retries answered duplicate), %d done in the shared inbox", scale.done)
+    end
+    if not ok_all then return end
+  end
+
   say("")
   say("7. Secrets")
   ok_all = step("no key, secret or connection id in any output or log", function()
-    stop_child("app") -- flush and close its log
-    local texts = { table.concat(transcript, "\n"), slurp(path("app.log")), slurp(path("doctor.out")) }
-    local secrets = { api_key, secret, store_key, crypto.unbase64(store_key) }
+    for _, name in ipairs(APPS) do stop_child(name) end -- flush and close the logs
+    local texts = { table.concat(transcript, "\n"), slurp(path("doctor.out")) }
+    for _, name in ipairs(APPS) do texts[#texts + 1] = slurp(path(name .. ".log")) end
+    local secrets = { api_key, secret, store_key, crypto.unbase64(store_key), pg_password }
     for _, c in ipairs(connection_secrets) do secrets[#secrets + 1] = c end
     local bytes = 0
     for _, t in ipairs(texts) do

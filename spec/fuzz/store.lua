@@ -1,5 +1,5 @@
 -- Fuzz target: oflua.store opening sealed data it finds in its database.
--- store.c keeps its unseal path internal, so the fuzzed bytes go where an
+-- store_api.c keeps its unseal path internal, so the fuzzed bytes go where an
 -- attacker with write access to the file would put them: the harness's
 -- fuzz.sql writes them into one column of a real store (a sealed value, a
 -- sealed key, an event id or payload, the key id, the meta row...), then the

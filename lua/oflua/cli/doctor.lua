@@ -24,7 +24,8 @@ Options (else the environment variable in brackets):
   --webhook-url URL    [OFAUTH_WEBHOOK_URL]   your endpoint receiving OFAuth webhooks
   --secret S           [OFAUTH_WEBHOOK_SECRET]
   --scheme svix|checklist                     signature scheme of the test events (svix)
-  --store PATH         [OFLUA_STORE], --key-file F [OFLUA_STORE_KEY_FILE] or OFLUA_STORE_KEY
+  --store PATH|URL     [OFLUA_STORE] (a SQLite file or a postgresql:// URL),
+                       --key-file F [OFLUA_STORE_KEY_FILE] or OFLUA_STORE_KEY
   --user ID            check Access with this user's stored connection (default: the first active)
   --skip NAME          skip a check (repeatable)
   --json               one JSON object with every result
@@ -224,6 +225,11 @@ run("store", function()
   end
   -- The marker was written (key and value): neither may be in the files in clear.
   local path = opts.store or env("OFLUA_STORE")
+  local info = st:info()
+  if info.backend ~= "sqlite" then -- PostgreSQL: sealed before it is sent; never show the password
+    return report("store", true, ("opens with its key, round-trips a value (%s, %s; sealed before it is sent)")
+      :format(info.backend, info.url))
+  end
   for _, p in ipairs({ path, path .. "-wal" }) do
     local f = io.open(p, "rb")
     if f then

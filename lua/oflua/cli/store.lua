@@ -1,7 +1,7 @@
 -- oflua store: the encrypted store: get, put, delete, list, rekey, keygen
 --
--- A thin user of oflua.store. The store file comes from --store or
--- $OFLUA_STORE; the master key from --key-file, $OFLUA_STORE_KEY_FILE or
+-- A thin user of oflua.store. The store (a SQLite file or a postgresql://
+-- URL) comes from --store or $OFLUA_STORE; the master key from --key-file, $OFLUA_STORE_KEY_FILE or
 -- $OFLUA_STORE_KEY (in that order). Every failure is one line on stderr and
 -- exit status 1; the key, keys and values never appear in a message.
 local cli = require("oflua.cliutil")
@@ -19,7 +19,8 @@ Commands:
   keygen [--out FILE]      print a new key, or write it to FILE with mode 0600
 
 Options:
-  --store PATH       the store file (default: $OFLUA_STORE)
+  --store PATH|URL   the store: a SQLite file, or a postgresql://user@host:port/db URL
+                     (password from PGPASSFILE preferably) (default: $OFLUA_STORE)
   --key-file FILE    file holding the base64 master key, mode 0600
                      (default: $OFLUA_STORE_KEY_FILE, else the key itself in $OFLUA_STORE_KEY)
   --namespace NAME   the namespace inside the store (default: "default")
@@ -113,7 +114,7 @@ end
 local function open(create)
   local store = require("oflua.store")
   local path = cli.pick(opts.store, cli.env("OFLUA_STORE"))
-  if not path then cli.fail("no store: give --store PATH or set OFLUA_STORE") end
+  if not path then cli.fail("no store: give --store PATH|URL or set OFLUA_STORE") end
   if not (opts.key_file or cli.env("OFLUA_STORE_KEY_FILE") or cli.env("OFLUA_STORE_KEY")) then
     cli.fail("no store key: give --key-file FILE or set OFLUA_STORE_KEY_FILE or OFLUA_STORE_KEY")
   end

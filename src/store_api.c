@@ -1,0 +1,1646 @@
+/*
+ * store_api.c: oflua.store, the Lua-facing API of the encrypted key/value
+ * store and webhook inbox. This file checks arguments, seals and opens every
+ * field (store_seal.c) and drives a backend (store_backend.h: SQLite in
+ * store_sqlite.c, PostgreSQL in store_pg.c) that only ever sees sealed bytes
+ * and blind indexes.
+ *
+ * Errors. Expected failures return nil, message, kind (as io.open, plus a
+ * kind): "unavailable" (the database cannot be reached: a receiver answers
+ * 503), "db" (any other database error), "stale" (the store was rekeyed
+ * after this handle opened it), "tampered" (a row failed authentication),
+ * "key" (wrong key), "invalid". Wrong argument types raise. Messages never
+ * hold a key, a value, the master key or a database password. The list()
+ * iterator raises, as an iterator cannot return nil, err.
+ *
+ * No Lua error is raised while a transaction is open: rows come back from the
+ * backend into a "rows" userdata (freed by its __gc if a later allocation
+ * raises), sealed or opened in place in C, and Lua values are built only
+ * after the transaction committed or rolled back.
+ *
+ * API (keys and event ids: byte strings up to 4096 bytes; values, payloads:
+ * byte strings; `now`: seconds, default the wall clock):
+ *   store.open{path | url, key = base64 | key_file = path, namespace = "default",
+ *              synchronous = "NORMAL" | "FULL", busy_timeout_ms = 5000,
+ *              connect_timeout_s = 5, create = true} -> s | nil, err, kind
+ *       (busy_timeout_ms: SQLite's wait for the write lock; PostgreSQL's
+ *       lock_timeout)
+ *       path: a SQLite file; url (or a path starting with postgresql:// or
+ *       postgres://): PostgreSQL. A PostgreSQL handle that cannot reach the
+ *       server is still returned and connects on first use.
+ *   store.open_env{...}      like open; path or URL from $OFLUA_STORE, key from
+ *                            $OFLUA_STORE_KEY_FILE, else $OFLUA_STORE_KEY
+ *   store.keygen() -> base64 key; store.save_key(path, key) -> true | nil, err
+ *   store.sqlite_version, store.format, store.schema_version, store.is_url(text)
+ *   s:get(k) -> v | nil | nil, err      s:put(k, v) -> true | nil, err
+ *   s:delete(k) -> true | false | nil, err
+ *   s:list([prefix]) -> iterator of k, v in insertion order, read in batches
+ *                       of 64 rows through an (ns, id) index: O(rows)
+ *   s:transaction(fn) -> fn(s)'s results (rollback + re-raise on error;
+ *                        nested calls are savepoints)
+ *   s:rekey(key | {key = } | {key_file = }) -> true, rows | nil, err
+ *   s:info() -> {backend, path | url, namespace, key_id, format,
+ *               schema_version, version, sqlite_version}
+ *   s:inbox_add(id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err
+ *                            (with lease_s: inserted already claimed by the caller)
+ *   s:inbox_add_many(list[, now[, lease_s]]) -> {true | false, ...} | nil, err
+ *                            list: {{id =, payload =}, ...} (at most 1000),
+ *                            one transaction: all rows or none
+ *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
+ *   s:inbox_done(id[, now]) -> true | false
+ *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
+ *                       -> "pending", next_attempt_at | "dead"
+ *   s:inbox_retry(id[, now]) -> true | false  (back to pending, attempts 0)
+ *   s:inbox_get(id) -> {id, payload, state, attempts, last_error, ...} | nil
+ *   s:inbox_list{state =, limit = 100, after = 0} -> {{id, payload, state, ...}}, cursor
+ *   s:inbox_dead([limit]) -> {{id, payload, attempts, last_error}}
+ *   s:inbox_stats() -> {pending, claimed, done, dead, total}
+ *   s:inbox_prune(age_s[, now]) -> number of done events forgotten
+ *   s:close() (also __gc, __close; idempotent)
+ *
+ * Not covered: rolling a row back to an older sealed version of itself (an
+ * attacker with write access can restore an old value of the same key), and
+ * the namespace names, which are stored in clear.
+ */
+#include "internal.h"
+#include "store_internal.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#define STORE_MT "oflua.store"
+#define ROWS_MT "oflua.store.rows"
+#define REKEY_MT "oflua.store.rekey"
+#define SMALL_BOX 4096
+#define MAX_CLAIM 10000
+#define MAX_BATCH 1000
+#define SCAN_BATCH 64
+#define BACKOFF_CAP_S 3600.0
+#define LEASE_EXPIRED "lease expired (the worker crashed or took longer than its lease)"
+
+/* ---- errors ---------------------------------------------------------------- */
+
+static int push_err(lua_State *L, const char *kind, const char *fmt, ...) {
+  va_list ap;
+  luaL_pushfail(L);
+  va_start(ap, fmt);
+  lua_pushvfstring(L, fmt, ap);
+  va_end(ap);
+  lua_pushstring(L, kind);
+  return 3;
+}
+
+static int push_be(lua_State *L, store_handle *s, int rc) {
+  return push_err(L, rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s",
+                  s->c ? s->c->err : "store closed");
+}
+
+static int push_tampered(lua_State *L, const char *table, int64_t id) {
+  return push_err(L, "tampered",
+                  "oflua.store: %s row %I failed authentication (altered, copied from another "
+                  "row or namespace, or written under another key)",
+                  table, (lua_Integer)id);
+}
+
+static int push_other_kid(lua_State *L, const store_handle *s, const char *table, int64_t id,
+                          int64_t kid) {
+  return push_err(L, "stale",
+                  "oflua.store: %s row %I is sealed under key id %I but this handle has key id "
+                  "%I (was the store rekeyed? reopen it with the current key)",
+                  table, (lua_Integer)id, (lua_Integer)kid, (lua_Integer)s->kid);
+}
+
+static int push_stale(lua_State *L, const store_handle *s, int64_t kid) {
+  return push_err(L, "stale",
+                  "oflua.store: the store was rekeyed (key id %I) after this handle opened it "
+                  "(key id %I); reopen it with the new key",
+                  (lua_Integer)kid, (lua_Integer)s->kid);
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+static double wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double opt_now(lua_State *L, int arg) {
+  if (lua_isnoneornil(L, arg)) return wall_now();
+  lua_Number n = luaL_checknumber(L, arg);
+  luaL_argcheck(L, isfinite(n), arg, "now must be a finite number");
+  return (double)n;
+}
+
+static const char *check_id(lua_State *L, int arg, size_t *len, const char *what) {
+  const char *p = luaL_checklstring(L, arg, len);
+  if (*len > MAX_KEY)
+    luaL_argerror(L, arg, lua_pushfstring(L, "%s longer than %d bytes", what, MAX_KEY));
+  return p;
+}
+
+static const store_aad *aad(store_aad *a, const store_handle *s, const char *domain,
+                            const void *item, size_t n) {
+  return store_aad_make(a, s->ns, s->nslen, domain, item, n);
+}
+
+static store_cbytes cb(const void *p, size_t n) {
+  store_cbytes b = {p, n};
+  return b;
+}
+
+/* A sealing buffer: on the C stack when small, else a Lua userdata pushed on
+ * the stack (collected with it, so no leak if an error is raised). */
+static unsigned char *box_buffer(lua_State *L, unsigned char *small, size_t need) {
+  if (need <= SMALL_BOX) return small;
+  return (unsigned char *)lua_newuserdatauv(L, need, 0);
+}
+
+/* Opens a box in place: the plaintext is at box->p + NONCE_LEN, *n bytes. */
+static int open_in_place(ofc_aead_key *k, store_bytes *box, const store_aad *a, size_t *n) {
+  if (box->p == NULL || box->n < BOX_OVERHEAD) return -1;
+  *n = box->n - BOX_OVERHEAD;
+  return ofc_aead_key_open(k, box->p, box->p + NONCE_LEN, box->n - NONCE_LEN, a->b, a->len,
+                           box->p + NONCE_LEN);
+}
+
+static void push_plain(lua_State *L, const store_bytes *box) {
+  lua_pushlstring(L, (const char *)box->p + NONCE_LEN, box->n - BOX_OVERHEAD);
+}
+
+/* ---- rows: backend results owned by a userdata ----------------------------- */
+
+typedef struct {
+  int cap, n, pos, done;
+  unsigned wseq; /* the handle's write sequence when this batch was read */
+  int64_t last;
+  store_event *ev; /* cap entries, or NULL */
+  store_kv_row *kv;
+} rows_t;
+
+static void rows_clear(rows_t *r) {
+  for (int i = 0; i < r->n; i++) {
+    if (r->ev) store_event_clear(&r->ev[i]);
+    if (r->kv) store_kv_row_clear(&r->kv[i]);
+  }
+  r->n = 0;
+  r->pos = 0;
+}
+
+static int rows_gc(lua_State *L) {
+  rows_t *r = luaL_checkudata(L, 1, ROWS_MT);
+  rows_clear(r);
+  free(r->ev);
+  free(r->kv);
+  r->ev = NULL;
+  r->kv = NULL;
+  return 0;
+}
+
+/* Pushes a rows userdata with room for cap events (kv == 0) or kv rows. */
+static rows_t *rows_new(lua_State *L, int cap, int kv) {
+  rows_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  luaL_setmetatable(L, ROWS_MT);
+  if (kv) r->kv = calloc((size_t)cap, sizeof *r->kv);
+  else r->ev = calloc((size_t)cap, sizeof *r->ev);
+  if (r->kv == NULL && r->ev == NULL) luaL_error(L, "oflua.store: out of memory");
+  r->cap = cap;
+  return r;
+}
+
+/* ---- the handle ------------------------------------------------------------ */
+
+static store_handle *to_store(lua_State *L, int idx) {
+  return (store_handle *)luaL_checkudata(L, idx, STORE_MT);
+}
+
+static store_handle *check_open(lua_State *L, int idx) {
+  store_handle *s = to_store(L, idx);
+  if (s->c == NULL) luaL_error(L, "oflua.store: the store is closed");
+  return s;
+}
+
+static void store_shut(store_handle *s) {
+  if (s->c != NULL) {
+    while (s->be->tx_depth(s->c) > 0) s->be->tx_rollback(s->c);
+    s->be->close(s->c);
+    s->c = NULL;
+  }
+  store_keys_free(&s->keys);
+  ofc_cleanse(s->master, sizeof s->master);
+  ofc_cleanse(s->pool, sizeof s->pool);
+  s->pool_pos = sizeof s->pool;
+  s->ready = 0;
+}
+
+/* Reads (creating it if allowed) the meta row, derives the keys and checks
+ * the master key against the sealed check value; then forgets the master
+ * key. 0, or an error: pushes nothing, fills msg/kind. */
+static int make_ready(store_handle *s, char *msg, size_t len, const char **kind) {
+  if (s->ready) return 0;
+  store_meta init, meta;
+  memset(&init, 0, sizeof init);
+  memset(&meta, 0, sizeof meta);
+  unsigned char box[CHECK_BOX_LEN];
+  store_keys k = {NULL, NULL};
+  store_aad a;
+  *kind = "db";
+  if (ofc_random(init.salt, sizeof init.salt) != 0 || store_derive(s->master, init.salt, 1, &k) != 0 ||
+      store_seal(s, k.aead, CHECK_TEXT, sizeof CHECK_TEXT - 1, store_check_aad(&a, 1, init.salt),
+                 box) != 0) {
+    store_keys_free(&k);
+    snprintf(msg, len, "key derivation failed");
+    return -1;
+  }
+  store_keys_free(&k);
+  init.format = STORE_FORMAT;
+  init.kid = 1;
+  init.check.p = box;
+  init.check.n = sizeof box;
+  int rc = s->be->meta_load(s->c, s->create, &init, &meta);
+  if (rc < 0) {
+    if (rc == STORE_EUNAVAIL) *kind = "unavailable";
+    snprintf(msg, len, "%s", s->c->err);
+    return -1;
+  }
+  if (rc == 0) {
+    *kind = "invalid";
+    snprintf(msg, len, "not an oflua store");
+    return -1;
+  }
+  int ret = 0;
+  unsigned char check[CHECK_BOX_LEN];
+  if (meta.format != STORE_FORMAT) {
+    *kind = "invalid";
+    snprintf(msg, len, "store format %lld, this oflua reads format %d", (long long)meta.format,
+             STORE_FORMAT);
+    ret = -1;
+  } else if (meta.kid <= 0 || meta.check.n != CHECK_BOX_LEN ||
+             store_derive(s->master, meta.salt, meta.kid, &s->keys) != 0 ||
+             store_unseal(s->keys.aead, meta.check.p, meta.check.n,
+                          store_check_aad(&a, meta.kid, meta.salt), check) != 0 ||
+             memcmp(check, CHECK_TEXT, sizeof CHECK_TEXT - 1) != 0) {
+    store_keys_free(&s->keys);
+    *kind = "key";
+    snprintf(msg, len, "wrong key (the key check failed)");
+    ret = -1;
+  } else {
+    memcpy(s->salt, meta.salt, SALT_LEN);
+    s->kid = meta.kid;
+    s->ready = 1;
+    ofc_cleanse(s->master, sizeof s->master);
+  }
+  store_bytes_free(&meta.check);
+  return ret;
+}
+
+/* For every operation: the handle is open and ready. 0, or pushes nil, err,
+ * kind and returns 3. */
+static int ready(lua_State *L, store_handle *s) {
+  if (s->ready) return 0;
+  char msg[300];
+  const char *kind;
+  if (make_ready(s, msg, sizeof msg, &kind) == 0) return 0;
+  lua_getiuservalue(L, 1, 1);
+  const char *label = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return push_err(L, kind, "oflua.store: %s: %s", label ? label : "store", msg);
+}
+
+#define READY(L, s)               \
+  do {                            \
+    int r_ = ready(L, s);         \
+    if (r_) return r_;            \
+  } while (0)
+
+/* After a write changed nothing: pushes nil, err if the handle is stale (or
+ * the check fails) and returns 3; returns 0 if the handle is current. */
+static int check_fresh(lua_State *L, store_handle *s) {
+  int64_t kid = 0;
+  int rc = s->be->meta_kid(s->c, &kid);
+  if (rc < 0) return push_be(L, s, rc);
+  if (kid != s->kid) return push_stale(L, s, kid);
+  return 0;
+}
+
+/* ---- open ------------------------------------------------------------------ */
+
+static int is_url(const char *p) {
+  return p != NULL &&
+         (strncmp(p, "postgresql://", 13) == 0 || strncmp(p, "postgres://", 11) == 0);
+}
+
+/* The URL without its password (for messages and info()): user:secret@ ->
+ * user:***@, and a query holding password= is dropped. */
+static void push_redacted(lua_State *L, const char *url) {
+  luaL_Buffer b;
+  luaL_buffinit(L, &b);
+  const char *rest = strstr(url, "://");
+  rest = rest ? rest + 3 : url;
+  luaL_addlstring(&b, url, (size_t)(rest - url));
+  const char *slash = strpbrk(rest, "/?");
+  const char *at = NULL;
+  for (const char *p = rest; *p && (slash == NULL || p < slash); p++)
+    if (*p == '@') at = p;
+  if (at != NULL) {
+    const char *colon = memchr(rest, ':', (size_t)(at - rest));
+    if (colon != NULL) {
+      luaL_addlstring(&b, rest, (size_t)(colon - rest));
+      luaL_addstring(&b, ":***");
+    } else {
+      luaL_addlstring(&b, rest, (size_t)(at - rest));
+    }
+    rest = at;
+  }
+  const char *q = strchr(rest, '?');
+  if (q != NULL && strstr(q, "password") != NULL) luaL_addlstring(&b, rest, (size_t)(q - rest));
+  else luaL_addstring(&b, rest);
+  luaL_pushresult(&b);
+}
+
+typedef struct {
+  const char *path;
+  const char *url;
+  const char *key;
+  size_t keylen;
+  const char *key_file;
+  const char *ns;
+  size_t nslen;
+  const char *sync;
+  lua_Integer busy_ms, connect_timeout_s;
+  int create;
+} open_opts;
+
+static const char *opt_string(lua_State *L, int t, const char *name, size_t *len) {
+  lua_getfield(L, t, name);
+  const char *v = NULL;
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING)
+      luaL_error(L, "oflua.store: option '%s' must be a string", name);
+    v = lua_tolstring(L, -1, len);
+  }
+  lua_pop(L, 1); /* the string stays alive in the options table */
+  return v;
+}
+
+static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer def,
+                           lua_Integer max) {
+  lua_getfield(L, t, name);
+  lua_Integer v = def;
+  if (!lua_isnil(L, -1)) {
+    int isnum = 0;
+    v = lua_tointegerx(L, -1, &isnum);
+    if (!isnum || v < 0 || v > max)
+      luaL_error(L, "oflua.store: option '%s' must be an integer in [0, %I]", name, max);
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+static void read_open_opts(lua_State *L, int t, open_opts *o) {
+  memset(o, 0, sizeof *o);
+  o->path = opt_string(L, t, "path", NULL);
+  o->url = opt_string(L, t, "url", NULL);
+  o->key = opt_string(L, t, "key", &o->keylen);
+  o->key_file = opt_string(L, t, "key_file", NULL);
+  o->ns = opt_string(L, t, "namespace", &o->nslen);
+  o->sync = opt_string(L, t, "synchronous", NULL);
+  o->busy_ms = opt_int(L, t, "busy_timeout_ms", 5000, 3600000);
+  o->connect_timeout_s = opt_int(L, t, "connect_timeout_s", 5, 3600);
+  lua_getfield(L, t, "create");
+  o->create = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  if (o->url == NULL && is_url(o->path)) {
+    o->url = o->path;
+    o->path = NULL;
+  }
+  if ((o->path == NULL || o->path[0] == '\0') == (o->url == NULL || o->url[0] == '\0'))
+    luaL_error(L, "oflua.store: give exactly one of the options 'path' (SQLite) and 'url' "
+                  "(postgresql://...)");
+  if (o->url != NULL && !is_url(o->url))
+    luaL_error(L, "oflua.store: option 'url' must start with postgresql:// or postgres://");
+  if ((o->key == NULL) == (o->key_file == NULL))
+    luaL_error(L, "oflua.store: give exactly one of the options 'key' and 'key_file'");
+  if (o->ns == NULL) {
+    o->ns = "default";
+    o->nslen = 7;
+  }
+  if (o->nslen == 0 || o->nslen > MAX_NS || memchr(o->ns, '\0', o->nslen) != NULL)
+    luaL_error(L, "oflua.store: option 'namespace' must be 1 to %d bytes without NUL", MAX_NS);
+  if (o->sync == NULL) o->sync = "NORMAL";
+  if (strcasecmp(o->sync, "NORMAL") != 0 && strcasecmp(o->sync, "FULL") != 0)
+    luaL_error(L, "oflua.store: option 'synchronous' must be \"NORMAL\" or \"FULL\"");
+}
+
+static int new_handle(lua_State *L, int opts) {
+  open_opts o;
+  read_open_opts(L, opts, &o);
+  store_handle *s = (store_handle *)lua_newuserdatauv(L, sizeof *s, 1);
+  memset(s, 0, sizeof *s);
+  s->pool_pos = sizeof s->pool; /* empty: the first nonce fills it */
+  luaL_setmetatable(L, STORE_MT);
+  if (o.url != NULL) push_redacted(L, o.url);
+  else lua_pushstring(L, o.path);
+  lua_setiuservalue(L, -2, 1);
+  int h = lua_gettop(L);
+  lua_getiuservalue(L, h, 1);
+  const char *label = lua_tostring(L, -1);
+  memcpy(s->ns, o.ns, o.nslen);
+  s->ns[o.nslen] = '\0';
+  s->nslen = o.nslen;
+  s->create = o.create;
+  s->be = o.url != NULL ? &store_pg_backend : &store_sqlite_backend;
+
+  /* From here until the handle owns them, nothing may raise. */
+  char err[300];
+  if (o.key != NULL) {
+    if (store_decode_key(o.key, o.keylen, s->master) != 0)
+      return push_err(L, "invalid", "oflua.store: " KEY_FORMAT_MSG);
+  } else if (store_read_key_file(o.key_file, s->master, err, sizeof err) != 0) {
+    return push_err(L, "invalid", "oflua.store: %s", err);
+  }
+  store_open_opts bo = {o.path, o.url, o.sync, (long)o.busy_ms, (long)o.connect_timeout_s,
+                        o.create};
+  s->c = s->be->open(&bo, err, sizeof err);
+  if (s->c == NULL) {
+    ofc_cleanse(s->master, sizeof s->master);
+    return push_err(L, "invalid", "oflua.store: %s", err);
+  }
+  const char *kind;
+  if (make_ready(s, err, sizeof err, &kind) != 0) {
+    /* PostgreSQL down: the handle connects on first use (a receiver started
+     * during an outage answers 503 until the database is back). */
+    if (s->be == &store_pg_backend && strcmp(kind, "unavailable") == 0) {
+      lua_settop(L, h);
+      return 1;
+    }
+    store_shut(s);
+    if (s->be == &store_sqlite_backend && strcmp(kind, "invalid") == 0 &&
+        strcmp(err, "not an oflua store") == 0)
+      return push_err(L, kind, "oflua.store: %s is not an oflua store", label);
+    if (strcmp(kind, "key") == 0)
+      return push_err(L, kind, "oflua.store: wrong key for %s (the key check failed)", label);
+    return push_err(L, kind, "oflua.store: cannot open %s: %s", label, err);
+  }
+  lua_settop(L, h);
+  return 1;
+}
+
+/* store.open{path | url, key | key_file, namespace, synchronous, busy_timeout_ms,
+ * connect_timeout_s, create} */
+static int store_open(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  return new_handle(L, 1);
+}
+
+/* store.open_env{...}: like open, with the path or URL from $OFLUA_STORE and
+ * the key from $OFLUA_STORE_KEY_FILE or $OFLUA_STORE_KEY when not given. */
+static int store_open_env(lua_State *L) {
+  lua_settop(L, 1);
+  lua_newtable(L);
+  int t = lua_gettop(L);
+  if (!lua_isnoneornil(L, 1)) {
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_pushnil(L);
+    while (lua_next(L, 1) != 0) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, t);
+    }
+  }
+  lua_getfield(L, t, "path");
+  lua_getfield(L, t, "url");
+  if (lua_isnil(L, -1) && lua_isnil(L, -2)) {
+    const char *p = getenv("OFLUA_STORE");
+    if (p == NULL || p[0] == '\0')
+      return push_err(L, "invalid", "oflua.store: no store (set OFLUA_STORE or pass path)");
+    lua_pushstring(L, p);
+    lua_setfield(L, t, "path");
+  }
+  lua_pop(L, 2);
+  lua_getfield(L, t, "key");
+  lua_getfield(L, t, "key_file");
+  if (lua_isnil(L, -1) && lua_isnil(L, -2)) {
+    const char *f = getenv("OFLUA_STORE_KEY_FILE");
+    const char *k = getenv("OFLUA_STORE_KEY");
+    if (f != NULL && f[0] != '\0') {
+      lua_pushstring(L, f);
+      lua_setfield(L, t, "key_file");
+    } else if (k != NULL && k[0] != '\0') {
+      lua_pushstring(L, k);
+      lua_setfield(L, t, "key");
+    } else {
+      return push_err(L, "invalid",
+                      "oflua.store: no store key (set OFLUA_STORE_KEY_FILE or OFLUA_STORE_KEY)");
+    }
+  }
+  lua_pop(L, 2);
+  return new_handle(L, t);
+}
+
+static int store_close(lua_State *L) {
+  store_handle *s = to_store(L, 1);
+  if (s->utx > 0 && s->c != NULL)
+    return luaL_error(L, "oflua.store: cannot close the store inside s:transaction()");
+  store_shut(s);
+  return 0;
+}
+
+static int store_gc(lua_State *L) {
+  store_shut(to_store(L, 1));
+  return 0;
+}
+
+static int store_tostring(lua_State *L) {
+  store_handle *s = to_store(L, 1);
+  lua_getiuservalue(L, 1, 1);
+  if (s->c == NULL)
+    lua_pushfstring(L, "oflua.store (closed) %s", lua_tostring(L, -1));
+  else
+    lua_pushfstring(L, "oflua.store %s namespace %s", lua_tostring(L, -1), s->ns);
+  return 1;
+}
+
+/* s:info() -> {backend, path | url, namespace, key_id, format, schema_version,
+ * version, sqlite_version} */
+static int store_info(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  READY(L, s);
+  char version[128];
+  s->be->version(s->c, version, sizeof version);
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, s->be->name);
+  lua_setfield(L, -2, "backend");
+  lua_getiuservalue(L, 1, 1);
+  lua_setfield(L, -2, s->be == &store_pg_backend ? "url" : "path");
+  lua_pushlstring(L, s->ns, s->nslen);
+  lua_setfield(L, -2, "namespace");
+  lua_pushinteger(L, (lua_Integer)s->kid);
+  lua_setfield(L, -2, "key_id");
+  lua_pushinteger(L, STORE_FORMAT);
+  lua_setfield(L, -2, "format");
+  lua_pushinteger(L, STORE_SCHEMA_VERSION);
+  lua_setfield(L, -2, "schema_version");
+  lua_pushstring(L, version);
+  lua_setfield(L, -2, "version");
+  if (s->be == &store_sqlite_backend) {
+    lua_pushstring(L, version);
+    lua_setfield(L, -2, "sqlite_version");
+  }
+  return 1;
+}
+
+/* ---- key/value ------------------------------------------------------------- */
+
+#define MAX_VALUE ((size_t)1 << 30) /* 1 GiB: SQLite's default length limit */
+
+/* s:get(key) -> value | nil (absent) | nil, err */
+static int store_get(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t klen;
+  const char *key = check_id(L, 2, &klen, "key");
+  READY(L, s);
+  rows_t *r = rows_new(L, 1, 1);
+  store_aad a;
+  unsigned char idx[IDX_LEN];
+  if (store_blind(s->keys.index, aad(&a, s, D_KV_INDEX, key, klen), idx) != 0)
+    return push_err(L, "db", "oflua.store: HMAC failed");
+  int rc = s->be->kv_get(s->c, s->ns, idx, &r->kv[0]);
+  if (rc < 0) return push_be(L, s, rc);
+  if (rc == 0) {
+    /* Absent, or looked up with the index key of a retired key id: a row
+     * found carries its kid (checked below), a miss needs the meta check. */
+    int f = check_fresh(L, s);
+    if (f) return f;
+    lua_pushnil(L);
+    return 1;
+  }
+  r->n = 1;
+  store_kv_row *row = &r->kv[0];
+  if (row->kid != s->kid) {
+    int64_t mkid = 0;
+    if (s->be->meta_kid(s->c, &mkid) == 0 && mkid != s->kid) return push_stale(L, s, mkid);
+    return push_other_kid(L, s, "oflua_kv", row->id, row->kid);
+  }
+  size_t n;
+  if (open_in_place(s->keys.aead, &row->vbox, aad(&a, s, D_KV_VALUE, key, klen), &n) != 0) {
+    rows_clear(r);
+    return push_tampered(L, "oflua_kv", row->id);
+  }
+  push_plain(L, &row->vbox);
+  rows_clear(r);
+  return 1;
+}
+
+/* s:put(key, value) -> true | nil, err */
+static int store_put(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t klen, vlen;
+  const char *key = check_id(L, 2, &klen, "key");
+  const char *val = luaL_checklstring(L, 3, &vlen);
+  if (vlen > MAX_VALUE - BOX_OVERHEAD) return push_err(L, "invalid", "oflua.store: value too large");
+  READY(L, s);
+  store_aad a;
+  unsigned char idx[IDX_LEN], kbox[MAX_KEY + BOX_OVERHEAD], small[SMALL_BOX];
+  unsigned char *vbox = box_buffer(L, small, vlen + BOX_OVERHEAD);
+  if (store_blind(s->keys.index, aad(&a, s, D_KV_INDEX, key, klen), idx) != 0 ||
+      store_seal(s, s->keys.aead, key, klen, aad(&a, s, D_KV_KEY, NULL, 0), kbox) != 0 ||
+      store_seal(s, s->keys.aead, val, vlen, aad(&a, s, D_KV_VALUE, key, klen), vbox) != 0)
+    return push_err(L, "db", "oflua.store: encryption failed");
+  s->wseq++;
+  int rc = s->be->kv_put(s->c, s->ns, idx, s->kid, cb(kbox, klen + BOX_OVERHEAD),
+                         cb(vbox, vlen + BOX_OVERHEAD));
+  if (rc < 0) return push_be(L, s, rc);
+  if (rc == 0) {
+    int f = check_fresh(L, s);
+    if (f) return f;
+    return push_err(L, "db", "oflua.store: the write changed nothing");
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* s:delete(key) -> true (deleted) | false (absent) | nil, err */
+static int store_delete(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t klen;
+  const char *key = check_id(L, 2, &klen, "key");
+  READY(L, s);
+  store_aad a;
+  unsigned char idx[IDX_LEN];
+  if (store_blind(s->keys.index, aad(&a, s, D_KV_INDEX, key, klen), idx) != 0)
+    return push_err(L, "db", "oflua.store: HMAC failed");
+  s->wseq++;
+  int rc = s->be->kv_delete(s->c, s->ns, idx, s->kid);
+  if (rc < 0) return push_be(L, s, rc);
+  if (rc == 0) {
+    int f = check_fresh(L, s);
+    if (f) return f;
+  }
+  lua_pushboolean(L, rc > 0);
+  return 1;
+}
+
+/* Raises the error pushed by a push_* helper (for the list() iterator). */
+static int raise3(lua_State *L) {
+  lua_pop(L, 1); /* kind */
+  return lua_error(L);
+}
+
+/* The list() iterator. Upvalues: store, prefix, rows (a batch of up to 64
+ * rows read by id > last through the (ns, id) index; no statement or
+ * transaction stays open between calls). */
+static int list_iter(lua_State *L) {
+  store_handle *s = to_store(L, lua_upvalueindex(1));
+  if (s->c == NULL) return luaL_error(L, "oflua.store: the store is closed");
+  size_t plen;
+  const char *prefix = lua_tolstring(L, lua_upvalueindex(2), &plen);
+  rows_t *r = luaL_checkudata(L, lua_upvalueindex(3), ROWS_MT);
+  unsigned char key[MAX_KEY];
+  store_aad a;
+  for (;;) {
+    if (r->pos < r->n && r->wseq != s->wseq) {
+      /* The loop body wrote: the rest of the batch may be stale. */
+      rows_clear(r);
+      r->done = 0;
+    }
+    if (r->pos >= r->n) {
+      rows_clear(r);
+      if (r->done) return 0;
+      r->wseq = s->wseq;
+      int rc = s->be->kv_scan(s->c, s->ns, r->last, r->cap, r->kv, &r->n);
+      if (rc < 0) return push_be(L, s, rc), raise3(L);
+      if (r->n < r->cap) r->done = 1;
+      if (r->n == 0) return 0;
+    }
+    store_kv_row *row = &r->kv[r->pos++];
+    r->last = row->id;
+    if (row->kid != s->kid) return push_other_kid(L, s, "oflua_kv", row->id, row->kid), raise3(L);
+    size_t klen = 0;
+    if (row->kbox.n < BOX_OVERHEAD || row->kbox.n - BOX_OVERHEAD > MAX_KEY ||
+        store_unseal(s->keys.aead, row->kbox.p, row->kbox.n, aad(&a, s, D_KV_KEY, NULL, 0),
+                     key) != 0)
+      return push_tampered(L, "oflua_kv", row->id), raise3(L);
+    klen = row->kbox.n - BOX_OVERHEAD;
+    if (klen < plen || memcmp(key, prefix, plen) != 0) {
+      ofc_cleanse(key, klen);
+      continue;
+    }
+    size_t vn;
+    int bad = open_in_place(s->keys.aead, &row->vbox, aad(&a, s, D_KV_VALUE, key, klen), &vn);
+    if (bad) {
+      ofc_cleanse(key, klen);
+      return push_tampered(L, "oflua_kv", row->id), raise3(L);
+    }
+    lua_pushlstring(L, (const char *)key, klen);
+    ofc_cleanse(key, klen);
+    push_plain(L, &row->vbox);
+    store_bytes_free(&row->vbox);
+    return 2;
+  }
+}
+
+/* s:list([prefix]) -> iterator over key, value (id order). Every row of
+ * the namespace has its key decrypted to test the prefix: O(rows). Raises
+ * on a database error or a tampered row. */
+static int store_list(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  luaL_optlstring(L, 2, "", NULL);
+  lua_settop(L, 2);
+  if (lua_isnil(L, 2)) {
+    lua_pushliteral(L, "");
+    lua_replace(L, 2);
+  }
+  if (ready(L, s)) return raise3(L);
+  rows_new(L, SCAN_BATCH, 1);
+  lua_pushcclosure(L, list_iter, 3);
+  return 1;
+}
+
+/* s:transaction(fn) -> fn's results. fn(s) runs inside a transaction
+ * (SQLite: BEGIN IMMEDIATE; a savepoint when nested) and commits when it
+ * returns; if it raises, the transaction is rolled back and the error
+ * re-raised. nil, err if the transaction cannot start or commit. */
+static int store_transaction(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  luaL_checktype(L, 2, LUA_TFUNCTION);
+  lua_settop(L, 2);
+  READY(L, s);
+  int rc = s->be->tx_begin(s->c, 1);
+  if (rc < 0) return push_be(L, s, rc);
+  s->utx++;
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 1);
+  int status = lua_pcall(L, 1, LUA_MULTRET, 0);
+  s->utx--;
+  if (s->c == NULL) {
+    if (status != LUA_OK) return lua_error(L);
+    return luaL_error(L, "oflua.store: the store was closed inside its transaction");
+  }
+  if (status != LUA_OK) {
+    s->be->tx_rollback(s->c);
+    s->wseq++;
+    return lua_error(L);
+  }
+  rc = s->be->tx_commit(s->c);
+  if (rc < 0) {
+    s->wseq++;
+    lua_settop(L, 2);
+    return push_be(L, s, rc);
+  }
+  return lua_gettop(L) - 2;
+}
+
+/* ---- rekey ----------------------------------------------------------------- */
+
+/* Everything rekey allocates lives in this userdata, whose __gc frees it:
+ * nothing is lost if anything raises (nothing should, but a leak of key
+ * contexts or plaintext must not depend on that). */
+typedef struct {
+  store_keys next; /* the keys being rotated to, for key id next_kid */
+  int64_t next_kid, rows, bad_id;
+  const char *bad_table;
+  int fail;
+  unsigned char *buf[3];
+  size_t cap[3];
+} rekey_t;
+
+enum { REKEY_DB = 1, REKEY_TAMPERED, REKEY_OTHER_KID, REKEY_CRYPTO, REKEY_OOM };
+
+static void rekey_release(rekey_t *r) {
+  store_keys_free(&r->next);
+  for (int i = 0; i < 3; i++) {
+    if (r->buf[i] != NULL) ofc_cleanse(r->buf[i], r->cap[i]);
+    free(r->buf[i]);
+    r->buf[i] = NULL;
+    r->cap[i] = 0;
+  }
+}
+
+static int rekey_gc(lua_State *L) {
+  rekey_release(luaL_checkudata(L, 1, REKEY_MT));
+  return 0;
+}
+
+static unsigned char *rk_buf(rekey_t *r, int i, size_t n) {
+  if (n <= r->cap[i] && r->buf[i] != NULL) return r->buf[i];
+  if (r->buf[i] != NULL) ofc_cleanse(r->buf[i], r->cap[i]);
+  free(r->buf[i]);
+  r->cap[i] = n < 4096 ? 4096 : n;
+  r->buf[i] = malloc(r->cap[i]);
+  if (r->buf[i] == NULL) r->cap[i] = 0;
+  return r->buf[i];
+}
+
+/* Re-seals every oflua_kv row of every namespace. 0 or -1 (r->fail). */
+static int rekey_kv(store_handle *s, rekey_t *r, rows_t *rows) {
+  store_aad a;
+  int64_t last = 0;
+  for (;;) {
+    rows_clear(rows);
+    int rc = s->be->kv_scan(s->c, NULL, last, rows->cap, rows->kv, &rows->n);
+    if (rc < 0) return r->fail = REKEY_DB, -1;
+    if (rows->n == 0) return 0;
+    for (int i = 0; i < rows->n; i++) {
+      store_kv_row *row = &rows->kv[i];
+      size_t nslen = strlen(row->ns), klen, vlen;
+      last = row->id;
+      r->bad_id = row->id;
+      r->bad_table = "oflua_kv";
+      if (row->kid != s->kid) return r->fail = REKEY_OTHER_KID, -1;
+      if (open_in_place(s->keys.aead, &row->kbox, store_aad_make(&a, row->ns, nslen, D_KV_KEY, NULL, 0), &klen) != 0 ||
+          klen > MAX_KEY)
+        return r->fail = REKEY_TAMPERED, -1;
+      const unsigned char *key = row->kbox.p + NONCE_LEN;
+      if (open_in_place(s->keys.aead, &row->vbox, store_aad_make(&a, row->ns, nslen, D_KV_VALUE, key, klen), &vlen) != 0)
+        return r->fail = REKEY_TAMPERED, -1;
+      unsigned char idx[IDX_LEN];
+      unsigned char *kb = rk_buf(r, 0, klen + BOX_OVERHEAD), *vb = rk_buf(r, 1, vlen + BOX_OVERHEAD);
+      if (kb == NULL || vb == NULL) return r->fail = REKEY_OOM, -1;
+      if (store_blind(r->next.index, store_aad_make(&a, row->ns, nslen, D_KV_INDEX, key, klen), idx) != 0 ||
+          store_seal(s, r->next.aead, key, klen, store_aad_make(&a, row->ns, nslen, D_KV_KEY, NULL, 0), kb) != 0 ||
+          store_seal(s, r->next.aead, row->vbox.p + NONCE_LEN, vlen,
+                     store_aad_make(&a, row->ns, nslen, D_KV_VALUE, key, klen), vb) != 0)
+        return r->fail = REKEY_CRYPTO, -1;
+      if (s->be->kv_reseal(s->c, row->id, idx, r->next_kid, cb(kb, klen + BOX_OVERHEAD),
+                           cb(vb, vlen + BOX_OVERHEAD)) < 0)
+        return r->fail = REKEY_DB, -1;
+      r->rows++;
+    }
+  }
+}
+
+/* Re-seals every oflua_inbox row (event id, payload, last error). */
+static int rekey_inbox(store_handle *s, rekey_t *r, rows_t *rows) {
+  store_aad a;
+  int64_t last = 0;
+  for (;;) {
+    rows_clear(rows);
+    int rc = s->be->inbox_scan(s->c, last, rows->cap, rows->ev, &rows->n);
+    if (rc < 0) return r->fail = REKEY_DB, -1;
+    if (rows->n == 0) return 0;
+    for (int i = 0; i < rows->n; i++) {
+      store_event *e = &rows->ev[i];
+      size_t nslen = strlen(e->ns), elen, plen, rlen = 0;
+      last = e->id;
+      r->bad_id = e->id;
+      r->bad_table = "oflua_inbox";
+      if (e->kid != s->kid) return r->fail = REKEY_OTHER_KID, -1;
+      if (open_in_place(s->keys.aead, &e->ebox, store_aad_make(&a, e->ns, nslen, D_IN_ID, NULL, 0), &elen) != 0 ||
+          elen > MAX_KEY)
+        return r->fail = REKEY_TAMPERED, -1;
+      const unsigned char *eid = e->ebox.p + NONCE_LEN;
+      if (open_in_place(s->keys.aead, &e->pbox, store_aad_make(&a, e->ns, nslen, D_IN_PAYLOAD, eid, elen), &plen) != 0 ||
+          (e->has_reason &&
+           open_in_place(s->keys.aead, &e->rbox, store_aad_make(&a, e->ns, nslen, D_IN_REASON, eid, elen), &rlen) != 0))
+        return r->fail = REKEY_TAMPERED, -1;
+      unsigned char idx[IDX_LEN];
+      unsigned char *eb = rk_buf(r, 0, elen + BOX_OVERHEAD), *pb = rk_buf(r, 1, plen + BOX_OVERHEAD),
+                    *rb = rk_buf(r, 2, rlen + BOX_OVERHEAD);
+      if (eb == NULL || pb == NULL || rb == NULL) return r->fail = REKEY_OOM, -1;
+      if (store_blind(r->next.index, store_aad_make(&a, e->ns, nslen, D_IN_INDEX, eid, elen), idx) != 0 ||
+          store_seal(s, r->next.aead, eid, elen, store_aad_make(&a, e->ns, nslen, D_IN_ID, NULL, 0), eb) != 0 ||
+          store_seal(s, r->next.aead, e->pbox.p + NONCE_LEN, plen,
+                     store_aad_make(&a, e->ns, nslen, D_IN_PAYLOAD, eid, elen), pb) != 0 ||
+          (e->has_reason &&
+           store_seal(s, r->next.aead, e->rbox.p + NONCE_LEN, rlen,
+                      store_aad_make(&a, e->ns, nslen, D_IN_REASON, eid, elen), rb) != 0))
+        return r->fail = REKEY_CRYPTO, -1;
+      if (s->be->inbox_reseal(s->c, e->id, idx, r->next_kid, cb(eb, elen + BOX_OVERHEAD),
+                              cb(pb, plen + BOX_OVERHEAD),
+                              e->has_reason ? cb(rb, rlen + BOX_OVERHEAD) : cb(NULL, 0)) < 0)
+        return r->fail = REKEY_DB, -1;
+      r->rows++;
+    }
+  }
+}
+
+/* s:rekey(new_key | {key = base64} | {key_file = path}) -> true, rows | nil, err.
+ * Re-seals every row of every namespace and the key check under keys
+ * derived from the new master key (key id + 1), in one transaction: either
+ * all rows move or none. */
+static int store_rekey(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t n = 0;
+  const char *text = NULL, *file = NULL;
+  if (lua_istable(L, 2)) {
+    lua_getfield(L, 2, "key");
+    lua_getfield(L, 2, "key_file");
+    text = lua_tolstring(L, -2, &n);
+    file = lua_tostring(L, -1);
+    if ((text == NULL) == (file == NULL))
+      return luaL_argerror(L, 2, "give exactly one of the fields 'key' and 'key_file'");
+  } else {
+    text = luaL_checklstring(L, 2, &n);
+  }
+  READY(L, s);
+  if (s->be->tx_depth(s->c) > 0)
+    return push_err(L, "invalid", "oflua.store: rekey cannot run inside a transaction");
+  /* Every Lua allocation first: nothing below raises. */
+  rows_t *evrows = rows_new(L, SCAN_BATCH, 0);
+  rows_t *kvrows = rows_new(L, SCAN_BATCH, 1);
+  rekey_t *r = lua_newuserdatauv(L, sizeof *r, 0);
+  memset(r, 0, sizeof *r);
+  luaL_setmetatable(L, REKEY_MT);
+  unsigned char master[KEY_LEN];
+  char err[300];
+  if (text != NULL && store_decode_key(text, n, master) != 0)
+    return push_err(L, "invalid", "oflua.store: " KEY_FORMAT_MSG);
+  if (text == NULL && store_read_key_file(file, master, err, sizeof err) != 0)
+    return push_err(L, "invalid", "oflua.store: %s", err);
+  r->next_kid = s->kid + 1;
+  int dk = store_derive(master, s->salt, r->next_kid, &r->next);
+  ofc_cleanse(master, sizeof master);
+  if (dk != 0) {
+    rekey_release(r);
+    return push_err(L, "db", "oflua.store: key derivation failed");
+  }
+  int rc = s->be->tx_begin(s->c, 1);
+  if (rc < 0) {
+    rekey_release(r);
+    return push_be(L, s, rc);
+  }
+  int64_t kid = 0;
+  rc = s->be->meta_kid(s->c, &kid);
+  if (rc < 0 || kid != s->kid) {
+    s->be->tx_rollback(s->c);
+    rekey_release(r);
+    return rc < 0 ? push_be(L, s, rc) : push_stale(L, s, kid);
+  }
+  if (s->be->rekey_before) s->be->rekey_before(s->c);
+  /* PostgreSQL: lock the meta row before the scans (writers hold FOR KEY
+   * SHARE on it), so no write slips in under the old key. */
+  store_aad a;
+  unsigned char box[CHECK_BOX_LEN];
+  int ok = store_seal(s, r->next.aead, CHECK_TEXT, sizeof CHECK_TEXT - 1,
+                      store_check_aad(&a, r->next_kid, s->salt), box) == 0;
+  if (!ok) r->fail = REKEY_CRYPTO;
+  else if (s->be->meta_set(s->c, r->next_kid, cb(box, sizeof box)) < 0) r->fail = REKEY_DB;
+  ok = r->fail == 0 && rekey_kv(s, r, kvrows) == 0 && rekey_inbox(s, r, evrows) == 0;
+  rows_clear(kvrows);
+  rows_clear(evrows);
+  if (ok && s->be->tx_commit(s->c) < 0) {
+    ok = 0;
+    r->fail = REKEY_DB;
+  } else if (!ok) {
+    s->be->tx_rollback(s->c);
+  }
+  if (s->be->rekey_after) s->be->rekey_after(s->c, ok);
+  if (!ok) {
+    int ret;
+    if (r->fail == REKEY_OTHER_KID)
+      ret = push_err(L, "stale",
+                     "oflua.store: rekey stopped at %s row %I, which is sealed under another "
+                     "key id; nothing was changed",
+                     r->bad_table, (lua_Integer)r->bad_id);
+    else if (r->fail == REKEY_TAMPERED)
+      ret = push_err(L, "tampered",
+                     "oflua.store: rekey stopped at %s row %I, which failed authentication "
+                     "(altered or copied from another row); nothing was changed",
+                     r->bad_table, (lua_Integer)r->bad_id);
+    else
+      ret = push_err(L, "db", "oflua.store: rekey failed, nothing was changed: %s",
+                     r->fail == REKEY_CRYPTO ? "encryption failed"
+                     : r->fail == REKEY_OOM  ? "out of memory"
+                                             : s->c->err);
+    rekey_release(r);
+    return ret;
+  }
+  store_keys_free(&s->keys);
+  s->keys = r->next;
+  r->next.aead = NULL;
+  r->next.index = NULL;
+  s->kid = r->next_kid;
+  s->wseq++;
+  lua_Integer rows = (lua_Integer)r->rows;
+  rekey_release(r);
+  lua_pushboolean(L, 1);
+  lua_pushinteger(L, rows);
+  return 2;
+}
+
+/* ---- webhook inbox ----------------------------------------------------------
+ * One row per event id (blind index, unique per namespace). States:
+ *   pending  waiting for next_at (0 attempts: new; more: backing off after a failure)
+ *   claimed  handed to a worker until next_at (its lease); claimable again after
+ *   done     handled; kept so a redelivery is recognised as a duplicate
+ *   dead     failed max_attempts times; inbox_retry() puts it back to pending
+ */
+
+static lua_Number opt_lease(lua_State *L, int arg) {
+  lua_Number lease = luaL_optnumber(L, arg, -1);
+  luaL_argcheck(L, lease == -1 || (lease > 0 && lease <= 86400 * 7), arg,
+                "lease_s must be within (0, 604800] seconds");
+  return lease;
+}
+
+/* Seals n events (ids and payloads at stack positions given by the caller
+ * through get) and inserts them in one transaction. */
+typedef struct {
+  const char *eid, *payload;
+  size_t elen, plen;
+} new_item;
+
+static int add_events(lua_State *L, store_handle *s, const new_item *items, int n, double now,
+                      lua_Number lease, int *inserted) {
+  /* One buffer for every box, owned by a userdata on the stack. */
+  size_t total = 0;
+  for (int i = 0; i < n; i++) total += items[i].elen + items[i].plen + 2 * BOX_OVERHEAD;
+  store_new_event *ev = lua_newuserdatauv(L, (size_t)n * sizeof *ev + total, 0);
+  unsigned char *p = (unsigned char *)(ev + n);
+  store_aad a;
+  for (int i = 0; i < n; i++) {
+    const new_item *it = &items[i];
+    unsigned char *eb = p, *pb = p + it->elen + BOX_OVERHEAD;
+    p = pb + it->plen + BOX_OVERHEAD;
+    if (store_blind(s->keys.index, aad(&a, s, D_IN_INDEX, it->eid, it->elen), ev[i].idx) != 0 ||
+        store_seal(s, s->keys.aead, it->eid, it->elen, aad(&a, s, D_IN_ID, NULL, 0), eb) != 0 ||
+        store_seal(s, s->keys.aead, it->payload, it->plen,
+                   aad(&a, s, D_IN_PAYLOAD, it->eid, it->elen), pb) != 0)
+      return push_err(L, "db", "oflua.store: encryption failed");
+    ev[i].ebox = cb(eb, it->elen + BOX_OVERHEAD);
+    ev[i].pbox = cb(pb, it->plen + BOX_OVERHEAD);
+    /* With lease_s the new event is inserted already claimed by the caller
+     * (as inbox_claim would hand it out): one write instead of two. */
+    ev[i].state = lease > 0 ? "claimed" : "pending";
+    ev[i].next_at = lease > 0 ? now + (double)lease : now;
+    ev[i].now = now;
+  }
+  int rc = s->be->inbox_add(s->c, s->ns, s->kid, ev, n, inserted);
+  if (rc < 0) return push_be(L, s, rc);
+  for (int i = 0; i < n; i++)
+    if (!inserted[i]) {
+      int f = check_fresh(L, s);
+      if (f) return f;
+      break;
+    }
+  lua_pop(L, 1);
+  return 0;
+}
+
+/* s:inbox_add(event_id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err */
+static int store_inbox_add(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  new_item it;
+  it.eid = check_id(L, 2, &it.elen, "event id");
+  it.payload = luaL_checklstring(L, 3, &it.plen);
+  double now = opt_now(L, 4);
+  lua_Number lease = opt_lease(L, 5);
+  if (it.plen > MAX_VALUE - BOX_OVERHEAD)
+    return push_err(L, "invalid", "oflua.store: payload too large");
+  READY(L, s);
+  int inserted = 0;
+  int r = add_events(L, s, &it, 1, now, lease, &inserted);
+  if (r) return r;
+  lua_pushboolean(L, inserted);
+  return 1;
+}
+
+/* s:inbox_add_many({{id =, payload =}, ...}[, now[, lease_s]]) -> {true | false, ...}
+ * | nil, err: up to 1000 events in one transaction (all or none); result[i]
+ * says whether event i was new (true) or a duplicate (false). */
+static int store_inbox_add_many(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  luaL_checktype(L, 2, LUA_TTABLE);
+  double now = opt_now(L, 3);
+  lua_Number lease = opt_lease(L, 4);
+  lua_settop(L, 4);
+  lua_Integer n = luaL_len(L, 2);
+  luaL_argcheck(L, n >= 0 && n <= MAX_BATCH, 2, "at most 1000 events per call");
+  new_item *items = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *items, 0);
+  int *inserted = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *inserted, 0);
+  size_t total = 0;
+  for (lua_Integer i = 1; i <= n; i++) {
+    if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "item %I is not a table", i));
+    lua_getfield(L, -1, "id");
+    lua_getfield(L, -2, "payload");
+    new_item *it = &items[i - 1];
+    it->eid = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &it->elen) : NULL;
+    it->payload = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &it->plen) : NULL;
+    if (it->eid == NULL || it->payload == NULL)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "item %I needs string fields id and payload", i));
+    if (it->elen > MAX_KEY)
+      return luaL_argerror(L, 2, lua_pushfstring(L, "item %I: event id longer than %d bytes", i, MAX_KEY));
+    total += it->plen;
+    if (it->plen > MAX_VALUE - BOX_OVERHEAD || total > MAX_VALUE)
+      return push_err(L, "invalid", "oflua.store: payloads too large");
+    lua_pop(L, 3); /* the strings stay alive in the list */
+  }
+  READY(L, s);
+  lua_createtable(L, (int)n, 0);
+  int result = lua_gettop(L);
+  if (n > 0) {
+    int r = add_events(L, s, items, (int)n, now, lease, inserted);
+    if (r) return r;
+  }
+  for (lua_Integer i = 1; i <= n; i++) {
+    lua_pushboolean(L, inserted[i - 1]);
+    lua_rawseti(L, result, i);
+  }
+  lua_settop(L, result);
+  return 1;
+}
+
+/* s:inbox_claim(n, lease_s[, now[, max_attempts]]) -> {{id, payload, attempts}, ...} | nil, err
+ * Hands out up to n due events (oldest due first) and leases them for
+ * lease_s seconds; an event whose lease expired is handed out again and the
+ * expiry counts as a failed attempt (so an event that crashes its worker
+ * ends dead after max_attempts instead of looping). On PostgreSQL rows
+ * another claimer holds are skipped (FOR UPDATE SKIP LOCKED). */
+static int store_inbox_claim(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  lua_Integer n = luaL_checkinteger(L, 2);
+  luaL_argcheck(L, n >= 1 && n <= MAX_CLAIM, 2, "n must be within [1, 10000]");
+  lua_Number lease = luaL_checknumber(L, 3);
+  luaL_argcheck(L, isfinite(lease) && lease >= 0 && lease <= 1e9, 3, "bad lease");
+  double now = opt_now(L, 4);
+  lua_Integer max = luaL_optinteger(L, 5, 5);
+  luaL_argcheck(L, max >= 1, 5, "max_attempts must be at least 1");
+  READY(L, s);
+  rows_t *r = rows_new(L, (int)n, 0);
+  int rc = s->be->tx_begin(s->c, 0);
+  if (rc < 0) return push_be(L, s, rc);
+  rc = s->be->inbox_due(s->c, s->ns, now, (int)n, r->ev, &r->n);
+  if (rc < 0) goto db_fail;
+  store_aad a;
+  unsigned char rbox[sizeof LEASE_EXPIRED - 1 + BOX_OVERHEAD];
+  for (int i = 0; i < r->n; i++) {
+    store_event *e = &r->ev[i];
+    size_t elen, plen;
+    if (e->kid != s->kid) {
+      s->be->tx_rollback(s->c);
+      int64_t id = e->id, kid = e->kid;
+      rows_clear(r);
+      return push_other_kid(L, s, "oflua_inbox", id, kid);
+    }
+    int expired = strcmp(e->state, "claimed") == 0;
+    if (open_in_place(s->keys.aead, &e->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) != 0 ||
+        elen > MAX_KEY ||
+        open_in_place(s->keys.aead, &e->pbox, aad(&a, s, D_IN_PAYLOAD, e->ebox.p + NONCE_LEN, elen),
+                      &plen) != 0) {
+      s->be->tx_rollback(s->c);
+      int64_t id = e->id;
+      rows_clear(r);
+      return push_tampered(L, "oflua_inbox", id);
+    }
+    if (expired) {
+      e->attempts++;
+      if (store_seal(s, s->keys.aead, LEASE_EXPIRED, sizeof LEASE_EXPIRED - 1,
+                     aad(&a, s, D_IN_REASON, e->ebox.p + NONCE_LEN, elen), rbox) != 0) {
+        s->be->tx_rollback(s->c);
+        rows_clear(r);
+        return push_err(L, "db", "oflua.store: encryption failed");
+      }
+    }
+    int dead = expired && e->attempts >= max;
+    rc = s->be->inbox_set(s->c, e->id, dead ? "dead" : "claimed", e->attempts,
+                          dead ? now : now + lease,
+                          expired ? cb(rbox, sizeof rbox) : cb(NULL, 0), now);
+    if (rc < 0) goto db_fail;
+    snprintf(e->state, sizeof e->state, "%s", dead ? "dead" : "claimed");
+  }
+  rc = s->be->tx_commit(s->c);
+  if (rc < 0) {
+    rows_clear(r);
+    return push_be(L, s, rc);
+  }
+  /* Committed: now build the Lua values. */
+  lua_createtable(L, r->n, 0);
+  int out = 0;
+  for (int i = 0; i < r->n; i++) {
+    store_event *e = &r->ev[i];
+    if (strcmp(e->state, "dead") == 0) continue;
+    lua_createtable(L, 0, 3);
+    push_plain(L, &e->ebox);
+    lua_setfield(L, -2, "id");
+    push_plain(L, &e->pbox);
+    lua_setfield(L, -2, "payload");
+    lua_pushinteger(L, (lua_Integer)e->attempts);
+    lua_setfield(L, -2, "attempts");
+    lua_rawseti(L, -2, ++out);
+  }
+  rows_clear(r);
+  return 1;
+
+db_fail:
+  s->be->tx_rollback(s->c);
+  rows_clear(r);
+  return push_be(L, s, rc);
+}
+
+/* Finds event idx inside the open transaction; 1 found, 0 absent, or pushes
+ * nil, err (transaction rolled back) and returns 3. */
+static int find_locked(lua_State *L, store_handle *s, const unsigned char *idx, store_event *e) {
+  int64_t mkid = 0;
+  int rc = s->be->inbox_find(s->c, s->ns, idx, &mkid, e);
+  if (rc < 0) {
+    s->be->tx_rollback(s->c);
+    return -push_be(L, s, rc);
+  }
+  if (mkid != s->kid) {
+    store_event_clear(e);
+    s->be->tx_rollback(s->c);
+    return -push_stale(L, s, mkid);
+  }
+  if (rc == 1 && e->kid != s->kid) {
+    int64_t id = e->id, kid = e->kid;
+    store_event_clear(e);
+    s->be->tx_rollback(s->c);
+    return -push_other_kid(L, s, "oflua_inbox", id, kid);
+  }
+  return rc;
+}
+
+static int event_index(lua_State *L, store_handle *s, const char *eid, size_t elen,
+                       unsigned char idx[IDX_LEN]) {
+  store_aad a;
+  (void)L;
+  return store_blind(s->keys.index, aad(&a, s, D_IN_INDEX, eid, elen), idx);
+}
+
+/* Shared by done/retry: find the event, set its state. */
+static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
+  store_handle *s = check_open(L, 1);
+  size_t elen;
+  const char *eid = check_id(L, 2, &elen, "event id");
+  double now = opt_now(L, 3);
+  READY(L, s);
+  unsigned char idx[IDX_LEN];
+  if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
+  /* One statement in the common case (the hot path of every delivery). */
+  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now);
+  if (rc < 0) return push_be(L, s, rc);
+  if (rc == 1) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  /* Absent, or under another key id: find out which. */
+  rows_t *r = rows_new(L, 1, 0);
+  rc = s->be->tx_begin(s->c, 0);
+  if (rc < 0) return push_be(L, s, rc);
+  int f = find_locked(L, s, idx, &r->ev[0]);
+  if (f < 0) return -f;
+  r->n = f;
+  if (f == 0) {
+    s->be->tx_rollback(s->c);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  store_event *e = &r->ev[0];
+  rc = s->be->inbox_set(s->c, e->id, state, reset_attempts ? 0 : e->attempts,
+                        reset_attempts ? now : e->next_at, cb(NULL, 0), now);
+  if (rc >= 0) rc = s->be->tx_commit(s->c);
+  else s->be->tx_rollback(s->c);
+  rows_clear(r);
+  if (rc < 0) return push_be(L, s, rc);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* s:inbox_done(event_id[, now]) -> true | false (unknown id) | nil, err */
+static int store_inbox_done(lua_State *L) {
+  return inbox_move(L, "done", 0);
+}
+
+/* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
+ * attempts reset (for a dead, failed or done event). */
+static int store_inbox_retry(lua_State *L) {
+  return inbox_move(L, "pending", 1);
+}
+
+/* s:inbox_fail(event_id, reason[, max_attempts=5[, now[, delay_s]]])
+ *   -> "pending", next_attempt_at | "dead" | nil, err
+ * Counts a failed attempt. Below max_attempts the event is due again after
+ * delay_s, by default 2^attempts seconds (capped at an hour); at
+ * max_attempts it becomes dead. */
+static int store_inbox_fail(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t elen, rlen;
+  const char *eid = check_id(L, 2, &elen, "event id");
+  const char *reason = luaL_optlstring(L, 3, "", &rlen);
+  lua_Integer max = luaL_optinteger(L, 4, 5);
+  luaL_argcheck(L, max >= 1, 4, "max_attempts must be at least 1");
+  double now = opt_now(L, 5);
+  double delay = -1;
+  if (!lua_isnoneornil(L, 6)) {
+    delay = (double)luaL_checknumber(L, 6);
+    luaL_argcheck(L, isfinite(delay) && delay >= 0, 6, "delay_s must be >= 0");
+  }
+  if (rlen > 65536) rlen = 65536; /* a reason is a message, not a document */
+  READY(L, s);
+  rows_t *r = rows_new(L, 1, 0);
+  store_aad a;
+  unsigned char idx[IDX_LEN], small[SMALL_BOX];
+  unsigned char *rbox = box_buffer(L, small, rlen + BOX_OVERHEAD);
+  if (event_index(L, s, eid, elen, idx) != 0 ||
+      store_seal(s, s->keys.aead, reason, rlen, aad(&a, s, D_IN_REASON, eid, elen), rbox) != 0)
+    return push_err(L, "db", "oflua.store: encryption failed");
+  int rc = s->be->tx_begin(s->c, 0);
+  if (rc < 0) return push_be(L, s, rc);
+  int f = find_locked(L, s, idx, &r->ev[0]);
+  if (f < 0) return -f;
+  r->n = f;
+  if (f == 0) {
+    s->be->tx_rollback(s->c);
+    return push_err(L, "invalid", "oflua.store: no such event in the inbox");
+  }
+  int64_t attempts = r->ev[0].attempts + 1;
+  int dead = attempts >= max;
+  if (delay < 0)
+    delay = attempts >= 12 ? BACKOFF_CAP_S : fmin(ldexp(1.0, (int)attempts), BACKOFF_CAP_S);
+  double next_at = dead ? now : now + delay;
+  rc = s->be->inbox_set(s->c, r->ev[0].id, dead ? "dead" : "pending", attempts, next_at,
+                        cb(rbox, rlen + BOX_OVERHEAD), now);
+  if (rc >= 0) rc = s->be->tx_commit(s->c);
+  else s->be->tx_rollback(s->c);
+  rows_clear(r);
+  if (rc < 0) return push_be(L, s, rc);
+  if (dead) {
+    lua_pushliteral(L, "dead");
+    return 1;
+  }
+  lua_pushliteral(L, "pending");
+  lua_pushnumber(L, next_at);
+  return 2;
+}
+
+/* Opens an event row's boxes in place; 0 or -1 (tampered). eid: the known
+ * event id, or NULL to open it from the row. */
+static int open_event(store_handle *s, store_event *e, const char *eid, size_t elen) {
+  store_aad a;
+  size_t n;
+  if (eid == NULL) {
+    if (open_in_place(s->keys.aead, &e->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) != 0 ||
+        elen > MAX_KEY)
+      return -1;
+    eid = (const char *)e->ebox.p + NONCE_LEN;
+  }
+  if (open_in_place(s->keys.aead, &e->pbox, aad(&a, s, D_IN_PAYLOAD, eid, elen), &n) != 0)
+    return -1;
+  if (e->has_reason &&
+      open_in_place(s->keys.aead, &e->rbox, aad(&a, s, D_IN_REASON, eid, elen), &n) != 0)
+    return -1;
+  return 0;
+}
+
+/* Pushes {id, payload, state, attempts, last_error, next_attempt_at,
+ * created_at, updated_at} of an opened row. */
+static void push_event(lua_State *L, const store_event *e, const char *eid, size_t elen,
+                       int brief) {
+  lua_createtable(L, 0, 8);
+  if (eid != NULL) lua_pushlstring(L, eid, elen);
+  else push_plain(L, &e->ebox);
+  lua_setfield(L, -2, "id");
+  push_plain(L, &e->pbox);
+  lua_setfield(L, -2, "payload");
+  if (e->has_reason) {
+    push_plain(L, &e->rbox);
+    lua_setfield(L, -2, "last_error");
+  }
+  lua_pushinteger(L, (lua_Integer)e->attempts);
+  lua_setfield(L, -2, "attempts");
+  if (brief) return; /* inbox_dead: id, payload, attempts, last_error */
+  lua_pushstring(L, e->state);
+  lua_setfield(L, -2, "state");
+  lua_pushnumber(L, e->next_at);
+  lua_setfield(L, -2, "next_attempt_at");
+  lua_pushnumber(L, e->created_at);
+  lua_setfield(L, -2, "created_at");
+  lua_pushnumber(L, e->updated_at);
+  lua_setfield(L, -2, "updated_at");
+}
+
+/* s:inbox_get(event_id) -> {id, payload, state, attempts, last_error,
+ *   next_attempt_at, created_at, updated_at} | nil (unknown) | nil, err */
+static int store_inbox_get(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  size_t elen;
+  const char *eid = check_id(L, 2, &elen, "event id");
+  READY(L, s);
+  rows_t *r = rows_new(L, 1, 0);
+  unsigned char idx[IDX_LEN];
+  if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
+  int64_t mkid = 0;
+  int rc = s->be->inbox_find(s->c, s->ns, idx, &mkid, &r->ev[0]);
+  if (rc < 0) return push_be(L, s, rc);
+  if (mkid != s->kid) {
+    store_event_clear(&r->ev[0]);
+    return push_stale(L, s, mkid);
+  }
+  if (rc == 0) {
+    lua_pushnil(L);
+    return 1;
+  }
+  r->n = 1;
+  store_event *e = &r->ev[0];
+  if (e->kid != s->kid) return push_other_kid(L, s, "oflua_inbox", e->id, e->kid);
+  if (open_event(s, e, eid, elen) != 0) return push_tampered(L, "oflua_inbox", e->id);
+  push_event(L, e, eid, elen, 0);
+  rows_clear(r);
+  return 1;
+}
+
+/* Lists up to limit events in a state (NULL: any) with id > after into a
+ * new table; pushes it and the last id seen (the cursor for the next page). */
+static int list_events(lua_State *L, store_handle *s, const char *state, lua_Integer limit,
+                       int64_t after, int brief) {
+  rows_t *r = rows_new(L, SCAN_BATCH, 0);
+  lua_newtable(L);
+  int result = lua_gettop(L), n = 0;
+  while (n < limit) {
+    int want = limit - n < SCAN_BATCH ? (int)(limit - n) : SCAN_BATCH;
+    rows_clear(r);
+    int rc = s->be->inbox_list(s->c, s->ns, state, after, want, r->ev, &r->n);
+    if (rc < 0) return push_be(L, s, rc);
+    for (int i = 0; i < r->n; i++) {
+      store_event *e = &r->ev[i];
+      after = e->id;
+      if (e->kid != s->kid) return push_other_kid(L, s, "oflua_inbox", e->id, e->kid);
+      if (open_event(s, e, NULL, 0) != 0) return push_tampered(L, "oflua_inbox", e->id);
+      push_event(L, e, NULL, 0, brief);
+      lua_rawseti(L, result, ++n);
+    }
+    if (r->n < want) break;
+  }
+  rows_clear(r);
+  lua_pushinteger(L, (lua_Integer)after);
+  return 2;
+}
+
+/* s:inbox_dead([limit=1000]) -> {{id, payload, attempts, last_error, ...}, ...} | nil, err */
+static int store_inbox_dead(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  lua_Integer limit = luaL_optinteger(L, 2, 1000);
+  luaL_argcheck(L, limit >= 1, 2, "limit must be at least 1");
+  READY(L, s);
+  int r = list_events(L, s, "dead", limit, 0, 1);
+  if (r == 2) lua_pop(L, 1);
+  return r == 2 ? 1 : r;
+}
+
+/* s:inbox_list{state = nil | "pending" | "claimed" | "done" | "dead",
+ * limit = 100, after = 0} -> events, cursor (pass as `after` for the next
+ * page) | nil, err */
+static int store_inbox_list(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  const char *state = NULL;
+  lua_Integer limit = 100, after = 0;
+  if (!lua_isnoneornil(L, 2)) {
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_getfield(L, 2, "state");
+    state = luaL_optstring(L, -1, NULL);
+    lua_getfield(L, 2, "limit");
+    limit = luaL_optinteger(L, -1, 100);
+    lua_getfield(L, 2, "after");
+    after = luaL_optinteger(L, -1, 0);
+    lua_pop(L, 2); /* state stays on the stack */
+  }
+  luaL_argcheck(L, limit >= 1 && limit <= 100000, 2, "limit must be within [1, 100000]");
+  luaL_argcheck(L, state == NULL || strcmp(state, "pending") == 0 ||
+                       strcmp(state, "claimed") == 0 || strcmp(state, "done") == 0 ||
+                       strcmp(state, "dead") == 0,
+                2, "state must be pending, claimed, done or dead");
+  READY(L, s);
+  return list_events(L, s, state, limit, (int64_t)after, 0);
+}
+
+/* s:inbox_stats() -> {pending, claimed, done, dead, total} | nil, err */
+static int store_inbox_stats(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  READY(L, s);
+  int64_t counts[4];
+  int rc = s->be->inbox_stats(s->c, s->ns, counts);
+  if (rc < 0) return push_be(L, s, rc);
+  static const char *const states[] = {"pending", "claimed", "done", "dead"};
+  lua_createtable(L, 0, 5);
+  lua_Integer total = 0;
+  for (int i = 0; i < 4; i++) {
+    lua_pushinteger(L, (lua_Integer)counts[i]);
+    lua_setfield(L, -2, states[i]);
+    total += (lua_Integer)counts[i];
+  }
+  lua_pushinteger(L, total);
+  lua_setfield(L, -2, "total");
+  return 1;
+}
+
+/* s:inbox_prune(age_s[, now]) -> number of done events older than age_s
+ * deleted (their ids are forgotten: a redelivery after that is new again). */
+static int store_inbox_prune(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  lua_Number age = luaL_checknumber(L, 2);
+  luaL_argcheck(L, isfinite(age) && age >= 0, 2, "age_s must be >= 0");
+  double now = opt_now(L, 3);
+  READY(L, s);
+  int64_t n = 0;
+  int rc = s->be->inbox_prune(s->c, s->ns, now - (double)age, &n);
+  if (rc < 0) return push_be(L, s, rc);
+  lua_pushinteger(L, (lua_Integer)n);
+  return 1;
+}
+
+/* ---- module functions ------------------------------------------------------ */
+
+/* store.keygen() -> a new master key: base64 of 32 random bytes */
+static int store_keygen(lua_State *L) {
+  unsigned char key[KEY_LEN];
+  char text[48];
+  if (ofc_random(key, sizeof key) != 0) return luaL_error(L, "oflua.store: no random bytes");
+  store_b64_encode(key, sizeof key, text);
+  ofc_cleanse(key, sizeof key);
+  lua_pushstring(L, text); /* may raise: the text is wiped only on success */
+  ofc_cleanse(text, sizeof text);
+  return 1;
+}
+
+/* store.save_key(path, key) -> true | nil, err: writes a key file with mode
+ * 0600, refusing to overwrite an existing file. */
+static int store_save_key(lua_State *L) {
+  const char *path = luaL_checkstring(L, 1);
+  size_t n;
+  const char *text = luaL_checklstring(L, 2, &n);
+  unsigned char key[KEY_LEN];
+  char err[300];
+  if (store_decode_key(text, n, key) != 0)
+    return push_err(L, "invalid", "oflua.store: " KEY_FORMAT_MSG);
+  int rc = store_write_key_file(path, key, err, sizeof err);
+  ofc_cleanse(key, sizeof key);
+  if (rc != 0) return push_err(L, "invalid", "oflua.store: %s", err);
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+/* store.is_url(text) -> whether text names a PostgreSQL store */
+static int store_is_url(lua_State *L) {
+  lua_pushboolean(L, is_url(luaL_optstring(L, 1, NULL)));
+  return 1;
+}
+
+int luaopen_oflua_store(lua_State *L) {
+  store_fork_watch();
+  static const luaL_Reg methods[] = {
+      {"get", store_get},
+      {"put", store_put},
+      {"delete", store_delete},
+      {"list", store_list},
+      {"transaction", store_transaction},
+      {"rekey", store_rekey},
+      {"info", store_info},
+      {"inbox_add", store_inbox_add},
+      {"inbox_add_many", store_inbox_add_many},
+      {"inbox_claim", store_inbox_claim},
+      {"inbox_done", store_inbox_done},
+      {"inbox_fail", store_inbox_fail},
+      {"inbox_retry", store_inbox_retry},
+      {"inbox_get", store_inbox_get},
+      {"inbox_list", store_inbox_list},
+      {"inbox_dead", store_inbox_dead},
+      {"inbox_stats", store_inbox_stats},
+      {"inbox_prune", store_inbox_prune},
+      {"close", store_close},
+      {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", store_gc},
+                                  {"__close", store_close},
+                                  {"__tostring", store_tostring},
+                                  {"__index", NULL},
+                                  {NULL, NULL}};
+  static const luaL_Reg funcs[] = {{"open", store_open},
+                                   {"open_env", store_open_env},
+                                   {"keygen", store_keygen},
+                                   {"save_key", store_save_key},
+                                   {"is_url", store_is_url},
+                                   {NULL, NULL}};
+  if (luaL_newmetatable(L, STORE_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, ROWS_MT)) {
+    lua_pushcfunction(L, rows_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, REKEY_MT)) {
+    lua_pushcfunction(L, rekey_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  luaL_newlib(L, funcs);
+  char version[64];
+  store_sqlite_backend.version(NULL, version, sizeof version);
+  lua_pushstring(L, version);
+  lua_setfield(L, -2, "sqlite_version");
+  lua_pushinteger(L, STORE_FORMAT);
+  lua_setfield(L, -2, "format");
+  lua_pushinteger(L, STORE_SCHEMA_VERSION);
+  lua_setfield(L, -2, "schema_version");
+  return 1;
+}
