@@ -72,6 +72,11 @@ add_executable(http_fixture_server ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/http_fixtu
 target_compile_options(http_fixture_server PRIVATE ${OFLUA_WARNINGS})
 target_compile_definitions(http_fixture_server PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
 target_link_libraries(http_fixture_server PRIVATE Threads::Threads)
+# abuse_client: slow/idle connections and endless bodies from a chosen loopback
+# address, for spec/abuse_server_spec.lua.
+add_executable(abuse_client ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/abuse_client.c)
+target_compile_options(abuse_client PRIVATE ${OFLUA_WARNINGS})
+target_compile_definitions(abuse_client PRIVATE _POSIX_C_SOURCE=200809L _DEFAULT_SOURCE)
 
 # The end-to-end demo (scripts/demo without the bootstrap/build part): the
 # emulator, the example app under `oflua serve`, Link, webhooks, policies,

@@ -134,7 +134,7 @@ describe("oflua.server", function()
     assert.equal("a, b", req.headers["x-dup"])
   end)
 
-  it("decodes the path and fills params from :name segments", function()
+  it("fills params from :name segments, percent-decoded, from the raw path", function()
     local status, body = curl(url .. "/users/a%20b/posts/42")
     assert.equal(200, status)
     assert.equal("a b|42", body)

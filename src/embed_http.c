@@ -2,7 +2,7 @@
  * embed_http.c: oflua_load_handler / oflua_handle_http, the part of the
  * embedding API that lets a C service with its own HTTP server hand requests
  * to the same Lua handlers `oflua serve` runs. The request -> Lua -> response
- * conversion itself is oflua__dispatch in http_server.c, shared with the
+ * conversion itself is oflua__dispatch in server_dispatch.c, shared with the
  * server workers (which also owns oflua_http_response_free). Only in
  * liboflua (the binary does not need it).
  */

@@ -40,7 +40,7 @@ int oflua__run_loaded(lua_State *L, int status, int nresults, char *errbuf, size
 void oflua__errf(char *buf, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-/* Dispatch hook for oflua_handle_http, provided by http_server.c:
+/* Dispatch hook for oflua_handle_http, provided by server_dispatch.c:
  * calls the handler at stack index `handler` with a req table built from
  * `req` and fills `resp`. */
 struct oflua_http_request;
@@ -55,11 +55,18 @@ int oflua__dispatch(lua_State *L, int handler, const struct oflua_http_request *
  * in dozens of shared libraries whose start-up would dominate `oflua -e ''`). */
 extern const luaL_Reg oflua__native_modules[];
 
-/* Registry key of an optional function(text) -> text that the server applies
- * to handler, tick and shutdown error messages before they are logged or
- * handed to an embedder (ofauth.redact sets it: connection ids and
- * registered secrets out of logs). Its own errors are ignored. */
+/* Registry key of an optional function(text) -> text applied to every error
+ * text the C side logs or hands out: server handler, tick and shutdown
+ * errors, oflua_call, oflua_run_*, oflua_handle_http (ofauth.redact sets it:
+ * connection ids and registered secrets out of logs). It fails closed: if it
+ * raises or returns a non-string, OFLUA_FILTER_FAILED is used instead. */
 #define OFLUA_REG_ERROR_FILTER "oflua.error_filter"
+#define OFLUA_FILTER_FAILED "(error text withheld: the error filter failed)"
+
+/* Pops the error value on top of L and writes its text, through the error
+ * filter, into buf (may be NULL). Never raises (usable on any state, in
+ * any thread that owns L). Tables with __tostring give their text. */
+void oflua__filter_error(lua_State *L, char *buf, size_t len);
 
 /* Registry key of the handler loaded by oflua_load_handler. */
 #define OFLUA_REG_HANDLER "oflua.handler"

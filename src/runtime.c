@@ -12,6 +12,7 @@
  */
 #include "internal.h"
 #include "oflua.h"
+#include "util.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -71,27 +72,19 @@ const char *oflua__state_lua_dir(lua_State *L) {
 /* ---- oflua.core ---------------------------------------------------------- */
 
 static int core_now(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)oflua__wall_now());
   return 1;
 }
 
 static int core_monotonic(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  lua_pushnumber(L, (lua_Number)ts.tv_sec + (lua_Number)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, (lua_Number)oflua__mono_now());
   return 1;
 }
 
 static int core_sleep(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
-  struct timespec ts;
-  ts.tv_sec = (time_t)s;
-  ts.tv_nsec = (long)((s - (lua_Number)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  oflua__sleep((double)s);
   return 0;
 }
 
@@ -110,10 +103,11 @@ static int core_getpid(lua_State *L) {
 /* file_mode(path) -> permission bits as an integer, or nil, err */
 static int core_file_mode(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
+  char ebuf[128];
   struct stat st;
   if (stat(path, &st) != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_pushinteger(L, (lua_Integer)(st.st_mode & 07777));
@@ -125,9 +119,10 @@ static int core_chmod(lua_State *L) {
   const char *path = luaL_checkstring(L, 1);
   lua_Integer mode = luaL_checkinteger(L, 2);
   luaL_argcheck(L, mode >= 0 && mode <= 07777, 2, "bad mode");
+  char ebuf[128];
   if (chmod(path, (mode_t)mode) != 0) {
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_pushboolean(L, 1);
@@ -156,8 +151,9 @@ static int core_listdir(lua_State *L) {
   lua_setmetatable(L, -2);
   *d = opendir(path);
   if (*d == NULL) {
+    char ebuf[128];
     luaL_pushfail(L);
-    lua_pushfstring(L, "%s: %s", path, strerror(errno));
+    lua_pushfstring(L, "%s: %s", path, oflua__strerror(errno, ebuf, sizeof ebuf));
     return 2;
   }
   lua_newtable(L);
@@ -258,11 +254,53 @@ static int status_code(int lua_status) {
   }
 }
 
-/* Pops the error value on top of L into errbuf and maps the status. */
+/* ---- error filter ---------------------------------------------------------- */
+
+typedef struct filter_ctx {
+  int has_filter;
+} filter_ctx;
+
+/* Under lua_pcall: [1] ctx, [2] the error value -> the filtered text. */
+static int filter_body(lua_State *L) {
+  filter_ctx *c = lua_touserdata(L, 1);
+  if (lua_type(L, 2) != LUA_TSTRING) {
+    if (!(luaL_callmeta(L, 2, "__tostring") && lua_type(L, -1) == LUA_TSTRING))
+      lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 2));
+    lua_replace(L, 2);
+  }
+  if (lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_ERROR_FILTER) == LUA_TNIL) {
+    lua_pushvalue(L, 2);
+    return 1;
+  }
+  c->has_filter = 1;
+  lua_pushvalue(L, 2);
+  lua_call(L, 1, 1);
+  if (lua_type(L, -1) != LUA_TSTRING) return luaL_error(L, "the error filter returned no string");
+  return 1;
+}
+
+void oflua__filter_error(lua_State *L, char *buf, size_t len) {
+  filter_ctx c = {0};
+  int ok = 0;
+  if (lua_checkstack(L, 4)) {
+    /* pushing a C function and a light userdata allocates nothing */
+    lua_pushcfunction(L, filter_body);
+    lua_pushlightuserdata(L, &c);
+    lua_pushvalue(L, -3);
+    if (lua_pcall(L, 2, 1, 0) == LUA_OK) ok = 1;
+    if (ok) oflua__errf(buf, len, "%s", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (!ok) {
+    /* fail closed: never the raw text when a filter exists (or may exist) */
+    oflua__errf(buf, len, "%s", OFLUA_FILTER_FAILED);
+  }
+  lua_pop(L, 1); /* the error value */
+}
+
+/* Pops the error value on top of L into errbuf (filtered) and maps the status. */
 static int fail_with(lua_State *L, int lua_status, char *errbuf, size_t errlen) {
-  const char *msg = lua_tostring(L, -1);
-  oflua__errf(errbuf, errlen, "%s", msg != NULL ? msg : "(error object is not a string)");
-  lua_pop(L, 1);
+  oflua__filter_error(L, errbuf, errlen);
   return status_code(lua_status);
 }
 

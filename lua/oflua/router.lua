@@ -6,8 +6,10 @@
 --   return r            -- a handler script may return the router itself
 --
 -- Paths are split on "/"; a segment ":name" matches any one non-empty
--- segment and puts it in req.params.name; a last segment "*name" (or "*")
--- matches the rest of the path (possibly empty). Static routes are looked up
+-- segment and puts it, percent-decoded, in req.params.name; a last segment
+-- "*name" (or "*") matches the rest of the path (possibly empty, not
+-- decoded). Matching is on the raw path the server hands over (req.path is
+-- never decoded, so "%2F" inside a segment does not split it). Static routes are looked up
 -- in a table; routes with parameters are tried in the order they were added.
 -- No match: 404. A path that matches but not with this method: 405 with an
 -- Allow header. HEAD runs the GET route (the server sends no body for HEAD).
@@ -45,6 +47,12 @@ local function compile(path)
   return { path = path, segs = segs, dynamic = dynamic, methods = {} }
 end
 
+local function unhex(h) return string.char(tonumber(h, 16)) end
+local function decode(s)
+  if not s:find("%", 1, true) then return s end
+  return (s:gsub("%%(%x%x)", unhex))
+end
+
 -- params table when route pattern `pat` matches the split path, else nil.
 local function match(pat, segs)
   local params = {}
@@ -59,7 +67,7 @@ local function match(pat, segs)
     if s == nil then return nil end
     if c == ":" then
       if s == "" then return nil end
-      params[p:sub(2)] = s
+      params[p:sub(2)] = decode(s)
     elseif p ~= s then
       return nil
     end

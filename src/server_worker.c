@@ -1,0 +1,791 @@
+/*
+ * server_worker.c: the Lua side of oflua.server.
+ *
+ *  - Worker threads, one lua_State each (loaded from the same script with
+ *    the same args), take complete requests from one run queue. MHD's I/O
+ *    threads never run Lua: they suspend a connection while its request
+ *    waits or runs, and the worker resumes it with the answer (server.c).
+ *  - A handler runs as a coroutine of its worker's VM (coroutines are
+ *    reused). It may park (server_wait.h: a C function waits for another
+ *    thread, e.g. server.sleep or a group commit) and the worker goes on
+ *    with other requests; the parked coroutine is resumed on the same
+ *    worker once its wait completes.
+ *  - Time limit: a count hook checks the request's deadline (its arrival
+ *    plus handler_timeout) every HOOK_COUNT instructions; past it, the
+ *    coroutine is yielded out of (or, where it cannot yield, an error is
+ *    raised), the request is answered 503 and the coroutine reset. A
+ *    handler stuck in a blocking C call is answered 503 by the monitor
+ *    thread (server.c); its worker is lost until the call returns.
+ *  - The tick VM runs the script's tick() on its own thread.
+ */
+#include "server_internal.h"
+#include "server_wait.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- worker VMs ---------------------------------------------------------- */
+
+/* Copies the value at src index i (of state `from`) onto `to`. Only plain
+ * data crosses: nil, booleans, numbers (integer/float kept), strings, tables
+ * of those (no cycles, nesting at most 32). */
+static void copy_value(lua_State *from, int i, lua_State *to, int depth) {
+  luaL_checkstack(to, 4, "args");
+  switch (lua_type(from, i)) {
+    case LUA_TNIL: lua_pushnil(to); break;
+    case LUA_TBOOLEAN: lua_pushboolean(to, lua_toboolean(from, i)); break;
+    case LUA_TNUMBER:
+      if (lua_isinteger(from, i)) lua_pushinteger(to, lua_tointeger(from, i));
+      else lua_pushnumber(to, lua_tonumber(from, i));
+      break;
+    case LUA_TSTRING: {
+      size_t len;
+      const char *s = lua_tolstring(from, i, &len);
+      lua_pushlstring(to, s, len);
+      break;
+    }
+    case LUA_TTABLE: {
+      if (depth > 32) luaL_error(to, "args: tables nested too deep (a cycle?)");
+      if (!lua_checkstack(from, 4)) luaL_error(to, "args: stack overflow");
+      i = lua_absindex(from, i);
+      lua_newtable(to);
+      lua_pushnil(from);
+      while (lua_next(from, i) != 0) {
+        int kt = lua_type(from, -2);
+        if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN) {
+          lua_pop(from, 2);
+          luaL_error(to, "args: cannot pass a %s key", lua_typename(from, kt));
+        }
+        copy_value(from, -2, to, depth + 1);
+        copy_value(from, -1, to, depth + 1);
+        lua_rawset(to, -3);
+        lua_pop(from, 1);
+      }
+      break;
+    }
+    default:
+      luaL_error(to, "args: cannot pass a %s to the workers", luaL_typename(from, i));
+  }
+}
+
+/* In the worker VM: load the script, call it with the args, leave
+ * [1] handler, [2] shutdown hook or nil. */
+int srv_load_worker(lua_State *L) {
+  load_ctx *c = lua_touserdata(L, 1);
+  lua_settop(L, 0);
+  lua_pushinteger(L, c->worker_id);
+  lua_setfield(L, LUA_REGISTRYINDEX, REG_WORKER_ID);
+  if (luaL_loadfilex(L, c->script, "t") != LUA_OK) return lua_error(L);
+  int nargs = 0;
+  if (c->args_idx != 0) {
+    copy_value(c->from, c->args_idx, L, 0);
+    nargs = 1;
+  }
+  lua_call(L, nargs, 1);
+  int t = lua_type(L, 1);
+  if (t == LUA_TFUNCTION) {
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 4;
+  }
+  if (t != LUA_TTABLE)
+    return luaL_error(L, "%s must return a handler function, a router or {handler = fn}, not a %s",
+                      c->script, luaL_typename(L, 1));
+  if (lua_getfield(L, 1, "handle") != LUA_TNIL) { /* a router */
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_pushnil(L);
+    lua_pushnil(L);
+    return 4;
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "handler");
+  lua_getfield(L, 1, "shutdown");
+  lua_getfield(L, 1, "tick");
+  lua_getfield(L, 1, "tick_interval");
+  int ht = lua_type(L, 2);
+  if (ht != LUA_TFUNCTION && ht != LUA_TTABLE)
+    return luaL_error(L, "%s: the returned table has no handle method and no handler field",
+                      c->script);
+  if (!lua_isnil(L, 3) && !lua_isfunction(L, 3))
+    return luaL_error(L, "%s: shutdown must be a function", c->script);
+  if (!lua_isnil(L, 4) && !lua_isfunction(L, 4))
+    return luaL_error(L, "%s: tick must be a function", c->script);
+  if (!lua_isnil(L, 5)) {
+    lua_Number iv = lua_tonumber(L, 5);
+    if (lua_type(L, 5) != LUA_TNUMBER || !(iv >= 0.01 && iv <= 86400))
+      return luaL_error(L, "%s: tick_interval must be a number of seconds in [0.01, 86400]",
+                        c->script);
+  }
+  lua_remove(L, 1);
+  return 4;
+}
+
+static int run_shutdown(lua_State *L) {
+  if (lua_isfunction(L, 2)) {
+    lua_pushvalue(L, 2);
+    lua_call(L, 0, 0);
+  }
+  return 0;
+}
+
+/* Runs the shutdown hook at [2] of L (protected) and logs its error. */
+static void shutdown_vm(lua_State *L, int id) {
+  lua_settop(L, 2);
+  lua_pushcfunction(L, oflua__msgh);
+  lua_pushcfunction(L, run_shutdown);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  if (lua_pcall(L, 2, 0, 3) != LUA_OK) {
+    char err[2048];
+    oflua__filter_error(L, err, sizeof err);
+    srv_log("error", "shutdown_error", id, "error", err, NULL, NULL);
+  }
+}
+
+/* ==== waiters (server_wait.h) ============================================== */
+
+struct oflua_waiter {
+  int refs; /* the completer's and the VM side's: under wait_mu */
+  int done;
+  job *job; /* the parked handler, or NULL */
+  void (*release)(void *ud);
+  void *ud;
+  /* timer */
+  double due;
+  oflua_waiter *tnext;
+};
+
+static pthread_mutex_t wait_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wait_cv = PTHREAD_COND_INITIALIZER; /* blocking waits */
+
+/* The worker running on this thread (NULL on other threads). */
+static _Thread_local worker *tls_worker = NULL;
+
+static void waiter_unref_locked(oflua_waiter *w, int *free_it) {
+  *free_it = --w->refs == 0;
+}
+
+static void waiter_free(oflua_waiter *w) {
+  if (w->release != NULL) w->release(w->ud);
+  free(w);
+}
+
+static void waiter_unref(oflua_waiter *w) {
+  int f;
+  pthread_mutex_lock(&wait_mu);
+  waiter_unref_locked(w, &f);
+  pthread_mutex_unlock(&wait_mu);
+  if (f) waiter_free(w);
+}
+
+oflua_waiter *oflua_wait_begin(lua_State *L, void (*release)(void *ud), void *ud) {
+  oflua_waiter *w = calloc(1, sizeof *w);
+  if (w == NULL) {
+    if (release != NULL) release(ud);
+    luaL_error(L, "out of memory");
+    return NULL;
+  }
+  w->refs = 2;
+  w->release = release;
+  w->ud = ud;
+  return w;
+}
+
+static void push_ready(job *j);
+
+void oflua_wait_complete(oflua_waiter *w) {
+  int f;
+  pthread_mutex_lock(&wait_mu);
+  w->done = 1;
+  job *j = w->job;
+  w->job = NULL;
+  if (j != NULL) push_ready(j);
+  else pthread_cond_broadcast(&wait_cv);
+  waiter_unref_locked(w, &f);
+  pthread_mutex_unlock(&wait_mu);
+  if (f) waiter_free(w);
+}
+
+int oflua_wait_can_park(lua_State *L) {
+  worker *w = tls_worker;
+  return w != NULL && w->cur != NULL && L == w->cur_co && w->cur->waiter == NULL &&
+         lua_isyieldable(L);
+}
+
+int oflua_wait_park(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext ctx) {
+  if (oflua_wait_can_park(L)) {
+    tls_worker->cur->waiter = w; /* registered by the worker once yielded */
+    return lua_yieldk(L, 0, ctx, k);
+  }
+  pthread_mutex_lock(&wait_mu);
+  while (!w->done) pthread_cond_wait(&wait_cv, &wait_mu);
+  pthread_mutex_unlock(&wait_mu);
+  int n = k(L, LUA_OK, ctx);
+  waiter_unref(w);
+  return n;
+}
+
+/* ---- the timer thread ------------------------------------------------------ */
+
+static pthread_mutex_t timer_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t timer_cv;
+static oflua_waiter *timer_head = NULL; /* sorted by due */
+static pthread_once_t timer_once = PTHREAD_ONCE_INIT;
+static int timer_ok = 0;
+
+static void *timer_main(void *arg) {
+  (void)arg;
+  pthread_mutex_lock(&timer_mu);
+  for (;;) {
+    double now = oflua__mono_now();
+    while (timer_head != NULL && timer_head->due <= now) {
+      oflua_waiter *w = timer_head;
+      timer_head = w->tnext;
+      pthread_mutex_unlock(&timer_mu);
+      oflua_wait_complete(w);
+      pthread_mutex_lock(&timer_mu);
+    }
+    if (timer_head == NULL) {
+      pthread_cond_wait(&timer_cv, &timer_mu);
+    } else {
+      struct timespec ts;
+      oflua__mono_deadline(&ts, timer_head->due - now);
+      pthread_cond_timedwait(&timer_cv, &timer_mu, &ts);
+    }
+  }
+  return NULL;
+}
+
+static void timer_init(void) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&timer_cv, &ca);
+  pthread_condattr_destroy(&ca);
+  sigset_t block, old;
+  sigfillset(&block);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  pthread_t t;
+  pthread_attr_t at;
+  pthread_attr_init(&at);
+  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  timer_ok = pthread_create(&t, &at, timer_main, NULL) == 0;
+  pthread_attr_destroy(&at);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+}
+
+void oflua_wait_timer(oflua_waiter *w, double seconds) {
+  pthread_once(&timer_once, timer_init);
+  if (!timer_ok) { /* no thread: complete at once rather than never */
+    oflua_wait_complete(w);
+    return;
+  }
+  w->due = oflua__mono_now() + (seconds > 0 ? seconds : 0);
+  pthread_mutex_lock(&timer_mu);
+  oflua_waiter **p = &timer_head;
+  while (*p != NULL && (*p)->due <= w->due) p = &(*p)->tnext;
+  w->tnext = *p;
+  *p = w;
+  pthread_cond_signal(&timer_cv);
+  pthread_mutex_unlock(&timer_mu);
+}
+
+/* server.sleep(seconds): parks the handler (the worker serves others
+ * meanwhile); outside a handler it simply sleeps. */
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L, (void)status, (void)ctx;
+  return 0;
+}
+
+int srv_sleep(lua_State *L) {
+  lua_Number s = luaL_checknumber(L, 1);
+  luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
+  oflua_waiter *w = oflua_wait_begin(L, NULL, NULL);
+  oflua_wait_timer(w, (double)s);
+  return oflua_wait_park(L, w, sleep_k, 0);
+}
+
+/* ==== the run queue ======================================================== */
+
+void srv_enqueue(server *s, job *j) {
+  atomic_fetch_add(&j->refs, 1); /* the worker's */
+  j->qnext = NULL;
+  pthread_mutex_lock(&s->qmu);
+  if (s->qtail != NULL) s->qtail->qnext = j;
+  else s->qhead = j;
+  s->qtail = j;
+  pthread_cond_signal(&s->qcv);
+  pthread_mutex_unlock(&s->qmu);
+}
+
+/* A parked job whose wait completed goes to its worker's ready list
+ * (called with wait_mu held). */
+static worker *job_worker(job *j);
+static void push_ready(job *j) {
+  worker *w = job_worker(j);
+  server *s = j->srv;
+  pthread_mutex_lock(&s->qmu);
+  j->qnext = w->ready;
+  w->ready = j;
+  pthread_cond_broadcast(&s->qcv);
+  pthread_mutex_unlock(&s->qmu);
+}
+
+/* ==== running handlers ===================================================== */
+
+#define HOOK_COUNT 1000
+
+/* The worker a parked job belongs to: its coroutine's VM. Kept in the
+ * coroutine's extra space (set when the coroutine is made). */
+static worker *job_worker(job *j) { return *(worker **)lua_getextraspace(j->co); }
+
+static void handler_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  worker *w = tls_worker;
+  if (w == NULL || w->cur == NULL) return;
+  job *j = w->cur;
+  if (!atomic_load(&w->srv->abort_handlers) && oflua__mono_now() < j->deadline) return;
+  j->timed_out = 1;
+  if (L == w->cur_co && lua_isyieldable(L)) {
+    lua_yield(L, 0); /* in a hook: returns, and Lua yields once the hook is done */
+    return;
+  }
+  luaL_error(L, "handler time limit exceeded");
+}
+
+typedef struct prep_ctx {
+  worker *w;
+  job *j;
+  lua_State *co;
+  int ref;
+  int nargs;
+} prep_ctx;
+
+/* On the worker VM, protected: [1] ctx, [2] handler. Takes or makes a
+ * coroutine and pushes the callable and the req table onto it. */
+static int prepare_job(lua_State *L) {
+  prep_ctx *c = lua_touserdata(L, 1);
+  worker *w = c->w;
+  if (w->nidle > 0) {
+    w->nidle--;
+    c->co = w->idle_co[w->nidle];
+    c->ref = w->idle_ref[w->nidle];
+  } else {
+    lua_State *co = lua_newthread(L);
+    *(worker **)lua_getextraspace(co) = w;
+    lua_sethook(co, handler_hook, LUA_MASKCOUNT, HOOK_COUNT);
+    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    c->co = co;
+  }
+  int n = srv_push_callable(L, 2);
+  srv_push_request(L, &c->j->req);
+  lua_xmove(L, c->co, n + 1);
+  c->nargs = n; /* the function is not an argument; self (if any) and req are */
+  return 0;
+}
+
+static void co_release(worker *w, lua_State *co, int ref, int ok) {
+  if (!ok) lua_resetthread(co);
+  lua_settop(co, 0);
+  if (w->nidle < WORKER_CO_CACHE) {
+    w->idle_co[w->nidle] = co;
+    w->idle_ref[w->nidle] = ref;
+    w->nidle++;
+  } else {
+    luaL_unref(w->L, LUA_REGISTRYINDEX, ref);
+  }
+}
+
+static int take_results(lua_State *L) {
+  oflua_http_response *resp = lua_touserdata(L, 1);
+  lua_settop(L, 4); /* status, body, headers (missing ones nil) */
+  srv_take_response(L, 2, resp);
+  return 0;
+}
+
+static int traceback_of(lua_State *L) {
+  lua_State *co = lua_touserdata(L, 1);
+  luaL_traceback(L, co, lua_tostring(L, 2), 0);
+  return 1;
+}
+
+/* The job ended (answered or abandoned): release the waiter's VM side and
+ * the worker's reference. */
+static void job_done(worker *w, job *j, int co_ok) {
+  if (j->waiter != NULL) {
+    oflua_waiter *wt = j->waiter;
+    j->waiter = NULL;
+    pthread_mutex_lock(&wait_mu);
+    wt->job = NULL;
+    pthread_mutex_unlock(&wait_mu);
+    waiter_unref(wt);
+  }
+  if (j->co != NULL) co_release(w, j->co, j->co_ref, co_ok);
+  j->co = NULL;
+  w->cur = NULL;
+  w->cur_co = NULL;
+  srv_job_unref(j);
+}
+
+static void parked_remove(worker *w, job *j) {
+  if (j->pprev != NULL) j->pprev->pnext = j->pnext;
+  else w->parked = j->pnext;
+  if (j->pnext != NULL) j->pnext->pprev = j->pprev;
+  j->pprev = j->pnext = NULL;
+  w->nparked--;
+}
+
+static void abandon(worker *w, job *j, const char *why) {
+  atomic_fetch_add(&w->srv->n_handler_timeouts, 1);
+  srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
+  srv_answer_status(j, 503);
+  job_done(w, j, 0);
+}
+
+/* After lua_resume of job j returned st with nres results on co. */
+static void after_resume(worker *w, job *j, int st, int nres) {
+  lua_State *L = w->L, *co = j->co;
+  if (st == LUA_YIELD) {
+    lua_pop(co, nres);
+    if (j->timed_out) {
+      abandon(w, j, atomic_load(&w->srv->abort_handlers) ? "server stopping" : "time limit");
+      return;
+    }
+    oflua_waiter *wt = j->waiter;
+    if (wt == NULL) { /* a bare coroutine.yield() in the handler */
+      srv_log("error", "handler_error", w->id, "error",
+              "the handler yielded outside a server wait (coroutine.yield at top level)", NULL,
+              NULL);
+      srv_answer_status(j, 500);
+      job_done(w, j, 0);
+      return;
+    }
+    /* parked: register, unless the wait is already complete */
+    int ready;
+    pthread_mutex_lock(&wait_mu);
+    ready = wt->done;
+    if (!ready) wt->job = j;
+    pthread_mutex_unlock(&wait_mu);
+    j->pnext = w->parked;
+    j->pprev = NULL;
+    if (w->parked != NULL) w->parked->pprev = j;
+    w->parked = j;
+    w->nparked++;
+    w->cur = NULL;
+    w->cur_co = NULL;
+    if (ready) {
+      pthread_mutex_lock(&w->srv->qmu);
+      j->qnext = w->ready;
+      w->ready = j;
+      pthread_mutex_unlock(&w->srv->qmu);
+    }
+    return;
+  }
+  int top = lua_gettop(L);
+  if (st == LUA_OK) {
+    oflua_http_response resp;
+    memset(&resp, 0, sizeof resp);
+    int ok = lua_checkstack(L, nres + 4);
+    if (ok) {
+      lua_pushcfunction(L, take_results);
+      lua_pushlightuserdata(L, &resp);
+      lua_xmove(co, L, nres);
+      ok = lua_pcall(L, 1 + nres, 0, 0) == LUA_OK;
+    }
+    if (!ok) {
+      char err[2048] = "out of memory";
+      if (lua_gettop(L) > top) oflua__filter_error(L, err, sizeof err);
+      srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
+      oflua_http_response_free(&resp);
+      srv_answer_status(j, 500);
+    } else if (resp.status == DROP_STATUS) {
+      oflua_http_response_free(&resp);
+      srv_answer(j, 0, NULL, 0);
+    } else {
+      struct MHD_Response *mr = srv_build_response(w->srv, &resp, w->id);
+      unsigned status = (unsigned)resp.status;
+      oflua_http_response_free(&resp);
+      if (mr == NULL) srv_answer_status(j, 500);
+      else srv_answer(j, status, mr, 1);
+    }
+    lua_settop(L, top);
+    job_done(w, j, 1);
+    return;
+  }
+  /* an error: message with the coroutine's traceback, filtered */
+  char err[4096] = "error";
+  if (lua_checkstack(L, 4)) {
+    lua_pushcfunction(L, traceback_of);
+    lua_pushlightuserdata(L, co);
+    lua_xmove(co, L, 1);
+    if (lua_pcall(L, 2, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+      lua_pop(L, 1);
+      lua_pushliteral(L, "error (no traceback: out of memory)");
+    }
+    oflua__filter_error(L, err, sizeof err);
+  }
+  lua_settop(L, top);
+  if (j->timed_out) {
+    abandon(w, j, atomic_load(&w->srv->abort_handlers) ? "server stopping" : "time limit");
+    return;
+  }
+  srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
+  srv_answer_status(j, 500);
+  job_done(w, j, 0);
+}
+
+static int job_answered(job *j) {
+  pthread_mutex_lock(&j->srv->mu);
+  int a = j->answered;
+  pthread_mutex_unlock(&j->srv->mu);
+  return a;
+}
+
+static void start_job(worker *w, job *j) {
+  if (job_answered(j)) { /* the monitor answered it (503) while it waited */
+    srv_job_unref(j);
+    return;
+  }
+  lua_State *L = w->L;
+  lua_settop(L, 2);
+  prep_ctx c = {w, j, NULL, LUA_NOREF, 0};
+  lua_pushcfunction(L, prepare_job);
+  lua_pushlightuserdata(L, &c);
+  lua_pushvalue(L, 1);
+  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
+    char err[2048];
+    oflua__filter_error(L, err, sizeof err);
+    srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
+    if (c.co != NULL) lua_settop(c.co, 0);
+    j->co = c.co;
+    j->co_ref = c.ref;
+    srv_answer_status(j, 500);
+    job_done(w, j, 0);
+    return;
+  }
+  j->co = c.co;
+  j->co_ref = c.ref;
+  w->cur = j;
+  w->cur_co = c.co;
+  int nres = 0;
+  int st = lua_resume(c.co, L, c.nargs, &nres);
+  after_resume(w, j, st, nres);
+  lua_settop(L, 2);
+}
+
+static void resume_job(worker *w, job *j) {
+  parked_remove(w, j);
+  if (job_answered(j)) { /* timed out while parked (monitor answered) */
+    job_done(w, j, 0);
+    return;
+  }
+  if (j->waiter != NULL) { /* the wait's VM side is done once resumed */
+    oflua_waiter *wt = j->waiter;
+    j->waiter = NULL;
+    pthread_mutex_lock(&wait_mu);
+    wt->job = NULL;
+    pthread_mutex_unlock(&wait_mu);
+    w->cur = j;
+    w->cur_co = j->co;
+    int nres = 0;
+    int st = lua_resume(j->co, w->L, 0, &nres);
+    waiter_unref(wt); /* after k has run */
+    after_resume(w, j, st, nres);
+  }
+  lua_settop(w->L, 2);
+}
+
+static void *worker_main(void *arg) {
+  worker *w = arg;
+  server *s = w->srv;
+  tls_worker = w;
+  pthread_mutex_lock(&s->qmu);
+  for (;;) {
+    if (w->ready != NULL) {
+      job *j = w->ready;
+      w->ready = j->qnext;
+      pthread_mutex_unlock(&s->qmu);
+      resume_job(w, j);
+      pthread_mutex_lock(&s->qmu);
+      continue;
+    }
+    if (s->qhead != NULL && !s->qstop) {
+      job *j = s->qhead;
+      s->qhead = j->qnext;
+      if (s->qhead == NULL) s->qtail = NULL;
+      pthread_mutex_unlock(&s->qmu);
+      start_job(w, j);
+      pthread_mutex_lock(&s->qmu);
+      continue;
+    }
+    /* parked jobs past their deadline (or all, when stopping) */
+    double now = oflua__mono_now(), next = 0;
+    job *p = w->parked;
+    int expired = 0;
+    while (p != NULL) {
+      job *pn = p->pnext;
+      if (s->qstop || p->deadline <= now) {
+        pthread_mutex_unlock(&s->qmu);
+        parked_remove(w, p);
+        abandon(w, p, s->qstop ? "server stopping" : "time limit (parked)");
+        pthread_mutex_lock(&s->qmu);
+        expired = 1;
+        break; /* the lists may have changed: look again */
+      }
+      if (next == 0 || p->deadline < next) next = p->deadline;
+      p = pn;
+    }
+    if (expired) continue;
+    if (s->qstop) {
+      /* drop what is still queued (answered by stop) */
+      while (s->qhead != NULL) {
+        job *j = s->qhead;
+        s->qhead = j->qnext;
+        pthread_mutex_unlock(&s->qmu);
+        srv_answer_status(j, 503);
+        srv_job_unref(j);
+        pthread_mutex_lock(&s->qmu);
+      }
+      s->qtail = NULL;
+      break;
+    }
+    if (next > 0) {
+      struct timespec ts;
+      oflua__mono_deadline(&ts, next - now + 0.001);
+      pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
+    } else {
+      pthread_cond_wait(&s->qcv, &s->qmu);
+    }
+  }
+  atomic_store(&w->exited, 1);
+  pthread_cond_broadcast(&s->exit_cv);
+  pthread_mutex_unlock(&s->qmu);
+  return NULL;
+}
+
+int srv_workers_start(server *s, char *err, size_t errlen) {
+  sigset_t block, old;
+  sigfillset(&block);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  int rc = 0;
+  for (int i = 0; i < s->nworkers; i++) {
+    if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0) {
+      snprintf(err, errlen, "cannot start worker thread %d", i + 1);
+      rc = -1;
+      break;
+    }
+    s->workers[i].started = 1;
+  }
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
+}
+
+int srv_workers_stop(server *s, double deadline) {
+  int stuck = 0;
+  pthread_mutex_lock(&s->qmu);
+  s->qstop = 1;
+  pthread_cond_broadcast(&s->qcv);
+  for (;;) {
+    int running = 0;
+    for (int i = 0; i < s->nworkers; i++)
+      if (s->workers[i].started && !atomic_load(&s->workers[i].exited)) running++;
+    if (running == 0) break;
+    double left = deadline - oflua__mono_now();
+    if (left <= 0) {
+      stuck = running;
+      break;
+    }
+    struct timespec ts;
+    oflua__mono_deadline(&ts, left < 0.05 ? left : 0.05);
+    pthread_cond_timedwait(&s->exit_cv, &s->qmu, &ts);
+    pthread_cond_broadcast(&s->qcv);
+  }
+  pthread_mutex_unlock(&s->qmu);
+  if (stuck) {
+    srv_log("error", "workers_stuck", 0, "detail",
+            "a handler is blocked in a C call: its worker is abandoned", NULL, NULL);
+    for (int i = 0; i < s->nworkers; i++)
+      if (s->workers[i].started) pthread_detach(s->workers[i].thread);
+    return -1; /* keep every VM: a stuck thread may still use its own */
+  }
+  for (int i = 0; i < s->nworkers; i++) {
+    worker *w = &s->workers[i];
+    if (w->started) pthread_join(w->thread, NULL);
+    w->started = 0;
+    if (w->L == NULL) continue;
+    shutdown_vm(w->L, w->id);
+    lua_close(w->L);
+    w->L = NULL;
+  }
+  return 0;
+}
+
+/* ---- tick ---------------------------------------------------------------- */
+
+void *srv_tick_main(void *arg) {
+  server *s = arg;
+  lua_State *L = s->tickL; /* stack: [1] handler, [2] shutdown, [3] tick */
+  pthread_mutex_lock(&s->tick_mu);
+  for (;;) {
+    struct timespec until; /* the condvar waits on the monotonic clock */
+    oflua__mono_deadline(&until, s->tick_interval);
+    while (!s->tick_stop && pthread_cond_timedwait(&s->tick_cv, &s->tick_mu, &until) == 0) {
+    }
+    if (s->tick_stop) break;
+    pthread_mutex_unlock(&s->tick_mu);
+    lua_settop(L, 3);
+    lua_pushcfunction(L, oflua__msgh);
+    lua_pushvalue(L, 3);
+    if (lua_pcall(L, 0, 0, 4) != LUA_OK) {
+      char err[4096];
+      oflua__filter_error(L, err, sizeof err);
+      srv_log("error", "tick_error", 0, "error", err, NULL, NULL);
+    }
+    lua_settop(L, 3);
+    pthread_mutex_lock(&s->tick_mu);
+  }
+  atomic_store(&s->tick_exited, 1);
+  pthread_cond_broadcast(&s->tick_cv);
+  pthread_mutex_unlock(&s->tick_mu);
+  return NULL;
+}
+
+/* Stops the tick thread (a tick in progress may finish until deadline) and
+ * closes its VM after running the shutdown hook there too. -1: stuck. */
+int srv_tick_stop(server *s, double deadline) {
+  if (s->tick_started) {
+    pthread_mutex_lock(&s->tick_mu);
+    s->tick_stop = 1;
+    pthread_cond_broadcast(&s->tick_cv);
+    while (!atomic_load(&s->tick_exited)) {
+      double left = deadline - oflua__mono_now();
+      if (left <= 0) break;
+      struct timespec ts;
+      oflua__mono_deadline(&ts, left);
+      pthread_cond_timedwait(&s->tick_cv, &s->tick_mu, &ts);
+    }
+    int exited = atomic_load(&s->tick_exited);
+    pthread_mutex_unlock(&s->tick_mu);
+    if (!exited) {
+      srv_log("error", "tick_stuck", 0, "detail", "the tick did not finish in time", NULL, NULL);
+      pthread_detach(s->tick_thread);
+      s->tick_started = 0;
+      return -1;
+    }
+    pthread_join(s->tick_thread, NULL);
+    s->tick_started = 0;
+  }
+  if (s->tickL != NULL) {
+    shutdown_vm(s->tickL, 0);
+    lua_close(s->tickL);
+    s->tickL = NULL;
+    pthread_cond_destroy(&s->tick_cv);
+    pthread_mutex_destroy(&s->tick_mu);
+  }
+  return 0;
+}

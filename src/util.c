@@ -1,0 +1,234 @@
+/*
+ * util.c: see util.h. Small, dependency-free helpers shared by the C files
+ * of oflua, so that there is one copy of each (and one place to fix).
+ */
+#include "util.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/types.h>
+#include <time.h>
+
+double oflua__mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double oflua__wall_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+void oflua__sleep(double s) {
+  if (!(s > 0)) return;
+  struct timespec ts;
+  ts.tv_sec = (time_t)s;
+  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+void oflua__mono_deadline(struct timespec *ts, double s) {
+  clock_gettime(CLOCK_MONOTONIC, ts);
+  if (!(s > 0)) return;
+  if (s > 1e9) s = 1e9;
+  time_t whole = (time_t)s;
+  ts->tv_sec += whole;
+  ts->tv_nsec += (long)((s - (double)whole) * 1e9);
+  if (ts->tv_nsec >= 1000000000L) {
+    ts->tv_sec += 1;
+    ts->tv_nsec -= 1000000000L;
+  }
+}
+
+int oflua__hexval(unsigned char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+void oflua__hex_encode(char *out, const unsigned char *in, size_t n) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[in[i] >> 4];
+    out[2 * i + 1] = digits[in[i] & 15];
+  }
+}
+
+const char oflua__b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+const char oflua__b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+size_t oflua__b64_len(size_t n, int pad) {
+  size_t rest = n % 3;
+  return n / 3 * 4 + (rest == 0 ? 0 : pad ? 4 : rest + 1);
+}
+
+void oflua__b64_encode(char *o, const unsigned char *s, size_t len, const char *a, int pad) {
+  size_t full = len / 3, rest = len % 3;
+  for (size_t i = 0; i < full; i++, s += 3) {
+    uint32_t v = (uint32_t)s[0] << 16 | (uint32_t)s[1] << 8 | s[2];
+    *o++ = a[v >> 18 & 63];
+    *o++ = a[v >> 12 & 63];
+    *o++ = a[v >> 6 & 63];
+    *o++ = a[v & 63];
+  }
+  if (rest > 0) {
+    uint32_t v = (uint32_t)s[0] << 16 | (rest == 2 ? (uint32_t)s[1] << 8 : 0);
+    *o++ = a[v >> 18 & 63];
+    *o++ = a[v >> 12 & 63];
+    if (rest == 2) *o++ = a[v >> 6 & 63];
+    else if (pad) *o++ = '=';
+    if (pad) *o++ = '=';
+  }
+}
+
+static int b64_index(const char *alphabet, unsigned char c) {
+  if (c == 0) return -1;
+  const char *p = memchr(alphabet, c, 64);
+  return p != NULL ? (int)(p - alphabet) : -1;
+}
+
+long long oflua__b64_decode(unsigned char *out, const char *in, size_t n, const char *a, int pad,
+                            const char **why) {
+  size_t npad = 0;
+  if (pad) {
+    if (n % 4 != 0) {
+      *why = "length is not a multiple of 4";
+      return -1;
+    }
+    while (npad < 2 && npad < n && in[n - 1 - npad] == '=') npad++;
+  } else if (n % 4 == 1) {
+    *why = "bad length";
+    return -1;
+  }
+  size_t data = n - npad;
+  size_t o = 0;
+  uint32_t acc = 0;
+  int bits = 0;
+  for (size_t i = 0; i < data; i++) {
+    int v = b64_index(a, (unsigned char)in[i]);
+    if (v < 0) {
+      *why = "bad character";
+      return -1;
+    }
+    acc = acc << 6 | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (unsigned char)(acc >> bits & 0xff);
+    }
+  }
+  if (bits >= 6 || (acc & ((1u << bits) - 1)) != 0) {
+    *why = "non-canonical trailing bits";
+    return -1;
+  }
+  return (long long)o;
+}
+
+int oflua__is_token(const char *s, size_t n) {
+  if (n == 0) return 0;
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c <= 32 || c >= 127 || strchr("\"(),/:;<=>?@[\\]{}", c) != NULL) return 0;
+  }
+  return 1;
+}
+
+int oflua__is_header_value(const char *s, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    unsigned char c = (unsigned char)s[i];
+    if (c == '\r' || c == '\n' || c == '\0') return 0;
+  }
+  return 1;
+}
+
+char *oflua__memdup(const char *s, size_t n) {
+  char *p = malloc(n + 1);
+  if (p != NULL) {
+    if (n > 0) memcpy(p, s, n);
+    p[n] = '\0';
+  }
+  return p;
+}
+
+const char *oflua__strerror(int err, char *buf, size_t len) {
+  if (len == 0) return buf;
+  buf[0] = '\0';
+  /* _DEFAULT_SOURCE gives the GNU strerror_r, which may return a static string */
+#if defined(__GLIBC__) && defined(_GNU_SOURCE)
+  const char *m = strerror_r(err, buf, len);
+  if (m != buf) {
+    strncpy(buf, m, len - 1);
+    buf[len - 1] = '\0';
+  }
+#else
+  if (strerror_r(err, buf, len) != 0) {
+    strncpy(buf, "unknown error", len - 1);
+    buf[len - 1] = '\0';
+  }
+#endif
+  return buf;
+}
+
+/* ---- SipHash-2-4 (Aumasson & Bernstein), for hash tables whose keys an
+ * attacker may choose: with a secret key, collisions cannot be planned. */
+
+#define ROTL64(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define SIPROUND                                                                             \
+  do {                                                                                       \
+    v0 += v1; v1 = ROTL64(v1, 13); v1 ^= v0; v0 = ROTL64(v0, 32);                            \
+    v2 += v3; v3 = ROTL64(v3, 16); v3 ^= v2;                                                 \
+    v0 += v3; v3 = ROTL64(v3, 21); v3 ^= v0;                                                 \
+    v2 += v1; v1 = ROTL64(v1, 17); v1 ^= v2; v2 = ROTL64(v2, 32);                            \
+  } while (0)
+
+static uint64_t load64le(const unsigned char *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+uint64_t oflua__siphash(const unsigned char key[16], const void *data, size_t len) {
+  const unsigned char *in = data;
+  uint64_t k0 = load64le(key), k1 = load64le(key + 8);
+  uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+  uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+  size_t end = len - len % 8;
+  for (size_t i = 0; i < end; i += 8) {
+    uint64_t m = load64le(in + i);
+    v3 ^= m;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= m;
+  }
+  uint64_t b = (uint64_t)len << 56;
+  for (size_t i = 0; i < len % 8; i++) b |= (uint64_t)in[end + i] << (8 * i);
+  v3 ^= b;
+  SIPROUND;
+  SIPROUND;
+  v0 ^= b;
+  v2 ^= 0xff;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  SIPROUND;
+  return v0 ^ v1 ^ v2 ^ v3;
+}
+
+int oflua__random_bytes(void *buf, size_t len) {
+  unsigned char *p = buf;
+  while (len > 0) {
+    ssize_t n = getrandom(p, len, 0);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    p += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}

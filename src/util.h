@@ -1,0 +1,60 @@
+/*
+ * util.h: the one copy of the small helpers every C file of liboflua needs
+ * (clocks, sleeping, hex, base64, HTTP token/value validators, byte
+ * duplication, thread-safe strerror). Plain C: nothing here touches Lua, so
+ * any file (and any thread) may use it. Compiled into the binary, liboflua
+ * and each side object that needs it.
+ */
+#ifndef OFLUA_UTIL_H
+#define OFLUA_UTIL_H
+
+#include <stddef.h>
+
+/* Seconds on the monotonic clock (for deadlines and durations). */
+double oflua__mono_now(void);
+/* Seconds since the epoch (for timestamps). */
+double oflua__wall_now(void);
+/* Sleeps s seconds (s >= 0), resuming after signals. */
+void oflua__sleep(double s);
+/* Absolute CLOCK_MONOTONIC time s seconds from now, for timed waits on a
+ * condition variable made with pthread_condattr_setclock(CLOCK_MONOTONIC). */
+struct timespec;
+void oflua__mono_deadline(struct timespec *ts, double s);
+
+/* Value of a hex digit (either case), or -1. */
+int oflua__hexval(unsigned char c);
+/* Lower-case hex of in[0..n) into out (2n bytes, not terminated). */
+void oflua__hex_encode(char *out, const unsigned char *in, size_t n);
+
+/* Base64 (RFC 4648): alphabet oflua__b64_std or oflua__b64_url; pad: 1 for
+ * '=' padding. out must hold oflua__b64_len(n, pad) bytes (not terminated). */
+extern const char oflua__b64_std[];
+extern const char oflua__b64_url[];
+size_t oflua__b64_len(size_t n, int pad);
+void oflua__b64_encode(char *out, const unsigned char *in, size_t n, const char *alphabet,
+                       int pad);
+/* Strict decoding (no white space, canonical trailing bits; padding required
+ * when pad, refused when not). out holds at least 3 * (n / 4) + 3 bytes.
+ * Returns the decoded length, or -1 with a static reason in *why. */
+long long oflua__b64_decode(unsigned char *out, const char *in, size_t n, const char *alphabet,
+                            int pad, const char **why);
+
+/* 1 if s[0..n) is an HTTP token (RFC 9110: header names, methods). */
+int oflua__is_token(const char *s, size_t n);
+/* 1 if s[0..n) has no CR, LF or NUL (safe as an HTTP header value). */
+int oflua__is_header_value(const char *s, size_t n);
+
+/* malloc'd copy of s[0..n) plus a NUL, or NULL when out of memory. */
+char *oflua__memdup(const char *s, size_t n);
+
+/* SipHash-2-4 of data under a 16-byte key (hash tables with untrusted keys). */
+#include <stdint.h>
+uint64_t oflua__siphash(const unsigned char key[16], const void *data, size_t len);
+
+/* len bytes from the kernel's random source; 0 or -1. */
+int oflua__random_bytes(void *buf, size_t len);
+
+/* strerror(err) into buf (thread-safe); returns buf. */
+const char *oflua__strerror(int err, char *buf, size_t len);
+
+#endif
