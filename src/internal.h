@@ -68,6 +68,12 @@ extern const luaL_Reg oflua__native_modules[];
  * any thread that owns L). Tables with __tostring give their text. */
 void oflua__filter_error(lua_State *L, char *buf, size_t len);
 
+/* Set by oflua.server when loaded (else NULL): a C function about to block
+ * (sleep, network, disk) calls it with its continuation; when the handler
+ * runs inline on a server I/O thread, the handler first moves to a worker
+ * thread and k runs there; otherwise k runs at once. See server_wait.h. */
+extern int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
+
 /* Registry key of the handler loaded by oflua_load_handler. */
 #define OFLUA_REG_HANDLER "oflua.handler"
 

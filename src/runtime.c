@@ -81,11 +81,21 @@ static int core_monotonic(lua_State *L) {
   return 1;
 }
 
+int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx) = NULL;
+
+static int core_sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  oflua__sleep((double)lua_tonumber(L, 1));
+  return 0;
+}
+
+/* sleep(seconds): blocks the calling thread (a server handler is moved off
+ * an I/O thread first: oflua__offload). */
 static int core_sleep(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
-  oflua__sleep((double)s);
-  return 0;
+  if (oflua__offload != NULL) return oflua__offload(L, core_sleep_k, 0);
+  return core_sleep_k(L, LUA_OK, 0);
 }
 
 static int core_isatty(lua_State *L) {

@@ -145,6 +145,7 @@ void srv_job_unref(job *r) {
   if (atomic_fetch_sub(&r->refs, 1) != 1) return;
   body_release(r);
   if (r->mr != NULL && r->mr_owned) MHD_destroy_response(r->mr);
+  oflua_http_response_free(&r->resp);
   free(r->mem);
   free(r);
 }
@@ -189,6 +190,10 @@ int srv_answer(job *r, unsigned status, struct MHD_Response *mr, int owned) {
   r->status = status;
   r->mr = mr;
   r->mr_owned = owned;
+  if (r->inline_run) { /* on the I/O thread, not suspended: it queues the answer */
+    pthread_mutex_unlock(&s->mu);
+    return 1;
+  }
   inflight_unlink(s, r);
   atomic_fetch_add(&g_resuming, 1);
   pthread_mutex_unlock(&s->mu);
@@ -470,6 +475,21 @@ static enum MHD_Result on_body(server *s, struct MHD_Connection *conn, job *r, c
   return MHD_YES;
 }
 
+/* Queues the answer stored in the job (by a worker, or inline). */
+static enum MHD_Result queue_answer(server *s, struct MHD_Connection *conn, job *r) {
+  pthread_mutex_lock(&s->mu);
+  struct MHD_Response *mr = r->mr;
+  unsigned status = r->status;
+  int owned = r->mr_owned;
+  r->mr = NULL;
+  pthread_mutex_unlock(&s->mu);
+  r->state = JOB_DONE;
+  if (mr == NULL) return MHD_NO; /* server.DROP: close without an answer */
+  enum MHD_Result ret = MHD_queue_response(conn, status, mr);
+  if (owned) MHD_destroy_response(mr);
+  return ret;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
                                   const char *method, const char *version,
                                   const char *upload_data, size_t *upload_size,
@@ -502,8 +522,17 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     atomic_fetch_add(&s->n_requests, 1);
     r->state = JOB_QUEUED;
     r->deadline = oflua__mono_now() + s->handler_timeout;
+    worker *w = s->inline_slice > 0 && !atomic_load(&s->stopping) ? srv_borrow_vm(s) : NULL;
+    if (w != NULL) { /* the fast path: run here for at most inline_slice */
+      r->inline_run = 1;
+      if (srv_run_inline(w, r, s->inline_slice)) {
+        srv_release_vm(w);
+        return queue_answer(s, conn, r);
+      }
+    }
     MHD_suspend_connection(conn);
     pthread_mutex_lock(&s->mu);
+    r->inline_run = 0;
     int closing = s->closing;
     if (!closing) {
       r->queued_inflight = 1;
@@ -513,23 +542,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
       s->inflight_head = r;
     }
     pthread_mutex_unlock(&s->mu);
+    if (w != NULL) srv_release_vm(w); /* its worker continues the handler */
     if (closing) srv_answer_status(r, 503);
-    else srv_enqueue(s, r);
+    else if (w == NULL) srv_enqueue(s, r);
     return MHD_YES;
   }
-  if (r->state == JOB_QUEUED) { /* resumed: the answer is in the job */
-    pthread_mutex_lock(&s->mu);
-    struct MHD_Response *mr = r->mr;
-    unsigned status = r->status;
-    int owned = r->mr_owned;
-    r->mr = NULL;
-    pthread_mutex_unlock(&s->mu);
-    r->state = JOB_DONE;
-    if (mr == NULL) return MHD_NO; /* server.DROP: close without an answer */
-    enum MHD_Result ret = MHD_queue_response(conn, status, mr);
-    if (owned) MHD_destroy_response(mr);
-    return ret;
-  }
+  if (r->state == JOB_QUEUED) return queue_answer(s, conn, r); /* resumed */
   if (r->state == JOB_DISCARD) { /* refused mid-body: discard, close at the end */
     if (*upload_size == 0) return MHD_NO;
     *upload_size = 0;
@@ -875,7 +893,7 @@ typedef struct listen_opts {
   const char *host, *script;
   lua_Integer port, workers, io_threads, max_body, max_header, max_connections, per_ip,
       body_budget;
-  lua_Number timeout_s, grace_s, head_timeout, body_timeout, handler_timeout;
+  lua_Number timeout_s, grace_s, head_timeout, body_timeout, handler_timeout, inline_slice;
   int handle_signals;
   int args_idx;
 } listen_opts;
@@ -913,7 +931,7 @@ static const char *const listen_keys[] = {
     "host",         "port",           "workers",         "io_threads",      "script",
     "args",         "max_body",       "max_header",      "timeout_s",       "max_connections",
     "per_ip_connections", "head_timeout", "body_timeout", "handler_timeout", "body_budget",
-    "handle_signals", "grace_s",      NULL};
+    "handle_signals", "grace_s",      "inline_slice", NULL};
 
 /* Defaults: safe for a server exposed to the internet (docs/operations.md). */
 #define DEF_MAX_CONNECTIONS 1024
@@ -923,6 +941,7 @@ static const char *const listen_keys[] = {
 #define DEF_HANDLER_TIMEOUT 30.0
 #define DEF_BODY_BUDGET ((lua_Integer)64 << 20)
 #define DEF_IO_THREADS 2
+#define DEF_INLINE_SLICE 0.002
 
 static void parse_listen_opts(lua_State *L, listen_opts *o) {
   luaL_checktype(L, 1, LUA_TTABLE);
@@ -960,6 +979,7 @@ static void parse_listen_opts(lua_State *L, listen_opts *o) {
   o->body_timeout = opt_num(L, "body_timeout", DEF_BODY_TIMEOUT, 0.05, 86400);
   o->handler_timeout = opt_num(L, "handler_timeout", DEF_HANDLER_TIMEOUT, 0.01, 86400);
   o->grace_s = opt_num(L, "grace_s", 5, 0, 3600);
+  o->inline_slice = opt_num(L, "inline_slice", DEF_INLINE_SLICE, 0, 1);
   if (o->per_ip > o->max_connections)
     luaL_error(L, "server.listen: per_ip_connections must not exceed max_connections");
   if (o->body_budget < o->max_body)
@@ -1078,6 +1098,7 @@ static int server_listen(lua_State *L) {
   s->head_timeout = o.head_timeout;
   s->body_timeout = o.body_timeout;
   s->handler_timeout = o.handler_timeout;
+  s->inline_slice = o.inline_slice;
   s->r400 = static_response("Bad Request\n");
   s->r413 = static_response("Payload Too Large\n");
   s->r414 = static_response("URI Too Long\n");
@@ -1217,6 +1238,7 @@ int luaopen_oflua_server(lua_State *L) {
   }
   lua_pop(L, 1);
   srv_shared_methods(L);
+  srv_install_offload();
   luaL_newlib(L, funcs);
   lua_pushstring(L, MHD_get_version());
   lua_setfield(L, -2, "mhd_version");

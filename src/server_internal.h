@@ -75,8 +75,9 @@ struct job {
   struct MHD_Response *mr;
   int mr_owned;
   double deadline; /* monotonic: the answer is due (handler_timeout) */
-  /* request */
+  /* request, and the handler's response */
   oflua_http_request req;
+  oflua_http_response resp;
   char *mem; /* headers array and strings */
   char *body;
   size_t body_len, body_cap, reserved;
@@ -84,6 +85,9 @@ struct job {
   lua_State *co;
   int co_ref;
   int timed_out;
+  int inline_run;   /* running on an I/O thread, connection not suspended */
+  int sliced;       /* yielded to move to a worker */
+  double slice_end; /* inline: the I/O thread's share ends (0: on a worker) */
   struct oflua_waiter *waiter; /* set by oflua_wait_park */
   const char *query;           /* into uri, after '?', or NULL */
   const char *uri_end;         /* end of the target in MHD's buffer (compared only) */
@@ -103,6 +107,8 @@ struct worker {
   job *ready;          /* parked jobs ready to resume: under srv->qmu */
   job *parked;         /* worker thread only */
   int nparked;
+  int busy;            /* held by a thread (its worker or an I/O thread): qmu */
+  job *pending;        /* moved off an I/O thread, to continue here: qmu */
   job *cur;            /* running */
   lua_State *cur_co;
   lua_State *idle_co[WORKER_CO_CACHE];
@@ -121,7 +127,7 @@ struct server {
   char url[128];
   /* limits (see parse_listen_opts) */
   size_t max_body, max_header, body_budget;
-  double grace, head_timeout, body_timeout, handler_timeout;
+  double grace, head_timeout, body_timeout, handler_timeout, inline_slice;
   int handle_signals;
   struct sigaction old_int, old_term;
   struct MHD_Response *r400, *r413, *r414, *r431, *r500, *r503;
@@ -176,6 +182,14 @@ int srv_workers_stop(server *s, double deadline);
 void *srv_tick_main(void *arg);
 int srv_tick_stop(server *s, double deadline);
 int srv_sleep(lua_State *L);
+/* The inline fast path: an I/O thread borrows an idle VM (NULL if none or
+ * work is queued), runs the handler for at most `slice` seconds of Lua
+ * (returns 1 if it is answered: r->mr/status), then gives the VM back (a
+ * handler not done continues on the VM's worker). */
+worker *srv_borrow_vm(server *s);
+int srv_run_inline(worker *w, job *j, double slice);
+void srv_release_vm(worker *w);
+void srv_install_offload(void);
 
 /* server.c: answers (once) and resumes the suspended connection; takes the
  * response (destroyed if the job was already answered). */

@@ -53,6 +53,14 @@ oflua_waiter *oflua_wait_begin(lua_State *L, void (*release)(void *ud), void *ud
 void oflua_wait_complete(oflua_waiter *w);
 int oflua_wait_park(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext ctx);
 
+/* Call before blocking the thread (a C call that may take long and cannot
+ * park): return oflua_wait_offload(L, k, ctx) as the last statement. When
+ * the handler runs inline on an I/O thread (the fast path) it first moves
+ * to its VM's worker thread and k runs there; otherwise k runs at once.
+ * (oflua__offload in internal.h is the same function for code outside the
+ * server module.) */
+int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx);
+
 /* Completes w after `seconds` (a process-wide timer thread). */
 void oflua_wait_timer(oflua_waiter *w, double seconds);
 

@@ -324,7 +324,7 @@ void srv_enqueue(server *s, job *j) {
   if (s->qtail != NULL) s->qtail->qnext = j;
   else s->qhead = j;
   s->qtail = j;
-  pthread_cond_signal(&s->qcv);
+  pthread_cond_broadcast(&s->qcv); /* workers wait on different conditions */
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -354,7 +354,15 @@ static void handler_hook(lua_State *L, lua_Debug *ar) {
   worker *w = tls_worker;
   if (w == NULL || w->cur == NULL) return;
   job *j = w->cur;
-  if (!atomic_load(&w->srv->abort_handlers) && oflua__mono_now() < j->deadline) return;
+  double now = oflua__mono_now();
+  if (!atomic_load(&w->srv->abort_handlers) && now < j->deadline) {
+    /* inline on an I/O thread: past its slice the handler moves to a worker */
+    if (j->slice_end > 0 && now >= j->slice_end && L == w->cur_co && lua_isyieldable(L)) {
+      j->sliced = 1;
+      lua_yield(L, 0);
+    }
+    return;
+  }
   j->timed_out = 1;
   if (L == w->cur_co && lua_isyieldable(L)) {
     lua_yield(L, 0); /* in a hook: returns, and Lua yields once the hook is done */
@@ -363,35 +371,35 @@ static void handler_hook(lua_State *L, lua_Debug *ar) {
   luaL_error(L, "handler time limit exceeded");
 }
 
-typedef struct prep_ctx {
-  worker *w;
-  job *j;
-  lua_State *co;
-  int ref;
-  int nargs;
-} prep_ctx;
-
-/* On the worker VM, protected: [1] ctx, [2] handler. Takes or makes a
- * coroutine and pushes the callable and the req table onto it. */
-static int prepare_job(lua_State *L) {
-  prep_ctx *c = lua_touserdata(L, 1);
-  worker *w = c->w;
-  if (w->nidle > 0) {
-    w->nidle--;
-    c->co = w->idle_co[w->nidle];
-    c->ref = w->idle_ref[w->nidle];
-  } else {
-    lua_State *co = lua_newthread(L);
-    *(worker **)lua_getextraspace(co) = w;
-    lua_sethook(co, handler_hook, LUA_MASKCOUNT, HOOK_COUNT);
-    c->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    c->co = co;
-  }
-  int n = srv_push_callable(L, 2);
-  srv_push_request(L, &c->j->req);
-  lua_xmove(L, c->co, n + 1);
-  c->nargs = n; /* the function is not an argument; self (if any) and req are */
+/* On the worker VM, protected, only when no coroutine is cached: makes one. */
+static int new_coroutine(lua_State *L) {
+  worker *w = lua_touserdata(L, 1);
+  lua_State *co = lua_newthread(L);
+  *(worker **)lua_getextraspace(co) = w;
+  lua_sethook(co, handler_hook, LUA_MASKCOUNT, HOOK_COUNT);
+  int ref = luaL_ref(L, LUA_REGISTRYINDEX);
+  w->idle_co[w->nidle] = co;
+  w->idle_ref[w->nidle] = ref;
+  w->nidle++;
   return 0;
+}
+
+/* The body of a handler coroutine: [1] job, [2] handler. Builds req, calls
+ * the handler (yieldable: lua_callk) and converts its results into
+ * j->resp, so one resume does it all. */
+static int co_body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  job *j = (job *)ctx;
+  srv_take_response(L, lua_gettop(L) - 2, &j->resp);
+  return 0;
+}
+
+static int co_body(lua_State *L) {
+  job *j = lua_touserdata(L, 1);
+  int n = srv_push_callable(L, 2);
+  srv_push_request(L, &j->req);
+  lua_callk(L, n, 3, (lua_KContext)j, co_body_k);
+  return co_body_k(L, LUA_OK, (lua_KContext)j);
 }
 
 static void co_release(worker *w, lua_State *co, int ref, int ok) {
@@ -404,13 +412,6 @@ static void co_release(worker *w, lua_State *co, int ref, int ok) {
   } else {
     luaL_unref(w->L, LUA_REGISTRYINDEX, ref);
   }
-}
-
-static int take_results(lua_State *L) {
-  oflua_http_response *resp = lua_touserdata(L, 1);
-  lua_settop(L, 4); /* status, body, headers (missing ones nil) */
-  srv_take_response(L, 2, resp);
-  return 0;
 }
 
 static int traceback_of(lua_State *L) {
@@ -461,6 +462,16 @@ static void after_resume(worker *w, job *j, int st, int nres) {
       abandon(w, j, atomic_load(&w->srv->abort_handlers) ? "server stopping" : "time limit");
       return;
     }
+    if (j->sliced) { /* continue on this VM's worker thread */
+      j->sliced = 0;
+      j->slice_end = 0;
+      pthread_mutex_lock(&w->srv->qmu);
+      w->pending = j;
+      pthread_mutex_unlock(&w->srv->qmu);
+      w->cur = NULL;
+      w->cur_co = NULL;
+      return;
+    }
     oflua_waiter *wt = j->waiter;
     if (wt == NULL) { /* a bare coroutine.yield() in the handler */
       srv_log("error", "handler_error", w->id, "error",
@@ -493,35 +504,20 @@ static void after_resume(worker *w, job *j, int st, int nres) {
   }
   int top = lua_gettop(L);
   if (st == LUA_OK) {
-    oflua_http_response resp;
-    memset(&resp, 0, sizeof resp);
-    int ok = lua_checkstack(L, nres + 4);
-    if (ok) {
-      lua_pushcfunction(L, take_results);
-      lua_pushlightuserdata(L, &resp);
-      lua_xmove(co, L, nres);
-      ok = lua_pcall(L, 1 + nres, 0, 0) == LUA_OK;
-    }
-    if (!ok) {
-      char err[2048] = "out of memory";
-      if (lua_gettop(L) > top) oflua__filter_error(L, err, sizeof err);
-      srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
-      oflua_http_response_free(&resp);
-      srv_answer_status(j, 500);
-    } else if (resp.status == DROP_STATUS) {
-      oflua_http_response_free(&resp);
+    lua_settop(co, 0);
+    oflua_http_response *resp = &j->resp;
+    if (resp->status == DROP_STATUS) {
       srv_answer(j, 0, NULL, 0);
     } else {
-      struct MHD_Response *mr = srv_build_response(w->srv, &resp, w->id);
-      unsigned status = (unsigned)resp.status;
-      oflua_http_response_free(&resp);
+      struct MHD_Response *mr = srv_build_response(w->srv, resp, w->id);
       if (mr == NULL) srv_answer_status(j, 500);
-      else srv_answer(j, status, mr, 1);
+      else srv_answer(j, (unsigned)resp->status, mr, 1);
     }
-    lua_settop(L, top);
+    oflua_http_response_free(resp);
     job_done(w, j, 1);
     return;
   }
+  oflua_http_response_free(&j->resp);
   /* an error: message with the coroutine's traceback, filtered */
   char err[4096] = "error";
   if (lua_checkstack(L, 4)) {
@@ -552,33 +548,37 @@ static int job_answered(job *j) {
 }
 
 static void start_job(worker *w, job *j) {
-  if (job_answered(j)) { /* the monitor answered it (503) while it waited */
+  if (!j->inline_run && job_answered(j)) { /* answered (503) while it waited */
     srv_job_unref(j);
     return;
   }
   lua_State *L = w->L;
   lua_settop(L, 2);
-  prep_ctx c = {w, j, NULL, LUA_NOREF, 0};
-  lua_pushcfunction(L, prepare_job);
-  lua_pushlightuserdata(L, &c);
-  lua_pushvalue(L, 1);
-  if (lua_pcall(L, 2, 0, 0) != LUA_OK) {
-    char err[2048];
-    oflua__filter_error(L, err, sizeof err);
-    srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
-    if (c.co != NULL) lua_settop(c.co, 0);
-    j->co = c.co;
-    j->co_ref = c.ref;
-    srv_answer_status(j, 500);
-    job_done(w, j, 0);
-    return;
+  if (w->nidle == 0) {
+    lua_pushcfunction(L, new_coroutine);
+    lua_pushlightuserdata(L, w);
+    if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
+      char err[256];
+      oflua__filter_error(L, err, sizeof err);
+      srv_log("error", "handler_error", w->id, "method", j->req.method, "error", err);
+      srv_answer_status(j, 500);
+      job_done(w, j, 0);
+      return;
+    }
   }
-  j->co = c.co;
-  j->co_ref = c.ref;
+  w->nidle--;
+  lua_State *co = w->idle_co[w->nidle];
+  j->co = co;
+  j->co_ref = w->idle_ref[w->nidle];
+  /* a cached coroutine has room for these (no allocation, cannot raise) */
+  lua_pushcfunction(co, co_body);
+  lua_pushlightuserdata(co, j);
+  lua_pushvalue(L, 1);
+  lua_xmove(L, co, 1);
   w->cur = j;
-  w->cur_co = c.co;
+  w->cur_co = co;
   int nres = 0;
-  int st = lua_resume(c.co, L, c.nargs, &nres);
+  int st = lua_resume(co, L, 2, &nres);
   after_resume(w, j, st, nres);
   lua_settop(L, 2);
 }
@@ -605,27 +605,110 @@ static void resume_job(worker *w, job *j) {
   lua_settop(w->L, 2);
 }
 
+/* A handler moved off an I/O thread (its slice ran out or it offloaded
+ * before a blocking call): resume it here. */
+static void continue_job(worker *w, job *j) {
+  if (job_answered(j)) {
+    job_done(w, j, 0);
+    return;
+  }
+  w->cur = j;
+  w->cur_co = j->co;
+  int nres = 0;
+  int st = lua_resume(j->co, w->L, 0, &nres);
+  after_resume(w, j, st, nres);
+  lua_settop(w->L, 2);
+}
+
+worker *srv_borrow_vm(server *s) {
+  worker *found = NULL;
+  pthread_mutex_lock(&s->qmu);
+  if (s->qhead == NULL && !s->qstop)
+    for (int i = 0; i < s->nworkers; i++) {
+      worker *w = &s->workers[i];
+      if (!w->busy && w->pending == NULL && w->ready == NULL) {
+        w->busy = 1;
+        found = w;
+        break;
+      }
+    }
+  pthread_mutex_unlock(&s->qmu);
+  return found;
+}
+
+void srv_release_vm(worker *w) {
+  server *s = w->srv;
+  pthread_mutex_lock(&s->qmu);
+  w->busy = 0;
+  if (w->pending != NULL || w->ready != NULL || w->nparked > 0) pthread_cond_broadcast(&s->qcv);
+  pthread_mutex_unlock(&s->qmu);
+}
+
+int srv_run_inline(worker *w, job *j, double slice) {
+  worker *saved = tls_worker;
+  tls_worker = w;
+  atomic_fetch_add(&j->refs, 1); /* the VM side's, as srv_enqueue takes */
+  j->slice_end = oflua__mono_now() + slice;
+  start_job(w, j);
+  tls_worker = saved;
+  return j->answered; /* only this thread can have answered it yet */
+}
+
+static int offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  worker *w = tls_worker;
+  if (w != NULL && w->cur != NULL && w->cur->slice_end > 0 && L == w->cur_co &&
+      lua_isyieldable(L)) {
+    w->cur->sliced = 1;
+    return lua_yieldk(L, 0, ctx, k);
+  }
+  return k(L, LUA_OK, ctx);
+}
+
+int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
+  return offload(L, k, ctx);
+}
+
+void srv_install_offload(void) { oflua__offload = offload; }
+
 static void *worker_main(void *arg) {
   worker *w = arg;
   server *s = w->srv;
   tls_worker = w;
   pthread_mutex_lock(&s->qmu);
   for (;;) {
+    if (w->busy) { /* lent to an I/O thread for an inline run */
+      pthread_cond_wait(&s->qcv, &s->qmu);
+      continue;
+    }
+    if (w->pending != NULL) {
+      job *j = w->pending;
+      w->pending = NULL;
+      w->busy = 1;
+      pthread_mutex_unlock(&s->qmu);
+      continue_job(w, j);
+      pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
+      continue;
+    }
     if (w->ready != NULL) {
       job *j = w->ready;
       w->ready = j->qnext;
+      w->busy = 1;
       pthread_mutex_unlock(&s->qmu);
       resume_job(w, j);
       pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
       continue;
     }
     if (s->qhead != NULL && !s->qstop) {
       job *j = s->qhead;
       s->qhead = j->qnext;
       if (s->qhead == NULL) s->qtail = NULL;
+      w->busy = 1;
       pthread_mutex_unlock(&s->qmu);
       start_job(w, j);
       pthread_mutex_lock(&s->qmu);
+      w->busy = 0;
       continue;
     }
     /* parked jobs past their deadline (or all, when stopping) */

@@ -28,6 +28,9 @@ Options:
   --idle-timeout S          close a connection idle this long (default 10)
   --grace S                 on SIGINT/SIGTERM, seconds to finish requests in
                             flight before handlers are cut (default 5)
+  --inline-slice S          an I/O thread may run a handler itself for this
+                            long before handing it to a worker (default
+                            0.002; 0: always hand over)
   -h, --help                this help
 
 Prints "listening on http://HOST:PORT" once ready.
@@ -39,7 +42,7 @@ local opts = cli.parse({ ... }, {
     ["max-body"] = "number", ["max-header"] = "number", ["max-connections"] = "number",
     ["per-ip-connections"] = "number", ["head-timeout"] = "number", ["body-timeout"] = "number",
     ["handler-timeout"] = "number", ["body-budget"] = "number", ["idle-timeout"] = "number",
-    grace = "number",
+    grace = "number", ["inline-slice"] = "number",
   },
   aliases = { p = "port", w = "workers" },
 })
@@ -90,6 +93,7 @@ local srv, err = server.listen({
   handler_timeout = num_opt("handler-timeout", opts.handler_timeout, 0.01, 86400),
   timeout_s = num_opt("idle-timeout", opts.idle_timeout, 0.001, 86400),
   grace_s = num_opt("grace", opts.grace, 0, 3600),
+  inline_slice = num_opt("inline-slice", opts.inline_slice, 0, 1),
   script = script,
   args = args,
   handle_signals = true,
