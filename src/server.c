@@ -935,7 +935,7 @@ static const char *const listen_keys[] = {
 
 /* Defaults: safe for a server exposed to the internet (docs/operations.md). */
 #define DEF_MAX_CONNECTIONS 1024
-#define DEF_PER_IP 64
+#define DEF_PER_IP 128
 #define DEF_HEAD_TIMEOUT 10.0
 #define DEF_BODY_TIMEOUT 30.0
 #define DEF_HANDLER_TIMEOUT 30.0

@@ -18,7 +18,7 @@ Options:
   --max-body BYTES          largest request body accepted (default 1048576)
   --max-header BYTES        largest request target + headers (default 16384)
   --max-connections N       open connections in all (default 1024)
-  --per-ip-connections N    open connections per client address (default 64)
+  --per-ip-connections N    open connections per client address (default 128)
   --head-timeout S          seconds for a whole request head (default 10)
   --body-timeout S          seconds for a whole body after its head (default 30)
   --handler-timeout S       seconds a request may wait and run before it is
