@@ -50,8 +50,8 @@
  *                            insert shares one transaction with concurrent
  *                            callers (group commit, store_group.c); kind
  *                            "busy" when the queue is full (4096 rows)
- *   s:group_stats() -> {batches, rows, max_batch, errors, rejected,
- *                       queue_depth, peak_depth, hist}
+ *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
+ *                       rejected, queue_depth, peak_depth, hist}
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
  *   s:inbox_done(id[, now]) -> true | false
  *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
@@ -1300,6 +1300,7 @@ static int store_group_stats_lua(lua_State *L) {
   F("rows", st.rows);
   F("max_batch", st.max_batch);
   F("errors", st.errors);
+  F("failed_rows", st.failed_rows);
   F("rejected", st.rejected);
   F("queue_depth", st.depth);
   F("peak_depth", st.peak_depth);

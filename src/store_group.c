@@ -108,7 +108,10 @@ static void commit_batch(store_group *g, int n) {
   g->st.rows += (uint64_t)n;
   if ((uint64_t)n > g->st.max_batch) g->st.max_batch = (uint64_t)n;
   g->st.hist[hist_bucket(n)]++;
-  if (rc < 0) g->st.errors++;
+  if (rc < 0) {
+    g->st.errors++;
+    g->st.failed_rows += (uint64_t)n;
+  }
   int blocking = 0;
   for (int i = 0; i < n; i++) {
     group_item *it = g->batch[i];

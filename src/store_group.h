@@ -47,7 +47,7 @@ struct group_item {
 };
 
 typedef struct {
-  uint64_t batches, rows, max_batch, errors, rejected, depth, peak_depth;
+  uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
   uint64_t hist[GROUP_HIST];
 } store_group_stats;
 
