@@ -1221,6 +1221,8 @@ static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
 
 static int store_inbox_add_grouped(lua_State *L) {
   store_handle *s = check_open(L, 1);
+  /* A private in-memory database cannot be shared with a committer. */
+  if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) return store_inbox_add(L);
   size_t elen, plen;
   const char *eid = check_id(L, 2, &elen, "event id");
   const char *payload = luaL_checklstring(L, 3, &plen);
