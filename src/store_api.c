@@ -236,7 +236,7 @@ static store_handle *check_open(lua_State *L, int idx) {
 
 static void store_shut(store_handle *s) {
   if (s->group != NULL) {
-    store_group_unref(s->group);
+    if (store_group_ours(s->group)) store_group_unref(s->group);
     s->group = NULL;
   }
   if (s->db != NULL) {
@@ -1236,6 +1236,7 @@ static int store_inbox_add_grouped(lua_State *L) {
   const oflua_wait_api *api = lua_touserdata(L, -1);
   lua_pop(L, 1);
   if (api != NULL && api->version != OFLUA_WAIT_API_VERSION) api = NULL;
+  if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
   if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
     store_group_unref(s->group);
     s->group = NULL;
@@ -1293,7 +1294,7 @@ static int store_group_stats_lua(lua_State *L) {
   store_handle *s = to_store(L, 1);
   store_group_stats st;
   memset(&st, 0, sizeof st);
-  if (s->group != NULL) store_group_stats_get(s->group, &st);
+  if (s->group != NULL && store_group_ours(s->group)) store_group_stats_get(s->group, &st);
   lua_createtable(L, 0, 9);
 #define F(name, v)                        \
   lua_pushinteger(L, (lua_Integer)(v)); \

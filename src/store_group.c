@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct store_group {
   store_group *next;
@@ -28,6 +29,7 @@ struct store_group {
   char *db, *sync;
   store_open_opts opts;
   int64_t kid;
+  pid_t pid;
   char ns[STORE_MAX_NS + 1];
   pthread_mutex_t mu;
   pthread_cond_t work; /* the committer waits for rows or the last unref */
@@ -45,6 +47,9 @@ struct store_group {
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static store_group *reg_head = NULL;
+/* The process the registry's groups (and their committer threads) belong
+ * to: a child of fork() has none of the threads, so it starts afresh. */
+static pid_t reg_pid = 0;
 
 static void group_free(store_group *g) {
   if (g->conn != NULL) {
@@ -183,6 +188,7 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   g->db = dup_str(o->url != NULL ? o->url : o->path);
   g->sync = dup_str(o->sync != NULL ? o->sync : "NORMAL");
   g->kid = kid;
+  g->pid = getpid();
   snprintf(g->ns, sizeof g->ns, "%s", ns);
   int mu = pthread_mutex_init(&g->mu, NULL) == 0;
   int c1 = pthread_cond_init(&g->work, NULL) == 0;
@@ -227,6 +233,10 @@ store_group *store_group_get(const store_backend *be, const store_open_opts *o, 
                              int64_t kid, char *err, size_t errlen) {
   const char *db = o->url != NULL ? o->url : o->path;
   pthread_mutex_lock(&reg_mu);
+  if (reg_pid != getpid()) { /* first use, or a forked child: the parent's groups are not ours */
+    reg_head = NULL;
+    reg_pid = getpid();
+  }
   for (store_group *g = reg_head; g != NULL; g = g->next) {
     if (g->be != be || g->kid != kid || strcmp(g->db, db) != 0 || strcmp(g->ns, ns) != 0)
       continue;
@@ -245,6 +255,10 @@ store_group *store_group_get(const store_backend *be, const store_open_opts *o, 
   }
   pthread_mutex_unlock(&reg_mu);
   return g;
+}
+
+int store_group_ours(const store_group *g) {
+  return g->pid == getpid();
 }
 
 void store_group_unref(store_group *g) {

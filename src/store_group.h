@@ -56,6 +56,9 @@ typedef struct {
 store_group *store_group_get(const store_backend *be, const store_open_opts *o, const char *ns,
                              int64_t kid, char *err, size_t errlen);
 void store_group_unref(store_group *g);
+/* 0 in a child of fork(): the group (a copy) has no committer there; forget
+ * it without unref. */
+int store_group_ours(const store_group *g);
 /* Queues it: 0, or -1 when the queue is full (it is not queued). */
 int store_group_submit(store_group *g, group_item *it);
 /* Blocks until the committer has completed it (complete == NULL items). */
