@@ -74,6 +74,22 @@ void oflua__filter_error(lua_State *L, char *buf, size_t len);
  * thread and k runs there; otherwise k runs at once. See server_wait.h. */
 extern int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
 
+/* The park/resume API of server_wait.h as function pointers, set when
+ * oflua.server is loaded (NULL before: then no handler can be running, do
+ * the work synchronously). Other native modules (oflua.store's group
+ * commit) reach it through here: the binary opens each side object with
+ * RTLD_LOCAL, so they cannot call oflua_wait_* directly. */
+struct oflua_waiter;
+typedef struct oflua_wait_api {
+  struct oflua_waiter *(*begin)(lua_State *L, void (*release)(void *ud), void *ud);
+  void (*complete)(struct oflua_waiter *w);
+  int (*park)(lua_State *L, struct oflua_waiter *w, lua_KFunction k, lua_KContext ctx);
+  void (*timer)(struct oflua_waiter *w, double seconds);
+  int (*can_park)(lua_State *L);
+  int (*offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
+} oflua_wait_api;
+extern const oflua_wait_api *oflua__wait;
+
 /* Registry key of the handler loaded by oflua_load_handler. */
 #define OFLUA_REG_HANDLER "oflua.handler"
 

@@ -82,6 +82,7 @@ static int core_monotonic(lua_State *L) {
 }
 
 int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx) = NULL;
+const oflua_wait_api *oflua__wait = NULL;
 
 static int core_sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status, (void)ctx;

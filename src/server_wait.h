@@ -11,6 +11,10 @@
  * calls block the calling thread instead, so a C function needs one code
  * path only.
  *
+ * Code outside the server module (another side object: the binary opens
+ * them RTLD_LOCAL) uses the same functions through the oflua__wait table
+ * of internal.h, which is NULL until oflua.server is loaded.
+ *
  * Usage, in a lua_CFunction f(L):
  *
  *     struct my_op *op = ...;                  // results go here

@@ -668,7 +668,13 @@ int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
   return offload(L, k, ctx);
 }
 
-void srv_install_offload(void) { oflua__offload = offload; }
+static const oflua_wait_api wait_api = {oflua_wait_begin, oflua_wait_complete, oflua_wait_park,
+                                         oflua_wait_timer, oflua_wait_can_park, offload};
+
+void srv_install_offload(void) {
+  oflua__offload = offload;
+  oflua__wait = &wait_api;
+}
 
 static void *worker_main(void *arg) {
   worker *w = arg;
