@@ -71,19 +71,4 @@ void oflua_wait_timer(oflua_waiter *w, double seconds);
 /* 1 when L is a handler coroutine that can park (else park blocks). */
 int oflua_wait_can_park(lua_State *L);
 
-/* The same functions as a table of pointers, for code in another shared
- * object that must not link against oflua.server (oflua.store's group
- * commit): the server stores a light userdata pointing to it in the
- * registry of every VM it creates (workers and the tick), under
- * OFLUA_WAIT_API. Absent (not a server VM): the caller blocks by itself. */
-#define OFLUA_WAIT_API "oflua.wait_api"
-#define OFLUA_WAIT_API_VERSION 1
-typedef struct {
-  int version;
-  oflua_waiter *(*begin)(lua_State *L, void (*release)(void *ud), void *ud);
-  void (*complete)(oflua_waiter *w);
-  int (*park)(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext ctx);
-  int (*can_park)(lua_State *L);
-} oflua_wait_api;
-
 #endif

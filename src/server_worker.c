@@ -78,11 +78,6 @@ int srv_load_worker(lua_State *L) {
   lua_settop(L, 0);
   lua_pushinteger(L, c->worker_id);
   lua_setfield(L, LUA_REGISTRYINDEX, REG_WORKER_ID);
-  static const oflua_wait_api wait_api = {OFLUA_WAIT_API_VERSION, oflua_wait_begin,
-                                          oflua_wait_complete, oflua_wait_park,
-                                          oflua_wait_can_park};
-  lua_pushlightuserdata(L, (void *)&wait_api);
-  lua_setfield(L, LUA_REGISTRYINDEX, OFLUA_WAIT_API);
   if (luaL_loadfilex(L, c->script, "t") != LUA_OK) return lua_error(L);
   int nargs = 0;
   if (c->args_idx != 0) {

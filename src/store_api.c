@@ -69,7 +69,6 @@
  * the namespace names, which are stored in clear.
  */
 #include "internal.h"
-#include "server_wait.h" /* the oflua_wait_api table only: no server symbol is linked */
 #include "store_group.h"
 #include "store_internal.h"
 
@@ -1188,7 +1187,7 @@ static int store_inbox_add_many(lua_State *L) {
 /* The completion of a parked handler: wake it through the server. */
 static void grouped_complete(group_item *it) {
   const oflua_wait_api *api = it->aux;
-  api->complete((oflua_waiter *)it->token);
+  api->complete((struct oflua_waiter *)it->token);
 }
 
 static void grouped_release(void *ud) {
@@ -1232,10 +1231,9 @@ static int store_inbox_add_grouped(lua_State *L) {
     return push_err(L, "invalid", "oflua.store: payload too large");
   lua_settop(L, 3);
   READY(L, s);
-  lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_WAIT_API);
-  const oflua_wait_api *api = lua_touserdata(L, -1);
-  lua_pop(L, 1);
-  if (api != NULL && api->version != OFLUA_WAIT_API_VERSION) api = NULL;
+  /* oflua.server's park/resume functions (internal.h), once it is loaded:
+   * the store cannot link against the server's side object. */
+  const oflua_wait_api *api = oflua__wait;
   if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
   if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
     store_group_unref(s->group);
@@ -1275,7 +1273,7 @@ static int store_inbox_add_grouped(lua_State *L) {
     free(it);
     return grouped_results(L, s, r, ins, err);
   }
-  oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
+  struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
   it->complete = grouped_complete;
   it->token = w;
   it->aux = api;
