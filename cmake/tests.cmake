@@ -66,6 +66,26 @@ add_test(NAME install COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/install_test.sh
   WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
 set_tests_properties(install PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 300)
 
+# `luarocks make` of the rockspec into a temporary tree (offline), then plain
+# lua5.4 and the tree's binary. Skipped under the sanitizers (plain lua5.4
+# cannot load ASan-instrumented modules) and when luarocks is missing.
+find_program(LUAROCKS luarocks)
+if(LUAROCKS AND NOT OFLUA_SANITIZE)
+  add_test(NAME luarocks COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/luarocks_test.sh
+    WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(luarocks PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 600)
+endif()
+
+# The Debian package (prefix /usr, cpack -G DEB) built in a temporary
+# directory: Depends, contents, the extracted binary. Not under the
+# sanitizers (the package would depend on libasan).
+find_program(DPKG_DEB dpkg-deb)
+if(DPKG_DEB AND NOT OFLUA_SANITIZE)
+  add_test(NAME package COMMAND ${CMAKE_CURRENT_SOURCE_DIR}/spec/package_test.sh ${CMAKE_COMMAND}
+    WORKING_DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR})
+  set_tests_properties(package PROPERTIES ENVIRONMENT "${OFLUA_TEST_ENV}" TIMEOUT 600)
+endif()
+
 # Helper executables for specs and benches (no test_ prefix: not tests themselves).
 # http_fixture_server: plain-socket HTTP/1.1 server for spec/http_spec.lua and bench/http.sh.
 add_executable(http_fixture_server ${CMAKE_CURRENT_SOURCE_DIR}/spec/c/http_fixture_server.c)

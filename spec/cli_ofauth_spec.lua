@@ -15,12 +15,13 @@ describe("oflua ofauth", function()
   end)
 
   it("rejects an unknown command and a bad format", function()
+    -- usage errors: exit status 2, before any request
     local _, err, code = h.oflua({ "ofauth", "frob" })
-    assert.equal(1, code)
+    assert.equal(2, code)
     assert.matches("unknown command 'frob'", err, 1, true)
     _, err, code = h.oflua({ "ofauth", "connections", "--format", "xml" })
-    assert.equal(1, code)
-    assert.matches("--format must be table, json or csv", err, 1, true)
+    assert.equal(2, code)
+    assert.matches("--format must be one of: table, json, csv", err, 1, true)
   end)
 
   describe("user-docs", function()

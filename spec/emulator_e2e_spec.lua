@@ -371,16 +371,17 @@ describe("oflua emulator --help and bad flags", function()
   end)
 
   it("fails with one line on an unknown flag or a bad value", function()
+    -- usage errors (oflua.cliutil): exit status 2 and a pointer to --help
     local out, err, code = helper.oflua({ "emulator", "--bogus" })
     local _
-    assert.equal(1, code)
+    assert.equal(2, code)
     assert.equal("", out)
-    assert.equal("oflua emulator: unknown option '--bogus' (see --help)\n", err)
+    assert.equal("oflua emulator: unknown option '--bogus'\nRun 'oflua emulator --help' for usage.\n", err)
     _, err, code = helper.oflua({ "emulator", "--signing", "md5" })
-    assert.equal(1, code)
-    assert.matches("signing must be svix or checklist", err)
+    assert.equal(2, code)
+    assert.matches("signing must be one of: svix, checklist", err)
     _, err, code = helper.oflua({ "emulator", "--port", "http" })
-    assert.equal(1, code)
+    assert.equal(2, code)
     assert.matches("needs a number", err)
     _, err, code = helper.oflua({ "emulator", "--webhook-url", "http://127.0.0.1:9/h",
       "--webhook-secret", "not-a-whsec" })

@@ -77,8 +77,8 @@ describe("the oflua binary as a Lua interpreter", function()
 
   it("rejects an unknown subcommand with one clear line", function()
     local _, err, code = h.oflua({ "frobnicate" })
-    assert.equal(1, code)
-    assert.equal("oflua: unknown command or script 'frobnicate' (see 'oflua help')\n", err)
+    assert.equal(2, code) -- a usage error
+    assert.equal("oflua: unknown command or script 'frobnicate'\nRun 'oflua --help' for usage.\n", err)
   end)
 
   it("keeps Lua's default package.path after the project's tree", function()
@@ -119,8 +119,8 @@ describe("oflua subcommands", function()
 
   it("rejects a bad option to a subcommand with one line and no traceback", function()
     local _, err, code = h.oflua({ "version", "--nope" })
-    assert.equal(1, code)
-    assert.equal("oflua version: unknown option '--nope' (see --help)\n", err)
+    assert.equal(2, code) -- a usage error
+    assert.equal("oflua version: unknown option '--nope'\nRun 'oflua version --help' for usage.\n", err)
   end)
 
   it("runs subcommands with the garbage collector on", function()

@@ -307,7 +307,7 @@ if backends.pg then
       local _, err, code = h.oflua({ "store", "put", "user:1", "conn_CLI" }, { env = env })
       assert.equal(0, code, err)
       local out
-      out, err, code = h.oflua({ "store", "list", "--values" }, { env = env })
+      out, err, code = h.oflua({ "store", "list", "--values", "--reveal-ids" }, { env = env })
       assert.equal(0, code, err)
       assert.equal("user:1\tconn_CLI\n", out)
       out, err = h.oflua({ "doctor", "--skip", "api_key", "--skip", "link", "--skip", "webhook",

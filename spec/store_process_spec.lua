@@ -3,6 +3,7 @@
 local h = require("spec.helper")
 local store = require("oflua.store")
 local core = require("oflua.core")
+local backends = require("spec.support.store_backends")
 
 local tmpdir = h.tmpdir
 
@@ -15,6 +16,7 @@ end
 
 teardown(function()
   for _, d in ipairs(dirs) do h.sh("rm -rf " .. h.shq(d)) end
+  backends.cleanup()
 end)
 
 local B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
@@ -117,109 +119,122 @@ describe("oflua.store on disk", function()
     scan("closed (checkpointed)")
     assert.equal(32, #unbase64(key))
   end)
-
-  it("keeps every acknowledged write across a SIGKILL of the writer", function()
-    local dir = newdir()
-    local path, out = dir .. "/store.db", dir .. "/acked"
-    local writer = h.write_file(dir .. "/writer.lua", [[
-      local store = require("oflua.store")
-      local s = assert(store.open_env({ path = arg[1] }))
-      local i = 0
-      while true do
-        i = i + 1
-        assert(s:put("k" .. i, ("value %d "):format(i):rep(20)))
-        if i % 7 == 0 then assert(s:inbox_add("evt" .. i, "payload " .. i)) end
-        io.stdout:write("k", i, "\n")
-        io.stdout:flush()
-      end
-    ]])
-    local key = store.keygen()
-    local pid = spawn(("%s %s %s >%s 2>%s"):format(h.shq(h.bin), h.shq(writer), h.shq(path),
-      h.shq(out), h.shq(dir .. "/err")), { OFLUA_STORE_KEY = key })
-    local deadline = core.monotonic() + 60
-    while #lines(h.slurp(out)) < 400 and core.monotonic() < deadline and alive(pid) do
-      core.sleep(0.02)
-    end
-    local killed = alive(pid)
-    h.sh("kill -KILL " .. pid)
-    assert.is_true(wait_dead(pid, 10), "writer did not die")
-    assert.is_true(killed, "writer stopped before the kill: " .. h.slurp(dir .. "/err"))
-    local acked = lines(h.slurp(out))
-    assert.is_true(#acked >= 400, "too few acknowledged writes: " .. #acked)
-
-    assert.equal("ok", sqlite(path, "PRAGMA integrity_check"))
-    local s = assert(store.open({ path = path, key = key }))
-    for _, k in ipairs(acked) do
-      local i = tonumber(k:sub(2))
-      assert.equal(("value %d "):format(i):rep(20), s:get(k), "lost acknowledged write " .. k)
-      if i % 7 == 0 then assert.equal("payload " .. i, s:inbox_get("evt" .. i).payload) end
-    end
-    s:close()
-    assert.equal("ok", sqlite(path, "PRAGMA integrity_check"))
-  end)
-
-  it("stores an event once when two processes add it at the same time", function()
-    local dir = newdir()
-    local path = dir .. "/store.db"
-    local key = store.keygen()
-    assert(store.open({ path = path, key = key })):close() -- both open an existing store
-    local adder = h.write_file(dir .. "/adder.lua", [[
-      local store, core = require("oflua.store"), require("oflua.core")
-      local s = assert(store.open_env({ path = arg[1] }))
-      -- start together: wait for the go file
-      while not io.open(arg[2]) do core.sleep(0.001) end
-      local new = 0
-      for i = 1, 300 do
-        local ok, err = s:inbox_add("evt_" .. i, "payload " .. i)
-        assert(ok ~= nil, err)
-        if ok then new = new + 1 end
-      end
-      print(new)
-    ]])
-    local go = dir .. "/go"
-    local pids = {}
-    for i = 1, 2 do
-      pids[i] = spawn(("%s %s %s %s >%s 2>&1"):format(h.shq(h.bin), h.shq(adder), h.shq(path),
-        h.shq(go), h.shq(dir .. "/out" .. i)), { OFLUA_STORE_KEY = key })
-    end
-    core.sleep(0.2)
-    h.write_file(go, "")
-    for i = 1, 2 do assert.is_true(wait_dead(pids[i], 60), "adder " .. i .. " hangs") end
-    local n1 = tonumber((h.slurp(dir .. "/out1"):match("^(%d+)\n$")))
-    local n2 = tonumber((h.slurp(dir .. "/out2"):match("^(%d+)\n$")))
-    assert(n1 and n2, "adders failed: " .. h.slurp(dir .. "/out1") .. h.slurp(dir .. "/out2"))
-    assert.equal(300, n1 + n2)
-    assert.equal("300", sqlite(path, "SELECT count(*) FROM oflua_inbox"))
-    local s = assert(store.open({ path = path, key = key }))
-    assert.equal(300, s:inbox_stats().pending)
-    local claimed = s:inbox_claim(1000, 60)
-    assert.equal(300, #claimed)
-    s:close()
-  end)
-
-  it("shares one file between handles in several processes with a write lock held", function()
-    local dir = newdir()
-    local path = dir .. "/store.db"
-    local key = store.keygen()
-    local s = assert(store.open({ path = path, key = key, busy_timeout_ms = 10000 }))
-    -- another process writes while this one holds the write lock for a moment
-    local child = h.write_file(dir .. "/child.lua", [[
-      local store = require("oflua.store")
-      local s = assert(store.open_env({ path = arg[1], busy_timeout_ms = 10000 }))
-      assert(s:put("from child", "yes"))
-      print("done")
-    ]])
-    local pid
-    s:transaction(function(t)
-      assert(t:put("from parent", "yes"))
-      pid = spawn(("%s %s %s >%s 2>&1"):format(h.shq(h.bin), h.shq(child), h.shq(path),
-        h.shq(dir .. "/out")), { OFLUA_STORE_KEY = key })
-      core.sleep(0.3)
-    end)
-    assert.is_true(wait_dead(pid, 30))
-    assert.equal("done\n", h.slurp(dir .. "/out"))
-    assert.equal("yes", s:get("from child"))
-    assert.equal("yes", s:get("from parent"))
-    s:close()
-  end)
 end)
+
+-- The same across processes on every backend (PostgreSQL when
+-- OFLUA_TEST_PG_URL is set); the writers take the store from arg[1], a path
+-- or a URL, through store.open_env.
+for _, be in ipairs(backends.all()) do
+  -- a new store location: a file in dir, or a new database
+  local function newstore(dir)
+    if be.name == "sqlite" then return dir .. "/store.db" end
+    return (be.new())
+  end
+
+  describe("oflua.store across processes on " .. be.name, function()
+      it("keeps every acknowledged write across a SIGKILL of the writer", function()
+        local dir = newdir()
+        local path, out = newstore(dir), dir .. "/acked"
+        local writer = h.write_file(dir .. "/writer.lua", [[
+          local store = require("oflua.store")
+          local s = assert(store.open_env({ path = arg[1] }))
+          local i = 0
+          while true do
+            i = i + 1
+            assert(s:put("k" .. i, ("value %d "):format(i):rep(20)))
+            if i % 7 == 0 then assert(s:inbox_add("evt" .. i, "payload " .. i)) end
+            io.stdout:write("k", i, "\n")
+            io.stdout:flush()
+          end
+        ]])
+        local key = store.keygen()
+        local pid = spawn(("%s %s %s >%s 2>%s"):format(h.shq(h.bin), h.shq(writer), h.shq(path),
+          h.shq(out), h.shq(dir .. "/err")), { OFLUA_STORE_KEY = key })
+        local deadline = core.monotonic() + 60
+        while #lines(h.slurp(out)) < 400 and core.monotonic() < deadline and alive(pid) do
+          core.sleep(0.02)
+        end
+        local killed = alive(pid)
+        h.sh("kill -KILL " .. pid)
+        assert.is_true(wait_dead(pid, 10), "writer did not die")
+        assert.is_true(killed, "writer stopped before the kill: " .. h.slurp(dir .. "/err"))
+        local acked = lines(h.slurp(out))
+        assert.is_true(#acked >= 400, "too few acknowledged writes: " .. #acked)
+
+        if be.name == "sqlite" then assert.equal("ok", sqlite(path, "PRAGMA integrity_check")) end
+        local s = assert(store.open(be.open_opts(path, key)))
+        for _, k in ipairs(acked) do
+          local i = tonumber(k:sub(2))
+          assert.equal(("value %d "):format(i):rep(20), s:get(k), "lost acknowledged write " .. k)
+          if i % 7 == 0 then assert.equal("payload " .. i, s:inbox_get("evt" .. i).payload) end
+        end
+        s:close()
+        if be.name == "sqlite" then assert.equal("ok", sqlite(path, "PRAGMA integrity_check")) end
+      end)
+
+      it("stores an event once when two processes add it at the same time", function()
+        local dir = newdir()
+        local path = newstore(dir)
+        local key = store.keygen()
+        assert(store.open(be.open_opts(path, key))):close() -- both open an existing store
+        local adder = h.write_file(dir .. "/adder.lua", [[
+          local store, core = require("oflua.store"), require("oflua.core")
+          local s = assert(store.open_env({ path = arg[1] }))
+          -- start together: wait for the go file
+          while not io.open(arg[2]) do core.sleep(0.001) end
+          local new = 0
+          for i = 1, 300 do
+            local ok, err = s:inbox_add("evt_" .. i, "payload " .. i)
+            assert(ok ~= nil, err)
+            if ok then new = new + 1 end
+          end
+          print(new)
+        ]])
+        local go = dir .. "/go"
+        local pids = {}
+        for i = 1, 2 do
+          pids[i] = spawn(("%s %s %s %s >%s 2>&1"):format(h.shq(h.bin), h.shq(adder), h.shq(path),
+            h.shq(go), h.shq(dir .. "/out" .. i)), { OFLUA_STORE_KEY = key })
+        end
+        core.sleep(0.2)
+        h.write_file(go, "")
+        for i = 1, 2 do assert.is_true(wait_dead(pids[i], 60), "adder " .. i .. " hangs") end
+        local n1 = tonumber((h.slurp(dir .. "/out1"):match("^(%d+)\n$")))
+        local n2 = tonumber((h.slurp(dir .. "/out2"):match("^(%d+)\n$")))
+        assert(n1 and n2, "adders failed: " .. h.slurp(dir .. "/out1") .. h.slurp(dir .. "/out2"))
+        assert.equal(300, n1 + n2)
+        assert.equal("300", be.sql(path, "SELECT count(*) FROM oflua_inbox"))
+        local s = assert(store.open(be.open_opts(path, key)))
+        assert.equal(300, s:inbox_stats().pending)
+        local claimed = s:inbox_claim(1000, 60)
+        assert.equal(300, #claimed)
+        s:close()
+      end)
+
+      it("shares one file between handles in several processes with a write lock held", function()
+        local dir = newdir()
+        local path = newstore(dir)
+        local key = store.keygen()
+        local s = assert(store.open(be.open_opts(path, key, { busy_timeout_ms = 10000 })))
+        -- another process writes while this one holds the write lock for a moment
+        local child = h.write_file(dir .. "/child.lua", [[
+          local store = require("oflua.store")
+          local s = assert(store.open_env({ path = arg[1], busy_timeout_ms = 10000 }))
+          assert(s:put("from child", "yes"))
+          print("done")
+        ]])
+        local pid
+        s:transaction(function(t)
+          assert(t:put("from parent", "yes"))
+          pid = spawn(("%s %s %s >%s 2>&1"):format(h.shq(h.bin), h.shq(child), h.shq(path),
+            h.shq(dir .. "/out")), { OFLUA_STORE_KEY = key })
+          core.sleep(0.3)
+        end)
+        assert.is_true(wait_dead(pid, 30))
+        assert.equal("done\n", h.slurp(dir .. "/out"))
+        assert.equal("yes", s:get("from child"))
+        assert.equal("yes", s:get("from parent"))
+        s:close()
+      end)
+  end)
+end

@@ -12,6 +12,7 @@
  */
 #include "oflua.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -76,9 +77,20 @@ static void laction(int i) {
   lua_sethook(globalL, lstop, flag, 1);
 }
 
-static int docall(lua_State *L, int narg, int nres) {
+/* Error handler of subcommands: a CLI error object (a table with an integer
+ * `status`, raised by oflua.cliutil) is kept as is, for its status. */
+static int cli_msghandler(lua_State *L) {
+  if (lua_type(L, 1) == LUA_TTABLE && lua_getfield(L, 1, "status") == LUA_TNUMBER) {
+    lua_pop(L, 1);
+    return 1;
+  }
+  lua_settop(L, 1);
+  return msghandler(L);
+}
+
+static int docall_with(lua_State *L, int narg, int nres, lua_CFunction handler) {
   int base = lua_gettop(L) - narg;
-  lua_pushcfunction(L, msghandler);
+  lua_pushcfunction(L, handler);
   lua_insert(L, base);
   globalL = L;
   signal(SIGINT, laction);
@@ -87,6 +99,8 @@ static int docall(lua_State *L, int narg, int nres) {
   lua_remove(L, base);
   return status;
 }
+
+static int docall(lua_State *L, int narg, int nres) { return docall_with(L, narg, nres, msghandler); }
 
 static void print_version(void) {
   printf("oflua %s (%s)\n", oflua_version(), LUA_RELEASE);
@@ -237,7 +251,48 @@ static int handle_luainit(lua_State *L) {
   return dostring(L, init, name);
 }
 
-/* ---- REPL (no readline: plain stdin lines) ---- */
+/* ---- REPL ----
+ * Line editing and history come from libedit (Debian: libedit2), opened with
+ * dlopen only when the REPL starts on a terminal: BSD-licensed (Debian's
+ * lua5.4 links GNU readline, whose GPL would then cover this MIT binary), no
+ * link-time dependency, and nothing loaded for scripts, -e or piped input.
+ * Without libedit the REPL reads plain lines. History: $OFLUA_HISTORY, else
+ * ~/.oflua_history (mode 0600), at most 1000 lines. */
+static char *(*ed_readline)(const char *);
+static int (*ed_add_history)(const char *);
+static int (*ed_write_history)(const char *);
+static char history_path[PATH_MAX];
+
+static void editing_open(void) {
+  if (!isatty(0) || !isatty(1)) return;
+  void *h = dlopen("libedit.so.2", RTLD_NOW | RTLD_LOCAL);
+  if (h == NULL) return;
+  int (*read_history)(const char *);
+  void (*stifle_history)(int);
+  *(void **)(&ed_readline) = dlsym(h, "readline");
+  *(void **)(&ed_add_history) = dlsym(h, "add_history");
+  *(void **)(&ed_write_history) = dlsym(h, "write_history");
+  *(void **)(&read_history) = dlsym(h, "read_history");
+  *(void **)(&stifle_history) = dlsym(h, "stifle_history");
+  if (ed_readline == NULL || ed_add_history == NULL) {
+    ed_readline = NULL;
+    return;
+  }
+  const char *env = getenv("OFLUA_HISTORY"), *home = getenv("HOME");
+  if (env != NULL && env[0] != '\0')
+    snprintf(history_path, sizeof history_path, "%s", env);
+  else if (home != NULL && home[0] != '\0')
+    snprintf(history_path, sizeof history_path, "%s/.oflua_history", home);
+  if (stifle_history != NULL) stifle_history(1000);
+  if (history_path[0] != '\0' && read_history != NULL) read_history(history_path);
+}
+
+static void editing_close(void) {
+  if (ed_readline == NULL || ed_write_history == NULL || history_path[0] == '\0') return;
+  mode_t old = umask(077);
+  ed_write_history(history_path);
+  umask(old);
+}
 
 static int incomplete(lua_State *L, int status) {
   if (status == LUA_ERRSYNTAX) {
@@ -252,8 +307,33 @@ static int incomplete(lua_State *L, int status) {
   return 0;
 }
 
+static int push_line(lua_State *L) {
+  const char *line = lua_touserdata(L, 1);
+  if (lua_toboolean(L, 2) && line[0] == '=')
+    lua_pushfstring(L, "return %s", line + 1);
+  else
+    lua_pushstring(L, line);
+  return 1;
+}
+
 static int pushline(lua_State *L, int firstline) {
   char buffer[512];
+  if (ed_readline != NULL) {
+    char *line = ed_readline(firstline ? "> " : ">> ");
+    if (line == NULL) return 0;
+    if (line[0] != '\0') ed_add_history(line);
+    /* copied into Lua under lua_pcall: a memory error cannot leak the line */
+    int st = LUA_ERRMEM;
+    if (lua_checkstack(L, 3)) {
+      lua_pushcfunction(L, push_line);
+      lua_pushlightuserdata(L, line);
+      lua_pushboolean(L, firstline);
+      st = lua_pcall(L, 2, 1, 0);
+      if (st != LUA_OK) lua_pop(L, 1);
+    }
+    free(line);
+    return st == LUA_OK;
+  }
   fputs(firstline ? "> " : ">> ", stdout);
   fflush(stdout);
   if (fgets(buffer, sizeof buffer, stdin) == NULL) return 0;
@@ -313,6 +393,7 @@ static void doREPL(lua_State *L) {
   int status;
   const char *oldprogname = progname;
   progname = NULL;
+  editing_open();
   while ((status = loadline(L)) != -1) {
     if (status == LUA_OK) status = docall(L, 0, LUA_MULTRET);
     if (status == LUA_OK)
@@ -321,6 +402,7 @@ static void doREPL(lua_State *L) {
       report(L, status);
   }
   lua_settop(L, 0);
+  editing_close();
   fputc('\n', stdout);
   fflush(stdout);
   progname = oldprogname;
@@ -369,11 +451,20 @@ static int run_command(lua_State *L, char **argv, int argc, int first) {
   int n = argc - first - 1;
   luaL_checkstack(L, n + 3, "too many arguments");
   for (int i = first + 1; i < argc; i++) lua_pushstring(L, argv[i]);
-  status = docall(L, n, 1);
+  status = docall_with(L, n, 1, cli_msghandler);
   if (status != LUA_OK) {
-    const char *msg = lua_tostring(L, -1);
-    fprintf(stderr, "oflua %s: %s\n", argv[first], msg ? msg : "(error)");
-    return EXIT_FAILURE;
+    int code = EXIT_FAILURE, silent = 0;
+    if (lua_type(L, -1) == LUA_TTABLE) { /* a CLI error: its status, maybe already printed */
+      lua_getfield(L, -1, "status");
+      lua_Integer st = lua_tointeger(L, -1);
+      if (st > 0 && st < 126) code = (int)st;
+      lua_getfield(L, -2, "silent");
+      silent = lua_toboolean(L, -1);
+      lua_pop(L, 2);
+    }
+    const char *msg = luaL_tolstring(L, -1, NULL);
+    if (!silent) fprintf(stderr, "oflua %s: %s\n", argv[first], msg ? msg : "(error)");
+    return code;
   }
   int code = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1)
              : lua_toboolean(L, -1) || lua_isnil(L, -1) ? EXIT_SUCCESS
@@ -415,8 +506,15 @@ static int pmain(lua_State *L) {
         return 0;
       }
       if (!file_exists(w)) {
+        /* `oflua help --unknown WORD`: did-you-mean, exit status 2 */
+        char *fake[] = {"help", "--unknown", (char *)w, NULL};
+        if (find_command(L, "help")) {
+          pa->status = run_command(L, fake, 3, 0);
+          return 0;
+        }
         fprintf(stderr, "%s: unknown command or script '%s' (see '%s help')\n", progname, w,
                 progname);
+        pa->status = 2;
         return 0;
       }
     }
@@ -459,7 +557,7 @@ static int pmain(lua_State *L) {
 
 /* The Lua tree for this binary: the source tree when it runs from the build
  * directory it was built in (so an installed copy does not shadow the code
- * being developed); <exe>/../share/oflua/lua when installed (wherever the
+ * being developed); <exe>/../share/lua/5.4 when installed (wherever the
  * prefix); else NULL for the library's default. $OFLUA_PATH always wins. */
 static const char *binary_lua_dir(char *buf, size_t len) {
   const char *env = getenv("OFLUA_PATH");
@@ -476,8 +574,11 @@ static const char *binary_lua_dir(char *buf, size_t len) {
     return buf;
   }
   struct stat st;
-  int w = snprintf(buf, len, "%s/../%s", exe, OFLUA_REL_LUA_DIR);
-  if (w > 0 && (size_t)w < len && stat(buf, &st) == 0 && S_ISDIR(st.st_mode)) return buf;
+  char rel[PATH_MAX];
+  int w = snprintf(rel, sizeof rel, "%s/../%s", exe, OFLUA_REL_LUA_DIR);
+  if (w > 0 && (size_t)w < sizeof rel && len >= PATH_MAX && realpath(rel, buf) != NULL &&
+      stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+    return buf;
   return NULL;
 }
 

@@ -1,15 +1,16 @@
 /*
  * modules_lazy.c: the native modules as the oflua binary sees them.
  *
- Every native module lives in a side object (oflua_crypto.so, oflua_http.so,
- * oflua_server.so, oflua_store.so) opened with dlopen on first require:
+ * Every native module is a Lua C module (oflua/crypto.so, oflua/http.so,
+ * oflua/server.so, oflua/store.so: the files plain lua5.4 requires) that the
+ * binary opens with dlopen on first require:
  * libcurl and libmicrohttpd alone bring ~35 shared libraries (LDAP, Kerberos,
  * GnuTLS, ...) and libcrypto is large; their loading and constructors cost
  * several times Lua's whole start-up, which a script that does not use them
  * should not pay. The binary itself links only Lua and cjson.
  *
- * The side objects are looked for in $OFLUA_MODULE_DIR, then next to the
- * executable (the build tree), then <exe>/../<libdir>/oflua (an installed
+ * oflua/<name>.so is looked for under $OFLUA_MODULE_DIR, then <exe dir>/lua
+ * (the build tree), then <exe>/../<libdir>/lua/5.4 (an installed or luarocks
  * tree, wherever its prefix), then the configured install directory.
  */
 #include "internal.h"
@@ -22,7 +23,7 @@
 #include <unistd.h>
 
 static void *open_side_object(const char *file, char *err, size_t errlen) {
-  char path[PATH_MAX], rel[PATH_MAX];
+  char path[PATH_MAX], rel[PATH_MAX], build[PATH_MAX];
   const char *dirs[4];
   int n = 0;
   const char *env = getenv("OFLUA_MODULE_DIR");
@@ -34,8 +35,9 @@ static void *open_side_object(const char *file, char *err, size_t errlen) {
     char *slash = strrchr(exe, '/');
     if (slash != NULL) {
       *slash = '\0';
-      dirs[n++] = exe;
-      int w = snprintf(rel, sizeof rel, "%s/../%s", exe, OFLUA_REL_MODULE_DIR);
+      int w = snprintf(build, sizeof build, "%s/lua", exe);
+      if (w > 0 && (size_t)w < sizeof build) dirs[n++] = build;
+      w = snprintf(rel, sizeof rel, "%s/../%s", exe, OFLUA_REL_MODULE_DIR);
       if (w > 0 && (size_t)w < sizeof rel) dirs[n++] = rel;
     }
   }
@@ -49,7 +51,7 @@ static void *open_side_object(const char *file, char *err, size_t errlen) {
     snprintf(err, errlen, "%s", dlerror());
     return NULL;
   }
-  snprintf(err, errlen, "%s not found (looked in $OFLUA_MODULE_DIR, next to the executable, "
+  snprintf(err, errlen, "%s not found (looked under $OFLUA_MODULE_DIR, <exe dir>/lua, "
            "<exe>/../%s and %s)", file, OFLUA_REL_MODULE_DIR, OFLUA_INSTALL_MODULE_DIR);
   return NULL;
 }
@@ -68,7 +70,7 @@ static int open_lazy(lua_State *L, const char *file, const char *sym) {
 
 #define LAZY(name)                                                   \
   static int lazy_##name(lua_State *L) {                             \
-    return open_lazy(L, "oflua_" #name ".so", "luaopen_oflua_" #name); \
+    return open_lazy(L, "oflua/" #name ".so", "luaopen_oflua_" #name); \
   }
 LAZY(crypto)
 LAZY(http)

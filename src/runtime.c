@@ -193,7 +193,44 @@ static void push_versions(lua_State *L) {
   lua_setfield(L, -2, "lua");
 }
 
+/* Under plain lua5.4 (oflua/core.so loaded from package.cpath) no state was
+ * made by oflua__state_new: the Lua tree is the first package.path entry
+ * that holds ofauth, remembered in the registry for core.lua_dir and for the
+ * server's worker states. */
+static void find_lua_dir(lua_State *L) {
+  if (lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_LUA_DIR) != LUA_TNIL) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_pop(L, 1);
+  lua_getglobal(L, "package");
+  const char *path = lua_istable(L, -1) && lua_getfield(L, -1, "path") == LUA_TSTRING
+                         ? lua_tostring(L, -1) : NULL;
+  while (path != NULL && *path != '\0') {
+    const char *end = strchr(path, ';');
+    size_t len = end != NULL ? (size_t)(end - path) : strlen(path);
+    const char *q = memchr(path, '?', len);
+    if (q != NULL && q > path) {
+      lua_pushlstring(L, path, len);
+      const char *file = luaL_gsub(L, lua_tostring(L, -1), "?", "ofauth");
+      int found = access(file, R_OK) == 0;
+      lua_pop(L, 2);
+      if (found) {
+        size_t dlen = (size_t)(q - path);
+        if (dlen > 1 && path[dlen - 1] == '/') dlen--;
+        lua_pushlstring(L, path, dlen);
+        lua_setfield(L, LUA_REGISTRYINDEX, OFLUA_REG_LUA_DIR);
+        break;
+      }
+    }
+    path = end != NULL ? end + 1 : NULL;
+  }
+}
+
 int luaopen_oflua_core(lua_State *L) {
+  int top = lua_gettop(L);
+  find_lua_dir(L);
+  lua_settop(L, top);
   static const luaL_Reg funcs[] = {
       {"now", core_now},         {"monotonic", core_monotonic}, {"sleep", core_sleep},
       {"isatty", core_isatty},   {"getpid", core_getpid},       {"file_mode", core_file_mode},

@@ -3,9 +3,10 @@ local cli = require("oflua.cliutil")
 local cjson = require("cjson")
 local config = require("ofauth.config")
 
-local USAGE = [[
-usage: oflua doctor [options]
-
+local cmd = cli.command({
+  name = "doctor", summary = "the OFAuth pre-production checklist, automated (one ✓/✗ line per check)",
+  max_args = 0,
+  description = [[
 Runs OFAuth's pre-production checklist against your configuration:
   api_key    the API key works (whoami) and which environment it is for; clock skew
   link       a Link session can be created for your redirect URL
@@ -15,40 +16,41 @@ Runs OFAuth's pre-production checklist against your configuration:
   access     Access API calls work with a stored connection id
   app        the example app's settings (examples/webhook_receiver.lua):
              OFLUA_ADMIN_TOKEN and OFLUA_PUBLIC_URL; only warns (! lines),
-             never fails the run
-
-Options (else the environment variable in brackets):
-  --api-key K          [OFAUTH_API_KEY]
-  --base-url URL       [OFAUTH_BASE_URL]
-  --redirect-url URL   [OFAUTH_REDIRECT_URL]  a redirect URI registered in the dashboard
-  --webhook-url URL    [OFAUTH_WEBHOOK_URL]   your endpoint receiving OFAuth webhooks
-  --secret S           [OFAUTH_WEBHOOK_SECRET]
-  --scheme svix|checklist                     signature scheme of the test events (svix)
-  --store PATH|URL     [OFLUA_STORE] (a SQLite file or a postgresql:// URL),
-                       --key-file F [OFLUA_STORE_KEY_FILE] or OFLUA_STORE_KEY
-  --user ID            check Access with this user's stored connection (default: the first active)
-  --skip NAME          skip a check (repeatable)
-  --json               one JSON object with every result
-Exit status 0 when every check that ran passed (warnings do not count), 1 otherwise.
-]]
-
-local opts = cli.parse({ ... }, {
-  flags = { json = true },
-  options = { api_key = "string", base_url = "string", redirect_url = "string", webhook_url = "string",
-    secret = "string", scheme = "string", store = "string", key_file = "string", namespace = "string",
-    user = "string", skip = "list", timeout_ms = "number" },
+             never fails the run]],
+  flags = {
+    { "api-key", "K", "the API key (else OFAUTH_API_KEY)" },
+    { "base-url", "URL", "the API base URL (else OFAUTH_BASE_URL)" },
+    { "redirect-url", "URL", "a redirect URI registered in the dashboard (else OFAUTH_REDIRECT_URL)" },
+    { "webhook-url", "URL", "your endpoint receiving OFAuth webhooks (else OFAUTH_WEBHOOK_URL)" },
+    { "secret", "S", "the webhook signing secret (else OFAUTH_WEBHOOK_SECRET)" },
+    { "scheme", "svix|checklist", "signature scheme of the test events (default svix)",
+      choices = { "svix", "checklist" } },
+    { "store", "PATH|URL", "the store: a SQLite file or a postgresql:// URL (else OFLUA_STORE)" },
+    { "key-file", "FILE", "the store's key file (else OFLUA_STORE_KEY_FILE, OFLUA_STORE_KEY)" },
+    { "namespace", "NAME", "the store's namespace (default \"default\")" },
+    { "user", "ID", "check Access with this user's stored connection (default: the first active)" },
+    { "skip", "NAME", "skip a check: api_key, link, webhook, store, access or app", type = "list",
+      choices = nil },
+    { "timeout-ms", "N", "timeout of each API call (default 15000)", type = "number", min = 1,
+      max = 600000, integer = true },
+    "json",
+  },
+  env = { "OFAUTH_API_KEY", "OFAUTH_BASE_URL", "OFAUTH_REDIRECT_URL", "OFAUTH_WEBHOOK_URL",
+    "OFAUTH_WEBHOOK_SECRET", "OFLUA_STORE", "OFLUA_STORE_KEY_FILE", "OFLUA_STORE_KEY", "OFAUTH_LOG",
+    { "OFLUA_ADMIN_TOKEN", "the example app's admin token (the app check)" },
+    { "OFLUA_PUBLIC_URL", "the example app's public base URL (the app check)" } },
+  footer = "Exit status 0 when every check that ran passed (warnings do not count), 1 otherwise.",
 })
-if opts.help then
-  io.write(USAGE)
-  return 0
-end
+local ok_parse, opts = cmd:parse({ ... })
+if not ok_parse then return opts end
 
 local results = {}
 local skip = {}
 local CHECKS = { api_key = true, link = true, webhook = true, store = true, access = true, app = true }
 for _, s in ipairs(opts.skip or {}) do
   if not CHECKS[s] then
-    cli.fail(("--skip %s: no such check (api_key, link, webhook, store, access, app)"):format(s))
+    cli.usage_error(("--skip %s: no such check (api_key, link, webhook, store, access, app)%s"):format(s,
+      cli.did_you_mean(s, { "api_key", "link", "webhook", "store", "access", "app" })), "oflua doctor")
   end
   skip[s] = true
 end
@@ -57,7 +59,8 @@ local function report(name, ok, detail, hint)
   local r = { check = name, ok = ok, detail = detail, hint = (not ok) and hint or nil }
   results[#results + 1] = r
   if not opts.json then
-    io.write(("%s %-8s %s\n"):format(ok and "✓" or "✗", name, detail))
+    io.write(("%s %s %s\n"):format(ok and cli.paint("✓", "green") or cli.paint("✗", "red"),
+      cli.pad(name, 8), detail))
     if r.hint then io.write(("  hint: %s\n"):format(hint)) end
     io.stdout:flush()
   end

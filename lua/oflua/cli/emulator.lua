@@ -3,70 +3,55 @@ local cli = require("oflua.cliutil")
 
 local DEFAULT_PORT = 8788
 
-local USAGE = [[
-usage: oflua emulator [options]
-
+local cmd = cli.command({
+  name = "emulator", summary = "run a local OFAuth API emulator (Link, connections, Access API, webhooks, faults)",
+  max_args = 0,
+  description = [[
 Serves a local stand-in for the OFAuth API (no network needed) and delivers
-signed webhooks to --webhook-url. Stops on Ctrl-C / SIGTERM.
-
-Options:
-  --port N                 port to listen on (default 8788; 0 = any free port)
-  --host ADDR              address to listen on (default 127.0.0.1)
-  --api-key K              accepted API key; repeat for several (default:
-                           $OFAUTH_API_KEY, else sk_test_emulator). Keys starting
-                           with sk_live_, live_ or prod are "production", all
-                           others "sandbox" (GET /v2/account/whoami)
-  --redirect-uri URI       allowed Link redirectUrl; repeat for several (default:
-                           any http(s) URL on 127.0.0.1 / localhost / [::1])
-  --webhook-url URL        where to POST webhook events (default: none, events
-                           are recorded as skipped)
-  --webhook-secret S       signing secret (default $OFAUTH_WEBHOOK_SECRET); svix
-                           needs whsec_<base64>
-  --signing svix|checklist signature scheme and envelope (default svix:
-                           svix-* headers, {eventType, live, data}; checklist:
-                           ofauth-signature: t=..,v1=<hex>, {type, data})
-  --webhook-attempts N     attempts per event (default 5)
-  --webhook-timeout-ms N   timeout of one attempt (default 10000)
-  --webhook-base-delay-ms N  delay before the 2nd attempt, doubling after
-                           (default 1000, capped at 60 s)
-  --subscribers N          subscribers per connection (default 1000)
-  --seed N                 seed of the generated data of the other endpoints (default 0)
-  --upload-part-size N     bytes per upload part announced by uploads/init (default 5 MiB)
-  --error-shape sdk|checklist  error bodies {error, code, details} (default)
-                           or {type, message}
-  --state FILE             keep connections and Link sessions in FILE (JSON,
-                           written atomically, mode 0600)
-  --fault SPEC             initial fault, e.g. rate_limit,count=3,retry_after=2
-                           (kinds: rate_limit server_error slow drop
-                           session_expired; fields: count retry_after status
-                           delay_ms connection_id path_prefix); repeatable
-  --ready-file FILE        write the base URL to FILE once listening
-  --quiet                  no request / delivery log lines on stderr
-  -h, --help               show this help
-
+signed webhooks to --webhook-url. Stops on Ctrl-C / SIGTERM.]],
+  flags = {
+    { "port", "N", "port to listen on (default 8788; 0 = any free port)", type = "number",
+      min = 0, max = 65535, integer = true },
+    { "host", "ADDR", "address to listen on (default 127.0.0.1)" },
+    { "api-key", "K", "accepted API key (default: $OFAUTH_API_KEY, else sk_test_emulator); keys "
+      .. "starting with sk_live_, live_ or prod are \"production\", others \"sandbox\"", type = "list" },
+    { "redirect-uri", "URI", "allowed Link redirectUrl (default: any http(s) URL on loopback)",
+      type = "list" },
+    { "webhook-url", "URL", "where to POST webhook events (default: none, events are recorded as skipped)" },
+    { "webhook-secret", "S", "signing secret (default $OFAUTH_WEBHOOK_SECRET); svix needs whsec_<base64>" },
+    { "signing", "svix|checklist", "signature scheme and envelope (default svix)",
+      choices = { "svix", "checklist" } },
+    { "webhook-attempts", "N", "attempts per event (default 5)", type = "number", min = 1,
+      max = 100, integer = true },
+    { "webhook-timeout-ms", "N", "timeout of one attempt (default 10000)", type = "number", min = 1,
+      max = 600000, integer = true },
+    { "webhook-base-delay-ms", "N", "delay before the 2nd attempt, doubling after (default 1000, "
+      .. "capped at 60 s)", type = "number", min = 0, max = 3600000, integer = true },
+    { "subscribers", "N", "subscribers per connection (default 1000)", type = "number", min = 0,
+      max = 10000000, integer = true },
+    { "seed", "N", "seed of the generated data of the other endpoints (default 0)", type = "number",
+      min = 0, max = 1000000, integer = true },
+    { "upload-part-size", "N", "bytes per upload part announced by uploads/init (default 5 MiB)",
+      type = "number", min = 1, max = 1073741824, integer = true },
+    { "error-shape", "sdk|checklist", "error bodies {error, code, details} (default) or {type, message}",
+      choices = { "sdk", "checklist" } },
+    { "state", "FILE", "keep connections and Link sessions in FILE (JSON, written atomically, mode 0600)" },
+    { "fault", "SPEC", "initial fault, e.g. rate_limit,count=3,retry_after=2 (kinds: rate_limit "
+      .. "server_error slow drop session_expired; fields: count retry_after status delay_ms "
+      .. "connection_id path_prefix)", type = "list" },
+    { "ready-file", "FILE", "write the base URL to FILE once listening (for scripts to wait on)" },
+    { "quiet", false, "no request / delivery log lines on stderr" },
+  },
+  env = { "OFAUTH_API_KEY", "OFAUTH_WEBHOOK_SECRET" },
+  footer = [[
 Control API (no key; loopback): POST /emulator/link/{session}/complete
 {outcome, step, error_code}; GET /emulator/state, /emulator/deliveries;
 POST|GET|DELETE /emulator/faults; POST /emulator/connections/{id}/expire;
 POST /emulator/rules; POST /emulator/webhooks/send {type, data?};
-PUT /emulator/webhook {url} (deliver elsewhere from now on).
-]]
-
-local opts = cli.parse({ ... }, {
-  flags = { quiet = true },
-  options = {
-    port = "number", host = "string", ["api-key"] = "list", ["redirect-uri"] = "list",
-    ["webhook-url"] = "string", ["webhook-secret"] = "string", signing = "string",
-    ["webhook-attempts"] = "number", ["webhook-timeout-ms"] = "number",
-    ["webhook-base-delay-ms"] = "number", subscribers = "number", ["error-shape"] = "string",
-    state = "string", fault = "list", ["ready-file"] = "string", seed = "number",
-    ["upload-part-size"] = "number",
-  },
+PUT /emulator/webhook {url} (deliver elsewhere from now on).]],
 })
-if opts.help then
-  io.write(USAGE)
-  return 0
-end
-if #opts._ > 0 then cli.fail(("unexpected argument '%s' (see --help)"):format(opts._[1])) end
+local ok, opts = cmd:parse({ ... })
+if not ok then return opts end
 
 local emulator = require("ofauth.emulator")
 local faults = require("ofauth.emulator.faults")
@@ -121,13 +106,9 @@ if c.webhook_url then
 end
 cli.eprintf("oflua emulator: listening on %s (%d API key(s); webhooks: %s%s)\n",
   emu:url(), #c.api_keys, hook, c.state and "; state file kept" or "")
-if opts.ready_file then
-  local tmp = opts.ready_file .. ".tmp"
-  local f = io.open(tmp, "wb")
-  if not f or not f:write(emu:url(), "\n") or not f:close() or not os.rename(tmp, opts.ready_file) then
-    emu:stop()
-    cli.fail("cannot write the ready file " .. opts.ready_file)
-  end
+if opts.ready_file and not cli.write_atomic(opts.ready_file, emu:url() .. "\n") then
+  emu:stop()
+  cli.fail("cannot write the ready file " .. opts.ready_file)
 end
 emu:run()
 emu:stop()

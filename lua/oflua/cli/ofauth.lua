@@ -5,51 +5,88 @@ local config = require("ofauth.config")
 local core = require("oflua.core")
 local redact = require("ofauth.redact")
 
-local USAGE = [[
-usage: oflua ofauth <command> [options]
-
-  whoami                          check the API key; show the account and environment
-  link --user ID --redirect-url URL [--reconnect]
-                                  start a Link session for a user and print its URL
-                                  (recorded in the store when one is configured)
-  connections                     list every connection (all pages)
-  subscribers --connection ID | --user ID [--type all|active|expired|latest] [--max N]
-                                  export a connection's subscribers (all pages, streamed)
-  call NAME [field=value ...] [--connection ID] [--all] [--jsonl|--csv] [--out FILE]
-                                  call any API operation by its SDK name (see ops);
-                                  fields by wire name (value typed from the catalogue;
-                                  field:=JSON for raw JSON, arrays as a,b,c); --all pages
-                                  through every item (JSON lines by default)
-  ops [FILTER]                    list the operations: name, method, path, scope
-  upload FILE --connection ID [--content-type TYPE] [--filename NAME]
-                                  upload a file to the vault (progress bar on a terminal)
-  user-docs --app-name NAME --permissions profile,subscribers,... [--contact EMAIL]
-                                  [--purpose TEXT] [--disconnect-where TEXT] [--out FILE]
-                                  fill in the end-user page about connecting an account
-
-Options: --format table|json|csv (default table), --reveal-ids (print connection ids in
-full; they are credentials, so they are shortened by default), --api-key, --base-url
-(else OFAUTH_API_KEY, OFAUTH_BASE_URL), --store, --key-file, --page-size N, --help.
-A progress line is shown on stderr when it is a terminal.
-]]
-
-local spec = {
-  flags = { reconnect = true, reveal_ids = true, json = true, quiet = true, all = true, jsonl = true,
-    csv = true },
-  options = { format = "string", api_key = "string", base_url = "string", user = "string",
-    redirect_url = "string", connection = "string", type = "string", max = "number",
-    page_size = "number", store = "string", key_file = "string", namespace = "string",
-    app_name = "string", permissions = "string", contact = "string", out = "string",
-    template = "string", purpose = "string", disconnect_where = "string", content_type = "string",
-    filename = "string" },
+local API_ENV = { "OFAUTH_API_KEY", "OFAUTH_BASE_URL", "OFAUTH_LOG" }
+local STORE = {
+  { "store", "PATH", "the store (else OFLUA_STORE)" },
+  { "key-file", "FILE", "the store's key file (else OFLUA_STORE_KEY_FILE, OFLUA_STORE_KEY)" },
+  { "namespace", "NAME", "the store's namespace (default \"default\")" },
 }
+local STORE_ENV = { "OFLUA_STORE", "OFLUA_STORE_KEY_FILE", "OFLUA_STORE_KEY" }
+local PAGE = { "page-size", "N", "items per API page (1-1000; default 100)", type = "number", min = 1,
+  max = 1000, integer = true }
+local REVEAL = { "reveal-ids", false, "print connection ids in full (they are credentials, so they "
+  .. "are shortened by default)" }
+local function plus(a, b)
+  local t = {}
+  for _, x in ipairs(a) do t[#t + 1] = x end
+  for _, x in ipairs(b or {}) do t[#t + 1] = x end
+  return t
+end
 
-local command, opts = cli.subcommand({ ... }, USAGE, spec)
+local cmd = cli.command({
+  name = "ofauth",
+  summary = "call the OFAuth API from the shell (whoami, link, connections, subscribers, call, ops, upload, user-docs)",
+  description = "Calls the OFAuth API with your key (a Sandbox key for every test). Lists are streamed\n"
+    .. "page by page; a progress line is shown on stderr when it is a terminal.",
+  env = API_ENV,
+  flags = {
+    { "format", "table|json|csv", "output format (default table)", choices = { "table", "json", "csv" } },
+    "json", "quiet",
+    { "api-key", "K", "the API key (else OFAUTH_API_KEY)" },
+    { "base-url", "URL", "the API base URL (else OFAUTH_BASE_URL, default https://api.ofauth.com)" },
+  },
+  subcommands = {
+    { name = "whoami", max_args = 0, summary = "check the API key; show the account and environment" },
+    { name = "link", max_args = 0, summary = "start a Link session for a user and print its URL",
+      description = "Starts a Link session for a user and prints its URL (recorded in the store when one\n"
+        .. "is configured, so that ofauth.link.callback accepts its callback).",
+      env = STORE_ENV,
+      flags = plus({ { "user", "ID", "your user's id, sent as clientReferenceId (required)" },
+        { "redirect-url", "URL", "a redirect URI registered in the dashboard (required)" },
+        { "reconnect", false, "reconnect the user's stored (expired) connection" } }, STORE) },
+    { name = "connections", max_args = 0, summary = "list every connection (all pages)",
+      flags = { PAGE, REVEAL } },
+    { name = "subscribers", max_args = 0, summary = "export a connection's subscribers (all pages, streamed)",
+      env = STORE_ENV,
+      flags = plus({ { "connection", "ID", "the connection id" },
+        { "user", "ID", "the user whose stored connection to use (instead of --connection)" },
+        { "type", "all|active|expired|latest", "which subscribers (default all)",
+          choices = { "all", "active", "expired", "latest" } },
+        { "max", "N", "stop after N subscribers", type = "number", min = 1, integer = true },
+        PAGE }, STORE) },
+    { name = "call", args = "NAME [field=value ...]", min_args = 1,
+      summary = "call any API operation by its SDK name (see ops)",
+      description = "Calls any API operation by its SDK name (see 'oflua ofauth ops'). Fields go by wire\n"
+        .. "name, the value typed from the catalogue (field:=JSON for raw JSON, arrays as a,b,c).\n"
+        .. "--all pages through every item (JSON lines by default, --csv for CSV).",
+      flags = { { "connection", "ID", "the connection, for Access API operations" },
+        { "all", false, "every item of a paginated operation, page by page" },
+        { "jsonl", false, "with --all: JSON lines (the default)" },
+        { "csv", false, "with --all: CSV with a header of the first item's fields" },
+        { "max", "N", "with --all: stop after N items", type = "number", min = 1, integer = true },
+        { "out", "FILE", "write to FILE instead of stdout" } } },
+    { name = "ops", args = "[FILTER]", max_args = 1,
+      summary = "list the API operations: name, method, path, scope (--json for all fields)" },
+    { name = "upload", args = "FILE", min_args = 1, max_args = 1,
+      summary = "upload a file to the vault (progress bar on a terminal)",
+      flags = { { "connection", "ID", "the connection (required)" },
+        { "content-type", "TYPE", "the file's MIME type (default: from its extension)" },
+        { "filename", "NAME", "the name OFAuth records (default: the file's)" } } },
+    { name = "user-docs", max_args = 0, summary = "fill in the end-user page about connecting an account",
+      flags = { { "app-name", "NAME", "your app's name (required)" },
+        { "permissions", "LIST", "comma-separated permissions, e.g. profile,subscribers (required)" },
+        { "contact", "EMAIL", "where users reach you" },
+        { "purpose", "TEXT", "what you use the access for" },
+        { "disconnect-where", "TEXT", "where in your app users disconnect" },
+        { "template", "FILE", "a template instead of the built-in one" },
+        { "out", "FILE", "write the page to FILE instead of stdout" } } },
+  },
+})
+
+local command, opts = cmd:parse({ ... })
 if not command then return opts end -- usage printed; opts is the exit status
 local format = opts.json and "json" or opts.format or "table"
-if format ~= "table" and format ~= "json" and format ~= "csv" then
-  cli.fail("--format must be table, json or csv")
-end
+if format == "json" then cli.json_errors = true end
 
 local function client()
   local c, err = config.client(opts)
@@ -79,6 +116,16 @@ local function cell(v)
   return tostring(v)
 end
 
+-- Permissions read the same everywhere: "profile, subscribers".
+local function perms(p)
+  if type(p) == "table" and #p > 0 then
+    local t = {}
+    for i, x in ipairs(p) do t[i] = cell(x) end
+    return table.concat(t, ", ")
+  end
+  return cell(p)
+end
+
 local function csv_field(s)
   if s:find('[,"\r\n]') then return '"' .. s:gsub('"', '""') .. '"' end
   return s
@@ -96,11 +143,12 @@ local function writer(columns)
     out:write("[")
   else
     local names = {}
-    for i, c in ipairs(columns) do names[i] = ("%-" .. (c.width or 16) .. "s"):format(c[1]) end
-    out:write(table.concat(names, " "), "\n")
+    for i, c in ipairs(columns) do names[i] = cli.pad(c[1], c.width or 16) end
+    out:write(cli.paint(table.concat(names, " "), "bold"), "\n")
   end
   function w.row(item)
     w.n = w.n + 1
+    w.progress:clear() -- never mixed into the rows
     if format == "json" then
       out:write(w.n > 1 and ",\n" or "\n", cjson.encode(item))
       return
@@ -111,29 +159,24 @@ local function writer(columns)
       if format == "csv" then
         cells[i] = csv_field(s)
       else
-        local width = c.width or 16
-        if #s > width then s = s:sub(1, width - 1) .. "~" end
-        cells[i] = ("%-" .. width .. "s"):format(s)
+        cells[i] = cli.pad(cli.truncate(s, c.width or 16), c.width or 16)
       end
     end
     out:write(table.concat(cells, format == "csv" and "," or " "), "\n")
   end
   function w.close()
+    w.progress:clear()
     if format == "json" then out:write(w.n > 0 and "\n]\n" or "]\n") end
     out:flush()
   end
   return w
 end
 
-local progress = { tty = core.isatty(2) and not opts.quiet, t0 = core.monotonic(), last = 0 }
+local progress = { bar = cli.progress(opts.quiet), t0 = core.monotonic() }
 function progress.update(n, done)
-  if not progress.tty then return end
-  local t = core.monotonic()
-  if not done and t - progress.last < 0.1 then return end
-  progress.last = t
-  local rate = n / math.max(t - progress.t0, 1e-3)
-  io.stderr:write(("\r%d rows  %.0f rows/s%s"):format(n, rate, done and "  done\n" or "   "))
-  io.stderr:flush()
+  if done then return progress.bar:done() end
+  local rate = n / math.max(core.monotonic() - progress.t0, 1e-3)
+  progress.bar:update(("%d rows  %.0f rows/s"):format(n, rate))
 end
 
 local function show_id(id)
@@ -145,6 +188,7 @@ end
 -- `clean` (optional) makes the item written in JSON (e.g. ids shortened).
 local function export(iter, columns, clean)
   local w = writer(columns)
+  w.progress = progress.bar
   local ok, err = pcall(function()
     for item in iter do
       if clean and format == "json" then item = clean(item) end
@@ -326,12 +370,16 @@ if command == "whoami" then
   else
     print(("account:     %s (%s)"):format(cell(me.name), cell(me.id)))
     if me.environment then print(("environment: %s"):format(cell(me.environment))) end
-    print(("permissions: %s"):format(cell(me.permissions)))
+    print(("permissions: %s"):format(perms(me.permissions)))
   end
   return 0
 elseif command == "link" then
-  if not opts.user then cli.fail("--user is required (your user id, sent as clientReferenceId)") end
-  if not opts.redirect_url then cli.fail("--redirect-url is required (registered in the OFAuth dashboard)") end
+  if not opts.user then
+    cli.usage_error("--user is required (your user id, sent as clientReferenceId)", "oflua ofauth link")
+  end
+  if not opts.redirect_url then
+    cli.usage_error("--redirect-url is required (registered in the OFAuth dashboard)", "oflua ofauth link")
+  end
   local c = client()
   local st
   if config.store_configured(opts) then
@@ -366,7 +414,7 @@ elseif command == "connections" then
     { "status", function(x) return x.status end, width = 12 },
     { "clientReferenceId", function(x) return x.clientReferenceId end, width = 20 },
     { "username", function(x) return type(x.userData) == "table" and x.userData.username or nil end },
-    { "permissions", function(x) return x.permissions end, width = 24 },
+    { "permissions", function(x) return perms(x.permissions) end, width = 24 },
     { "updatedAt", function(x) return x.updatedAt end, width = 24 },
   }, function(x)
     local copy = {}
@@ -383,10 +431,8 @@ elseif command == "subscribers" then
     if not rec or not rec.connection_id then cli.fail("no connection stored for that user") end
     conn_id = rec.connection_id
   end
-  if not conn_id then cli.fail("--connection ID or --user ID is required") end
+  if not conn_id then cli.usage_error("--connection ID or --user ID is required", "oflua ofauth subscribers") end
   local typ = opts.type or "all"
-  local types = { all = true, active = true, expired = true, latest = true }
-  if not types[typ] then cli.fail("--type must be all, active, expired or latest") end
   local iter = client():access(conn_id):subscribers({ type = typ, limit = opts.page_size,
     max_items = opts.max })
   -- Subscriber objects are whatever the API returns; these columns are the
@@ -415,6 +461,4 @@ elseif command == "user-docs" then
     io.write(text)
   end
   return 0
-else
-  cli.fail(("unknown command '%s' (see oflua ofauth --help)"):format(command))
 end

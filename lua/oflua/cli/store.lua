@@ -7,109 +7,65 @@
 local cli = require("oflua.cliutil")
 local core = require("oflua.core")
 
-local USAGE = [[
-usage: oflua store <command> [options] [args]
-
-Commands:
-  get KEY                  print the value stored under KEY
-  put KEY [VALUE | -]      store VALUE under KEY (read from stdin when VALUE is '-' or absent)
-  delete KEY               delete KEY
-  list [PREFIX]            list the keys (starting with PREFIX); --values, --json
-  rekey --new-key-file F   re-encrypt the whole store under the key in F
-  keygen [--out FILE]      print a new key, or write it to FILE with mode 0600
-
-Options:
-  --store PATH|URL   the store: a SQLite file, or a postgresql://user@host:port/db URL
-                     (password from PGPASSFILE preferably) (default: $OFLUA_STORE)
-  --key-file FILE    file holding the base64 master key, mode 0600
-                     (default: $OFLUA_STORE_KEY_FILE, else the key itself in $OFLUA_STORE_KEY)
-  --namespace NAME   the namespace inside the store (default: "default")
-  -h, --help         this help; 'oflua store <command> --help' for one command
-]]
-
-local COMMON = { store = "string", key_file = "string", namespace = "string" }
-
+local COMMON = {
+  { "store", "PATH|URL", "the store: a SQLite file, or a postgresql://user@host:port/db URL\n"
+    .. "(password from PGPASSFILE preferably) (default: $OFLUA_STORE)" },
+  { "key-file", "FILE", "file holding the base64 master key, mode 0600 (default: "
+    .. "$OFLUA_STORE_KEY_FILE, else the key itself in $OFLUA_STORE_KEY)" },
+  { "namespace", "NAME", "the namespace inside the store (default: \"default\")" },
+}
 local function with(extra)
   local t = {}
-  for k, v in pairs(COMMON) do t[k] = v end
-  for k, v in pairs(extra or {}) do t[k] = v end
+  for _, f in ipairs(extra or {}) do t[#t + 1] = f end
+  for _, f in ipairs(COMMON) do t[#t + 1] = f end
   return t
 end
+local STORE_ENV = { "OFLUA_STORE", "OFLUA_STORE_KEY_FILE", "OFLUA_STORE_KEY" }
 
-local COMMANDS = {
-  get = {
-    args = "KEY",
-    help = "Prints the value stored under KEY exactly (binary-safe; a newline is added only on a "
-      .. "terminal).\nExit status 1 if KEY is absent.",
-    spec = { options = with() },
+local cmd = cli.command({
+  name = "store", summary = "the encrypted store: get, put, delete, list, rekey, keygen",
+  description = "A thin user of oflua.store: every value is sealed with AES-256-GCM; keys, values and\n"
+    .. "the master key never appear in a message.",
+  subcommands = {
+    { name = "get", args = "KEY", min_args = 1, max_args = 1, env = STORE_ENV, flags = with(),
+      summary = "print the value stored under KEY",
+      description = "Prints the value stored under KEY exactly (binary-safe; a newline is added only on a "
+        .. "terminal).\nExit status 1 if KEY is absent." },
+    { name = "put", args = "KEY [VALUE | -]", min_args = 1, max_args = 2, env = STORE_ENV, flags = with(),
+      summary = "store VALUE under KEY (read from stdin when VALUE is '-' or absent)",
+      description = "Stores VALUE under KEY, replacing any previous value. Without VALUE, or with '-', the\n"
+        .. "value is read from stdin (prefer this for secrets: a command line is visible to other\n"
+        .. "users in ps). Creates the store file (mode 0600) if it does not exist." },
+    { name = "delete", args = "KEY", min_args = 1, max_args = 1, env = STORE_ENV, flags = with(),
+      summary = "delete KEY", description = "Deletes KEY. Exit status 1 if it was absent." },
+    { name = "list", args = "[PREFIX]", max_args = 1, env = STORE_ENV,
+      flags = with({ { "values", false, "print 'key<TAB>value' lines" }, "json",
+        { "reveal-ids", false, "print connection ids in full (they are credentials: shortened by default)" } }),
+      summary = "list the keys (starting with PREFIX)",
+      description = "Lists the keys starting with PREFIX, one per line, in insertion order, with\n"
+        .. "connection ids shortened like the rest of the CLI (--reveal-ids for the full ids).\n"
+        .. "--values prints 'key<TAB>value' lines; --json prints [{\"key\":..,\"value\":..}, ...].\n"
+        .. "Every key of the namespace is decrypted to test the prefix." },
+    { name = "rekey", max_args = 0, env = STORE_ENV,
+      flags = with({ { "new-key-file", "FILE", "the new master key (required)" } }),
+      summary = "re-encrypt the whole store under the key in --new-key-file",
+      description = "Re-encrypts every row (all namespaces) under the key in FILE (mode 0600; make one\n"
+        .. "with 'oflua store keygen --out FILE'), in one transaction. Afterwards only the new\n"
+        .. "key opens the store: point OFLUA_STORE_KEY_FILE (or OFLUA_STORE_KEY) at it." },
+    { name = "keygen", max_args = 0, flags = { { "out", "FILE", "write the key to FILE (mode 0600)" } },
+      summary = "print a new key, or write it to FILE with mode 0600",
+      description = "Prints a new random master key (base64 of 32 bytes), or writes it to FILE with\n"
+        .. "mode 0600 (an existing FILE is never overwritten)." },
   },
-  put = {
-    args = "KEY [VALUE | -]",
-    help = "Stores VALUE under KEY, replacing any previous value. Without VALUE, or with '-', the\n"
-      .. "value is read from stdin (prefer this for secrets: a command line is visible to other\n"
-      .. "users in ps). Creates the store file (mode 0600) if it does not exist.",
-    spec = { options = with() },
-  },
-  delete = {
-    args = "KEY",
-    help = "Deletes KEY. Exit status 1 if it was absent.",
-    spec = { options = with() },
-  },
-  list = {
-    args = "[PREFIX] [--values] [--json]",
-    help = "Lists the keys starting with PREFIX, one per line, in insertion order.\n"
-      .. "--values prints 'key<TAB>value' lines; --json prints [{\"key\":..,\"value\":..}, ...].\n"
-      .. "Every key of the namespace is decrypted to test the prefix.",
-    spec = { flags = { json = true, values = true }, options = with() },
-  },
-  rekey = {
-    args = "--new-key-file FILE",
-    help = "Re-encrypts every row (all namespaces) under the key in FILE (mode 0600; make one\n"
-      .. "with 'oflua store keygen --out FILE'), in one transaction. Afterwards only the new\n"
-      .. "key opens the store: point OFLUA_STORE_KEY_FILE (or OFLUA_STORE_KEY) at it.",
-    spec = { options = with({ new_key_file = "string" }) },
-  },
-  keygen = {
-    args = "[--out FILE]",
-    help = "Prints a new random master key (base64 of 32 bytes), or writes it to FILE with\n"
-      .. "mode 0600 (an existing FILE is never overwritten).",
-    spec = { options = { out = "string" } },
-  },
-}
-
-local argv = { ... }
-local name = argv[1]
-if name == nil then
-  io.stderr:write(USAGE)
-  return 1
-end
-if name == "--help" or name == "-h" or name == "help" then
-  io.write(USAGE)
-  return 0
-end
-local cmd = COMMANDS[name]
-if not cmd then cli.fail(("unknown command '%s' (see 'oflua store --help')"):format(name)) end
-table.remove(argv, 1)
-local opts = cli.parse(argv, cmd.spec)
-if opts.help then
-  io.write(("usage: oflua store %s %s [options]\n\n%s\n"):format(name, cmd.args, cmd.help))
-  if name ~= "keygen" then
-    io.write("\nOptions: --store PATH, --key-file FILE, --namespace NAME (see 'oflua store --help')\n")
-  end
-  return 0
-end
+})
+local name, opts = cmd:parse({ ... })
+if not name then return opts end -- usage printed; opts is the exit status
 local pos = opts._
 
 local function strip(err)
   return (tostring(err):gsub("^oflua%.store: ", ""))
 end
 
-local function nargs(min, max)
-  if #pos < min then cli.fail(("%s: missing argument (usage: oflua store %s %s)"):format(name, name,
-      cmd.args)) end
-  if #pos > max then cli.fail(("%s: too many arguments (usage: oflua store %s %s)"):format(name,
-      name, cmd.args)) end
-end
 
 local function open(create)
   local store = require("oflua.store")
@@ -134,7 +90,6 @@ local function check(ok, err)
 end
 
 if name == "keygen" then
-  nargs(0, 0)
   local store = require("oflua.store")
   local key = store.keygen()
   if opts.out then
@@ -147,7 +102,6 @@ if name == "keygen" then
 end
 
 if name == "get" then
-  nargs(1, 1)
   local s <close> = open(false)
   local value = check(s:get(pos[1]))
   if value == nil then cli.fail("key not found") end
@@ -157,7 +111,6 @@ if name == "get" then
 end
 
 if name == "put" then
-  nargs(1, 2)
   local value = pos[2]
   if value == nil or value == "-" then
     if value == nil and core.isatty(0) then
@@ -171,18 +124,18 @@ if name == "put" then
 end
 
 if name == "delete" then
-  nargs(1, 1)
   local s <close> = open(false)
   if not check(s:delete(pos[1])) then cli.fail("key not found") end
   return 0
 end
 
 if name == "list" then
-  nargs(0, 1)
   local s <close> = open(false)
   local rows = {}
+  local show = opts.reveal_ids and function(x) return x end or require("ofauth.redact").text
   local ok, err = pcall(function()
     for k, v in s:list(pos[1] or "") do
+      k, v = show(k), show(v)
       if opts.json then
         rows[#rows + 1] = { key = k, value = v }
       elseif opts.values then
@@ -201,9 +154,8 @@ if name == "list" then
 end
 
 if name == "rekey" then
-  nargs(0, 0)
-  if not opts.new_key_file then cli.fail("rekey: give --new-key-file FILE (make one with "
-    .. "'oflua store keygen --out FILE')") end
+  if not opts.new_key_file then cli.usage_error("rekey: give --new-key-file FILE (make one with "
+    .. "'oflua store keygen --out FILE')", "oflua store rekey") end
   local s <close> = open(false)
   local ok, rows = s:rekey({ key_file = opts.new_key_file })
   if not ok then cli.fail(strip(rows)) end

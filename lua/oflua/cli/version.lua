@@ -3,11 +3,14 @@ local cli = require("oflua.cliutil")
 local core = require("oflua.core")
 local cjson = require("cjson")
 
-local opts = cli.parse({ ... }, { flags = { json = true } })
-if opts.help then
-  print("usage: oflua version [--json]")
-  return 0
-end
+local cmd = cli.command({
+  name = "version", summary = "print the versions of oflua and the libraries it embeds",
+  max_args = 0,
+  description = "Prints the versions of oflua, Lua, libcurl, OpenSSL, SQLite and libmicrohttpd.",
+  flags = { "json" },
+})
+local ok, opts = cmd:parse({ ... })
+if not ok then return opts end
 local v = {}
 for k, ver in pairs(core.versions) do v[k] = ver end
 v.openssl = require("oflua.crypto").openssl_version
