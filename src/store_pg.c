@@ -27,6 +27,7 @@
 #include "store_backend.h"
 
 #include <endian.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -730,8 +731,18 @@ static int pg_kv_reseal(store_conn *c, int64_t id, const unsigned char *idx, int
 
 /* Several rows in one statement (one round trip, atomic without a
  * transaction of its own: the group commit's batches). RETURNING names the
- * new rows' indexes; of two rows with one index, the first is the new one. */
+ * new rows' indexes; of two rows with one index, the first is the new one.
+ * Rows go in blind-index order: two processes inserting overlapping batches
+ * (a delivery and its retry at two receivers) then wait for each other's
+ * uncommitted keys in one order, never in a cycle (a deadlock would fail
+ * both batches). */
 #define MULTI_COLS 6
+static const store_new_event *sort_ev;
+static int by_idx(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  int c = memcmp(sort_ev[x].idx, sort_ev[y].idx, STORE_IDX_LEN);
+  return c != 0 ? c : (x > y) - (x < y);
+}
 static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const store_new_event *ev,
                               int n, int *inserted) {
   int np = 2 + MULTI_COLS * n;
@@ -740,11 +751,19 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
   const char **vals = calloc((size_t)np, sizeof *vals);
   int *lens = calloc((size_t)np, sizeof *lens), *fmts = calloc((size_t)np, sizeof *fmts);
   char(*num)[32] = calloc((size_t)n * 2 + 1, sizeof *num);
+  int *order = malloc((size_t)n * sizeof *order);
   int rc = 0;
-  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL) {
+  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL || order == NULL) {
     rc = oom(q);
     goto out;
   }
+  for (int i = 0; i < n; i++) order[i] = i;
+  static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER; /* qsort has no context argument */
+  pthread_mutex_lock(&sort_mu);
+  sort_ev = ev;
+  qsort(order, (size_t)n, sizeof *order, by_idx);
+  sort_ev = NULL;
+  pthread_mutex_unlock(&sort_mu);
   size_t o = (size_t)snprintf(sql, sqlcap,
                               "INSERT INTO oflua_inbox (ns, eidx, kid, ebox, pbox, state, attempts,"
                               " next_at, created_at, updated_at)"
@@ -753,11 +772,11 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
   vals[0] = ns;
   snprintf(num[0], sizeof num[0], "%lld", (long long)kid);
   vals[1] = num[0];
-  for (int i = 0; i < n; i++) {
-    int b = 3 + MULTI_COLS * i;
+  for (int r = 0; r < n; r++) {
+    int i = order[r], b = 3 + MULTI_COLS * r;
     o += (size_t)snprintf(sql + o, sqlcap - o,
                           "%s($%d::bytea, $%d::bytea, $%d::bytea, $%d::float8, $%d::text, $%d::float8)",
-                          i ? ", " : "", b, b + 1, b + 2, b + 3, b + 4, b + 5);
+                          r ? ", " : "", b, b + 1, b + 2, b + 3, b + 4, b + 5);
     int k = b - 1;
     vals[k] = (const char *)ev[i].idx;
     lens[k] = STORE_IDX_LEN;
@@ -768,11 +787,11 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
     vals[k + 2] = ev[i].pbox.n > 0 ? (const char *)ev[i].pbox.p : "";
     lens[k + 2] = (int)ev[i].pbox.n;
     fmts[k + 2] = 1;
-    snprintf(num[1 + 2 * i], sizeof num[0], "%.17g", ev[i].now);
-    vals[k + 3] = num[1 + 2 * i];
+    snprintf(num[1 + 2 * r], sizeof num[0], "%.17g", ev[i].now);
+    vals[k + 3] = num[1 + 2 * r];
     vals[k + 4] = ev[i].state;
-    snprintf(num[2 + 2 * i], sizeof num[0], "%.17g", ev[i].next_at);
-    vals[k + 5] = num[2 + 2 * i];
+    snprintf(num[2 + 2 * r], sizeof num[0], "%.17g", ev[i].next_at);
+    vals[k + 5] = num[2 + 2 * r];
   }
   snprintf(sql + o, sqlcap - o,
            ") AS v(e, b, p, t, s, x) WHERE " KID_GUARD " = $2::bigint"
@@ -797,6 +816,7 @@ out:
   free(lens);
   free(fmts);
   free(num);
+  free(order);
   return rc;
 }
 
