@@ -24,9 +24,9 @@ local function eventually(pred, limit)
 end
 
 --- `oflua serve APP extra...` in the background: {pid, port, url, err}.
-local function serve(extra)
+local function serve(extra, app)
   local out, err, pidf = os.tmpname(), os.tmpname(), os.tmpname()
-  local args = { shq(h.bin), "serve", shq(APP), "--port", "0" }
+  local args = { shq(h.bin), "serve", shq(app or APP), "--port", "0" }
   for _, a in ipairs(extra or {}) do args[#args + 1] = shq(a) end
   local cmd = ("%s >%s 2>%s & echo $! >%s"):format(table.concat(args, " "), shq(out), shq(err), shq(pidf))
   assert(os.execute("bash -c " .. shq(cmd)))
@@ -166,6 +166,19 @@ describe("oflua serve under attack (default settings)", function()
     os.remove(f)
   end)
 
+  it("does not let a handler waiting on a hanging API call delay other requests", function()
+    local upstream = serve() -- its /sleep answers after 4 s without holding a worker
+    local f = os.tmpname()
+    local url = srv.url .. "/upstream?url=" .. upstream.url .. "/sleep%3Fs%3D4"
+    assert(os.execute(("curl -s --max-time 20 %s >%s &"):format(shq(url), shq(f))))
+    assert.truthy(eventually(function() return (state(srv)["upstream.started"] or 0) >= 1 end))
+    for i = 1, 3 do assert.equal(200, (curl(srv.url .. "/meanwhile" .. i))) end
+    assert.is_nil(state(srv)["upstream.done"]) -- still waiting while the others were answered
+    assert.truthy(eventually(function() return h.slurp(f) == "slept\n" end, 15))
+    os.remove(f)
+    stop(upstream)
+  end)
+
   it("parks sleeping handlers: many sleep at once on 2 workers", function()
     local files = {}
     for i = 1, 12 do
@@ -212,6 +225,16 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     local status = curl(srv.url .. "/echo", "--data-binary @/dev/null -H 'Content-Length: 100000'")
     assert.equal(503, status)
     stop(srv)
+  end)
+
+  it("logs a fixed placeholder, never the raw error, when the error filter fails", function()
+    local srv = serve({}, h.source_dir .. "/spec/fixtures/servers/bad_filter.lua")
+    assert.equal(500, (curl(srv.url .. "/boom")))
+    assert.equal(200, (curl(srv.url .. "/ok")))
+    local err = stop(srv)
+    assert.matches("error text withheld", err, 1, true)
+    assert.not_matches("secret-text", err, 1, true)
+    assert.not_matches("conn_leak", err, 1, true)
   end)
 
   it("exits within its grace period on SIGTERM while a handler is stuck in a C call", function()

@@ -1141,7 +1141,7 @@ static int http_redirect_check(lua_State *L) {
   return 1;
 }
 
-static int http_request(lua_State *L) {
+static int http_request_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lua_settop(L, 1);
   http_state *st = get_state(L);
@@ -1173,7 +1173,33 @@ static int http_request(lua_State *L) {
   return 2;
 }
 
+static int http_request_many_run(lua_State *L);
+
+/* Both block their thread: in a server handler running inline on an I/O
+ * thread, the handler first moves to its worker (oflua__wait_api). */
+static int http_request_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return http_request_run(L);
+}
+
+static int http_request(lua_State *L) {
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, http_request_k, 0);
+  return http_request_run(L);
+}
+
+static int http_request_many_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return http_request_many_run(L);
+}
+
 static int http_request_many(lua_State *L) {
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, http_request_many_k, 0);
+  return http_request_many_run(L);
+}
+
+static int http_request_many_run(lua_State *L) {
   luaL_checktype(L, 1, LUA_TTABLE);
   int max_parallel = DEFAULT_MAX_PARALLEL;
   if (!lua_isnoneornil(L, 2)) {

@@ -68,17 +68,16 @@ extern const luaL_Reg oflua__native_modules[];
  * any thread that owns L). Tables with __tostring give their text. */
 void oflua__filter_error(lua_State *L, char *buf, size_t len);
 
-/* Set by oflua.server when loaded (else NULL): a C function about to block
- * (sleep, network, disk) calls it with its continuation; when the handler
- * runs inline on a server I/O thread, the handler first moves to a worker
- * thread and k runs there; otherwise k runs at once. See server_wait.h. */
-extern int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
-
-/* The park/resume API of server_wait.h as function pointers, set when
- * oflua.server is loaded (NULL before: then no handler can be running, do
- * the work synchronously). Other native modules (oflua.store's group
- * commit) reach it through here: the binary opens each side object with
- * RTLD_LOCAL, so they cannot call oflua_wait_* directly. */
+/* The park/resume API of server_wait.h as a table of functions. oflua.server
+ * puts a pointer to it (light userdata) in the registry of every VM it makes
+ * (OFLUA_REG_WAIT_API); oflua__wait_api(L) reads it: NULL outside a server
+ * VM (then no handler runs there: do the work synchronously). Other native
+ * modules (the store's group commit, blocking calls that must offload) reach
+ * the API through here: each module is its own shared object, opened
+ * RTLD_LOCAL, so they cannot call oflua_wait_* directly.
+ *   offload(L, k, ctx): call before blocking the thread (sleep, network,
+ *   disk): a handler running inline on an I/O thread first moves to its
+ *   VM's worker thread and k runs there; otherwise k runs at once. */
 struct oflua_waiter;
 typedef struct oflua_wait_api {
   struct oflua_waiter *(*begin)(lua_State *L, void (*release)(void *ud), void *ud);
@@ -88,7 +87,14 @@ typedef struct oflua_wait_api {
   int (*can_park)(lua_State *L);
   int (*offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
 } oflua_wait_api;
-extern const oflua_wait_api *oflua__wait;
+#define OFLUA_REG_WAIT_API "oflua.wait_api"
+
+static inline const oflua_wait_api *oflua__wait_api(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_WAIT_API);
+  const oflua_wait_api *api = (const oflua_wait_api *)lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return api;
+}
 
 /* Registry key of the handler loaded by oflua_load_handler. */
 #define OFLUA_REG_HANDLER "oflua.handler"

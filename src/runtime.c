@@ -81,9 +81,6 @@ static int core_monotonic(lua_State *L) {
   return 1;
 }
 
-int (*oflua__offload)(lua_State *L, lua_KFunction k, lua_KContext ctx) = NULL;
-const oflua_wait_api *oflua__wait = NULL;
-
 static int core_sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status, (void)ctx;
   oflua__sleep((double)lua_tonumber(L, 1));
@@ -91,11 +88,12 @@ static int core_sleep_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 /* sleep(seconds): blocks the calling thread (a server handler is moved off
- * an I/O thread first: oflua__offload). */
+ * an I/O thread first: oflua__wait_api). */
 static int core_sleep(lua_State *L) {
   lua_Number s = luaL_checknumber(L, 1);
   luaL_argcheck(L, s >= 0 && s <= 86400, 1, "seconds must be within [0, 86400]");
-  if (oflua__offload != NULL) return oflua__offload(L, core_sleep_k, 0);
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, core_sleep_k, 0);
   return core_sleep_k(L, LUA_OK, 0);
 }
 

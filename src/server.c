@@ -1031,6 +1031,7 @@ static lua_State *load_vm(lua_State *L, const listen_opts *o, int id, char *err,
   lua_State *V = oflua__state_new(oflua__state_lua_dir(L), err, errlen);
   if (V == NULL) return NULL;
   lua_gc(V, LUA_GCGEN, 0, 0);
+  srv_install_wait_api(V);
   /* no traceback: the message names the file and line, and is shown to
    * users of `oflua serve` as one line */
   load_ctx c = {L, o->args_idx, o->script, id};
@@ -1238,7 +1239,6 @@ int luaopen_oflua_server(lua_State *L) {
   }
   lua_pop(L, 1);
   srv_shared_methods(L);
-  srv_install_offload();
   luaL_newlib(L, funcs);
   lua_pushstring(L, MHD_get_version());
   lua_setfield(L, -2, "mhd_version");

@@ -189,7 +189,7 @@ int srv_sleep(lua_State *L);
 worker *srv_borrow_vm(server *s);
 int srv_run_inline(worker *w, job *j, double slice);
 void srv_release_vm(worker *w);
-void srv_install_offload(void);
+void srv_install_wait_api(lua_State *V); /* in a new VM, before anything runs */
 
 /* server.c: answers (once) and resumes the suspended connection; takes the
  * response (destroyed if the job was already answered). */

@@ -11,9 +11,9 @@
  * calls block the calling thread instead, so a C function needs one code
  * path only.
  *
- * Code outside the server module (another side object: the binary opens
- * them RTLD_LOCAL) uses the same functions through the oflua__wait table
- * of internal.h, which is NULL until oflua.server is loaded.
+ * Code outside the server module (another native module: each is its own
+ * shared object, opened RTLD_LOCAL) uses the same functions through the
+ * table oflua__wait_api(L) of internal.h (NULL outside a server VM).
  *
  * Usage, in a lua_CFunction f(L):
  *
@@ -61,8 +61,8 @@ int oflua_wait_park(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext
  * park): return oflua_wait_offload(L, k, ctx) as the last statement. When
  * the handler runs inline on an I/O thread (the fast path) it first moves
  * to its VM's worker thread and k runs there; otherwise k runs at once.
- * (oflua__offload in internal.h is the same function for code outside the
- * server module.) */
+ * (oflua__wait_api(L)->offload in internal.h is the same function for code
+ * outside the server module.) */
 int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx);
 
 /* Completes w after `seconds` (a process-wide timer thread). */

@@ -666,9 +666,9 @@ int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
 static const oflua_wait_api wait_api = {oflua_wait_begin, oflua_wait_complete, oflua_wait_park,
                                          oflua_wait_timer, oflua_wait_can_park, offload};
 
-void srv_install_offload(void) {
-  oflua__offload = offload;
-  oflua__wait = &wait_api;
+void srv_install_wait_api(lua_State *V) {
+  lua_pushlightuserdata(V, (void *)&wait_api);
+  lua_setfield(V, LUA_REGISTRYINDEX, OFLUA_REG_WAIT_API);
 }
 
 static void *worker_main(void *arg) {
@@ -719,10 +719,12 @@ static void *worker_main(void *arg) {
     while (p != NULL) {
       job *pn = p->pnext;
       if (s->qstop || p->deadline <= now) {
+        w->busy = 1; /* the VM is in use: no I/O thread may borrow it */
         pthread_mutex_unlock(&s->qmu);
         parked_remove(w, p);
         abandon(w, p, s->qstop ? "server stopping" : "time limit (parked)");
         pthread_mutex_lock(&s->qmu);
+        w->busy = 0;
         expired = 1;
         break; /* the lists may have changed: look again */
       }

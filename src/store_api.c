@@ -1231,9 +1231,10 @@ static int store_inbox_add_grouped(lua_State *L) {
     return push_err(L, "invalid", "oflua.store: payload too large");
   lua_settop(L, 3);
   READY(L, s);
-  /* oflua.server's park/resume functions (internal.h), once it is loaded:
-   * the store cannot link against the server's side object. */
-  const oflua_wait_api *api = oflua__wait;
+  /* oflua.server's park/resume functions, from the registry of a server VM
+   * (internal.h; NULL elsewhere): the store cannot link against the server's
+   * side object. */
+  const oflua_wait_api *api = oflua__wait_api(L);
   if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
   if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
     store_group_unref(s->group);

@@ -61,15 +61,18 @@ void oflua__hex_encode(char *out, const unsigned char *in, size_t n) {
   }
 }
 
-const char oflua__b64_std[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-const char oflua__b64_url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+static const char *b64_alphabet(int url) {
+  return url ? "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+             : "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+}
 
 size_t oflua__b64_len(size_t n, int pad) {
   size_t rest = n % 3;
   return n / 3 * 4 + (rest == 0 ? 0 : pad ? 4 : rest + 1);
 }
 
-void oflua__b64_encode(char *o, const unsigned char *s, size_t len, const char *a, int pad) {
+void oflua__b64_encode(char *o, const unsigned char *s, size_t len, int url, int pad) {
+  const char *a = b64_alphabet(url);
   size_t full = len / 3, rest = len % 3;
   for (size_t i = 0; i < full; i++, s += 3) {
     uint32_t v = (uint32_t)s[0] << 16 | (uint32_t)s[1] << 8 | s[2];
@@ -94,8 +97,9 @@ static int b64_index(const char *alphabet, unsigned char c) {
   return p != NULL ? (int)(p - alphabet) : -1;
 }
 
-long long oflua__b64_decode(unsigned char *out, const char *in, size_t n, const char *a, int pad,
+long long oflua__b64_decode(unsigned char *out, const char *in, size_t n, int url, int pad,
                             const char **why) {
+  const char *a = b64_alphabet(url);
   size_t npad = 0;
   if (pad) {
     if (n % 4 != 0) {

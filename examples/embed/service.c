@@ -224,7 +224,10 @@ static void serve_one(oflua_runtime *rt, int fd, const char *peer) {
       send_error(fd, 500);
     } else {
       /* On a Lua error the response is a generic 500 and err says why:
-       * the details go to our log, never to the client. */
+       * the details go to our log, never to the client. err has been
+       * through the runtime's error filter (ofauth.redact, loaded by
+       * handler.lua, installs it; a failing filter gives a fixed
+       * placeholder), as have the errors of oflua_call and oflua_run_*. */
       if (err[0] != '\0') fprintf(stderr, "service: handler error: %s\n", err);
       /* Status 0: the handler returned server.DROP (close without answering). */
       if (resp.status != 0)

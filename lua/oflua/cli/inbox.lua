@@ -22,11 +22,13 @@ local cmd = cli.command({
   env = { "OFLUA_STORE", "OFLUA_STORE_KEY_FILE", "OFLUA_STORE_KEY" },
   flags = { STORE[1], STORE[2], STORE[3], "json" },
   subcommands = {
-    { name = "list", max_args = 0, summary = "count the events by state, then list the dead letters",
-      description = "Counts the events by state (pending, claimed, done, dead) and lists the dead\n"
-        .. "letters. Pending and claimed events are counted, not listed: the store's inbox API has\n"
-        .. "no way to enumerate them without leasing them.",
-      flags = { { "limit", "N", "list at most N dead letters (default 50)", type = "number", min = 1,
+    { name = "list", max_args = 0, summary = "count the events by state, then list them",
+      description = "Counts the events by state (pending, claimed, done, dead), then lists the events\n"
+        .. "that are not done (or those in --state), oldest first: id, type, state, attempts,\n"
+        .. "next attempt and last error. Listing leases nothing: the running app is not disturbed.",
+      flags = { { "state", "STATE", "list only the events in STATE", choices = { "pending", "claimed", "done",
+        "dead", "all" } },
+        { "limit", "N", "list at most N events (default 50)", type = "number", min = 1,
         max = 100000, integer = true } } },
     { name = "show", args = "ID", min_args = 1, max_args = 1,
       summary = "one event: state, attempts, last error, next attempt, event type" },
@@ -98,12 +100,38 @@ local function print_dead(rows)
   table_out({ { "id", 28 }, { "type", 22 }, { "attempts", 8 }, { "last error", 40 } }, t)
 end
 
+-- Events in the given states (a list), oldest first, at most limit, without
+-- leasing any (s:inbox_list pages by row id).
+local function list_rows(states, limit)
+  local out = {}
+  for _, state in ipairs(states) do
+    local after = 0
+    while #out < limit do
+      local items, cursor = st:inbox_list({ state = state, limit = math.min(limit - #out, 500), after = after })
+      if not items then cli.fail(tostring(cursor)) end
+      for _, it in ipairs(items) do
+        out[#out + 1] = { id = it.id, type = event_type(it.payload), state = it.state, attempts = it.attempts,
+          next_attempt_at = it.state == "pending" and when(it.next_attempt_at) or nil,
+          last_error = clean(it.last_error), created = it.created_at }
+      end
+      if #items == 0 or cursor == nil or cursor == after then break end
+      after = cursor
+    end
+  end
+  table.sort(out, function(a, b) return (a.created or 0) < (b.created or 0) end)
+  for _, r in ipairs(out) do r.created = nil end
+  return out
+end
+
 if command == "list" then
   local stats = st:inbox_stats()
-  local dead = dead_rows(opts.limit)
+  local states = { "pending", "claimed", "dead" }
+  if opts.state == "all" then states = { "pending", "claimed", "dead", "done" }
+  elseif opts.state then states = { opts.state } end
+  local rows = list_rows(states, opts.limit or 50)
   if opts.json then
-    local out = cjson.encode({ counts = stats, dead = #dead > 0 and dead or nil })
-    if #dead == 0 then out = out:sub(1, -2) .. ',"dead":[]}' end -- cjson 2.1 has no empty array
+    local out = cjson.encode({ counts = stats, events = #rows > 0 and rows or nil })
+    if #rows == 0 then out = out:sub(1, -2) .. ',"events":[]}' end -- cjson 2.1 has no empty array
     print(out)
     return 0
   end
@@ -112,9 +140,14 @@ if command == "list" then
     parts[#parts + 1] = ("%s %d"):format(k, stats[k] or 0)
   end
   print(table.concat(parts, ", "))
-  if (stats.dead or 0) > 0 then
+  if #rows > 0 then
     print()
-    print_dead(dead)
+    local t = {}
+    for i, r in ipairs(rows) do
+      t[i] = { r.id, r.type, r.state, tostring(r.attempts), r.next_attempt_at or "", r.last_error or "" }
+    end
+    table_out({ { "id", 28 }, { "type", 22 }, { "state", 8 }, { "attempts", 8 }, { "next attempt", 20 },
+      { "last error", 40 } }, t)
   end
   return 0
 elseif command == "show" then
