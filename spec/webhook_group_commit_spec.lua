@@ -8,7 +8,9 @@
 -- counter) are exactly the 503 answers, so no batch was half-committed or
 -- half-acknowledged. Once the trigger is gone the sender's retries are
 -- taken and every event is handled once. On SQLite, and on PostgreSQL when
--- OFLUA_TEST_PG_URL is set.
+-- OFLUA_TEST_PG_URL is set. And a commit that outlives the handler's time
+-- limit (another process holds SQLite's write lock) is answered 503; the row
+-- lands once the lock is free, and the sender's retry is a duplicate.
 local h = require("spec.helper")
 local cjson = require("cjson")
 local core = require("oflua.core")
@@ -82,11 +84,11 @@ describe("webhook group commit", function()
     backends.cleanup()
   end)
 
-  local function serve(args)
+  local function serve(args, flags)
     local out, errf = dir .. "/serve.out", dir .. "/serve.err"
     os.remove(out)
-    local pid = h.sh(("%s serve %s -p 0 -w 2 -- %s >%s 2>>%s & echo $!"):format(h.shq(h.bin),
-      h.shq(FIX .. "receiver.lua"), h.shq(cjson.encode(args)), h.shq(out), h.shq(errf)))
+    local pid = h.sh(("%s serve %s -p 0 -w 2 %s -- %s >%s 2>>%s & echo $!"):format(h.shq(h.bin),
+      h.shq(FIX .. "receiver.lua"), flags or "", h.shq(cjson.encode(args)), h.shq(out), h.shq(errf)))
     pid = assert(tonumber(pid), "no pid")
     pids[#pids + 1] = pid
     local url = eventually(function() return h.slurp(out):match("listening on (http://[%d.:]+)") end, 20)
@@ -144,4 +146,38 @@ describe("webhook group commit", function()
         be.name, ok, refused, g.errors, g.batches))
     end)
   end
+
+  it("answers 503 when the commit outlives the handler's time limit; the retry is a duplicate", function()
+    local target = backends.sqlite.new()
+    local key = store.keygen()
+    local pid, url = serve({ source_dir = h.source_dir, store = { path = target, key = key } },
+      "--handler-timeout 1")
+    -- another process holds the write lock for 3 s (the committer waits up to
+    -- busy_timeout_ms, 5 s, for it)
+    local started = dir .. "/locked"
+    local holder = h.sh(("%s -e %s >/dev/null 2>&1 & echo $!"):format(h.shq(h.bin), h.shq(([[
+      local st = assert(require("oflua.store").open({ path = %q, key = %q }))
+      st:transaction(function()
+        assert(st:put("lock", "held"))
+        io.open(%q, "w"):close()
+        require("oflua.core").sleep(3)
+      end)]]):format(target, key, started))))
+    assert.truthy(eventually(function()
+      local f = io.open(started)
+      if f then f:close() end
+      return f ~= nil
+    end, 10), "the lock holder did not start")
+    local first = send(url, { 1 })
+    assert.equal(503, first[1])
+    local st <close> = assert(store.open({ path = target, key = key }))
+    -- the row lands once the lock is released
+    assert.truthy(eventually(function() return st:inbox_get("svix:msg_gc_1") end, 20),
+      "the late commit did not land")
+    local again = send(url, { 1 })
+    assert.equal(200, again[1])
+    assert.truthy(eventually(function() return st:get("processed:msg_gc_1") == "1" end, 20))
+    os.execute("kill -TERM " .. pid)
+    os.execute("kill " .. tonumber(holder) .. " 2>/dev/null")
+    assert.truthy(eventually(function() return not alive(pid) end, 20), "server did not stop")
+  end)
 end)
