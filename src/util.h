@@ -1,9 +1,11 @@
 /*
  * util.h: the one copy of the small helpers every C file of liboflua needs
- * (clocks, sleeping, hex, base64, HTTP token/value validators, byte
- * duplication, thread-safe strerror). Plain C: nothing here touches Lua, so
- * any file (and any thread) may use it. Compiled into the binary, liboflua
- * and each side object that needs it.
+ * (clocks, sleeping, hex digits, HTTP token/value validators, byte
+ * duplication, SipHash, random bytes, thread-safe strerror). Plain C:
+ * nothing here touches Lua, so any file (and any thread) may use it.
+ * Compiled into the binary, liboflua and each side object that needs it.
+ * The hex and base64 codecs are crypto_codec.c's (one copy, shared by
+ * oflua.crypto, the webhook verifier and the store).
  */
 #ifndef OFLUA_UTIL_H
 #define OFLUA_UTIL_H
@@ -23,21 +25,6 @@ void oflua__mono_deadline(struct timespec *ts, double s);
 
 /* Value of a hex digit (either case), or -1. */
 int oflua__hexval(unsigned char c);
-/* Lower-case hex of in[0..n) into out (2n bytes, not terminated). */
-void oflua__hex_encode(char *out, const unsigned char *in, size_t n);
-
-/* Base64 (RFC 4648): url 0 for the standard alphabet (section 4), 1 for the
- * URL-safe one (section 5); pad: 1 for '=' padding. out must hold
- * oflua__b64_len(n, pad) bytes (not terminated). (No global tables here:
- * this file is compiled into several shared objects of one process.) */
-size_t oflua__b64_len(size_t n, int pad);
-void oflua__b64_encode(char *out, const unsigned char *in, size_t n, int url, int pad);
-/* Strict decoding (no white space, canonical trailing bits; padding required
- * when pad, refused when not). out holds at least 3 * (n / 4) + 3 bytes.
- * Returns the decoded length, or -1 with a static reason in *why. */
-long long oflua__b64_decode(unsigned char *out, const char *in, size_t n, int url, int pad,
-                            const char **why);
-
 /* 1 if s[0..n) is an HTTP token (RFC 9110: header names, methods). */
 int oflua__is_token(const char *s, size_t n);
 /* 1 if s[0..n) has no CR, LF or NUL (safe as an HTTP header value). */

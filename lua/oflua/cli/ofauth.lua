@@ -339,18 +339,19 @@ local function upload_command()
   local ext = (path:match("%.(%w+)$") or ""):lower()
   local ctype = opts.content_type or TYPES[ext]
   if not ctype then cli.fail("cannot tell the file's type from its name: pass --content-type") end
-  local tty = core.isatty(2) and not opts.quiet
+  -- the shared progress line: stderr only, only on a terminal, erased
+  -- before the result is printed
+  local line = cli.progress(opts.quiet)
   local function bar(p)
-    if not tty then return end
     local width = 30
-    local fill = math.floor(width * p.sent / p.total)
-    io.stderr:write(("\r[%s%s] %3d%%  %d/%d bytes  part %d/%d"):format(("#"):rep(fill),
-      (" "):rep(width - fill), math.floor(100 * p.sent / p.total), p.sent, p.total, p.part, p.parts))
-    if p.sent >= p.total then io.stderr:write("\n") end
-    io.stderr:flush()
+    local fill = p.total > 0 and math.floor(width * p.sent / p.total) or width
+    line:update(("[%s%s] %3d%%  %d/%d bytes  part %d/%d"):format(("#"):rep(fill),
+      (" "):rep(width - fill), p.total > 0 and math.floor(100 * p.sent / p.total) or 100, p.sent, p.total,
+      p.part, p.parts))
   end
   local res, err = client():access(opts.connection):upload({ path = path, content_type = ctype,
     filename = opts.filename, on_progress = bar })
+  line:done()
   if not res then api_fail(err) end
   print(ojson.encode(res))
   return 0
