@@ -1,6 +1,7 @@
-# The durable webhook path on PostgreSQL beside the same on SQLite: the
-# bench/webhook.sh "durable" server (ofauth.webhooks.app over oflua.store,
-# handlers inline, 2 workers) with OFLUA's store on a SQLite file, then on a
+# The durable webhook path on PostgreSQL beside the same on SQLite: a
+# server running ofauth.webhooks.app over oflua.store with the app's defaults
+# (group-commit insert, no-op handlers run from the tick, 2 workers) with
+# OFLUA's store on a SQLite file, then on a
 # throwaway PostgreSQL cluster on 127.0.0.1 (scripts/with-postgres, fsync on:
 # each commit is flushed, PostgreSQL's default), and on the same cluster with
 # synchronous_commit=off for the database (commits survive a crash of the
@@ -64,7 +65,8 @@ local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st })
 app:on("*", function() end)
 local r = require("oflua.router").new()
 r:post("/webhooks/ofauth", app:handler())
-return r
+-- the app's default: group-commit insert, handlers from the tick (background)
+return { handler = r, tick = app:tick(), tick_interval = app.tick_interval }
 LUA
 
 db_n=0
@@ -106,7 +108,7 @@ run_wrk() { # run_wrk URL POOL -> "rps p99_ms requests non2xx"
 echo "bench/webhook_pg: load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for round in $(seq "$ROUNDS"); do
   for name in sqlite postgresql pg_async; do
-    size=$((SECS * 16000))
+    size=$((SECS * 30000))
     pool "$tmp/pool.tsv" "$size" "$name$round"
     start "$name"
     read -r rps p99 n bad < <(run_wrk "$url" "$tmp/pool.tsv")

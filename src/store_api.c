@@ -46,6 +46,12 @@
  *   s:inbox_add_many(list[, now[, lease_s]]) -> {true | false, ...} | nil, err
  *                            list: {{id =, payload =}, ...} (at most 1000),
  *                            one transaction: all rows or none
+ *   s:inbox_add_grouped(id, payload[, now[, lease_s]]) -> as inbox_add; the
+ *                            insert shares one transaction with concurrent
+ *                            callers (group commit, store_group.c); kind
+ *                            "busy" when the queue is full (4096 rows)
+ *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
+ *                       rejected, queue_depth, peak_depth, hist}
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
  *   s:inbox_done(id[, now]) -> true | false
  *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
@@ -63,6 +69,7 @@
  * the namespace names, which are stored in clear.
  */
 #include "internal.h"
+#include "store_group.h"
 #include "store_internal.h"
 
 #include <math.h>
@@ -227,6 +234,15 @@ static store_handle *check_open(lua_State *L, int idx) {
 }
 
 static void store_shut(store_handle *s) {
+  if (s->group != NULL) {
+    if (store_group_ours(s->group)) store_group_unref(s->group);
+    s->group = NULL;
+  }
+  if (s->db != NULL) {
+    ofc_cleanse(s->db, strlen(s->db));
+    free(s->db);
+    s->db = NULL;
+  }
   if (s->c != NULL) {
     while (s->be->tx_depth(s->c) > 0) s->be->tx_rollback(s->c);
     s->be->close(s->c);
@@ -467,9 +483,21 @@ static int new_handle(lua_State *L, int opts) {
   }
   store_open_opts bo = {o.path, o.url, o.sync, (long)o.busy_ms, (long)o.connect_timeout_s,
                         o.create};
+  const char *db = o.url != NULL ? o.url : o.path;
+  s->db = malloc(strlen(db) + 1);
+  if (s->db == NULL) {
+    ofc_cleanse(s->master, sizeof s->master);
+    return push_err(L, "db", "oflua.store: out of memory");
+  }
+  memcpy(s->db, db, strlen(db) + 1);
+  s->gopts = bo;
+  s->gopts.path = o.url != NULL ? NULL : s->db;
+  s->gopts.url = o.url != NULL ? s->db : NULL;
+  s->gopts.sync = strcasecmp(o.sync, "FULL") == 0 ? "FULL" : "NORMAL";
   s->c = s->be->open(&bo, err, sizeof err);
   if (s->c == NULL) {
     ofc_cleanse(s->master, sizeof s->master);
+    store_shut(s);
     return push_err(L, "invalid", "oflua.store: %s", err);
   }
   const char *kind;
@@ -1148,6 +1176,146 @@ static int store_inbox_add_many(lua_State *L) {
   return 1;
 }
 
+/* ---- group commit ------------------------------------------------------------
+ * s:inbox_add_grouped(id, payload[, now[, lease_s]]) is inbox_add whose
+ * write transaction is shared with the other deliveries that arrive at the
+ * same time (store_group.c). The row is sealed here, in the caller's thread;
+ * then the caller waits for the committer: an oflua.server handler parks
+ * (its worker serves other requests meanwhile, server_wait.h), anything else
+ * blocks. The answer comes only after the batch holding the row committed. */
+
+/* The completion of a parked handler: wake it through the server. */
+static void grouped_complete(group_item *it) {
+  const oflua_wait_api *api = it->aux;
+  api->complete((struct oflua_waiter *)it->token);
+}
+
+static void grouped_release(void *ud) {
+  free(ud);
+}
+
+/* Pushes the results of a completed item (it still owned by the caller). */
+static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err) {
+  if (rc == 1)
+    return push_err(L, "busy", "oflua.store: the group-commit queue is full (%d rows waiting)",
+                    GROUP_QUEUE_ROWS);
+  if (rc < 0)
+    return push_err(L, rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s", err);
+  if (!inserted) { /* a duplicate, or a row under a key id no longer current */
+    if (s->c == NULL) return push_err(L, "db", "oflua.store: the store was closed meanwhile");
+    int f = check_fresh(L, s);
+    if (f) return f;
+  }
+  lua_pushboolean(L, inserted);
+  return 1;
+}
+
+static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  group_item *it = (group_item *)ctx; /* freed by grouped_release, after this */
+  char err[sizeof it->err];
+  memcpy(err, it->err, sizeof err);
+  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err);
+}
+
+static int store_inbox_add_grouped(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  /* A private in-memory database cannot be shared with a committer. */
+  if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) return store_inbox_add(L);
+  size_t elen, plen;
+  const char *eid = check_id(L, 2, &elen, "event id");
+  const char *payload = luaL_checklstring(L, 3, &plen);
+  double now = opt_now(L, 4);
+  lua_Number lease = opt_lease(L, 5);
+  if (plen > MAX_VALUE - BOX_OVERHEAD)
+    return push_err(L, "invalid", "oflua.store: payload too large");
+  lua_settop(L, 3);
+  READY(L, s);
+  /* oflua.server's park/resume functions, from the registry of a server VM
+   * (internal.h; NULL elsewhere): the store cannot link against the server's
+   * side object. */
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
+  if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
+    store_group_unref(s->group);
+    s->group = NULL;
+  }
+  if (s->group == NULL) {
+    char err[300];
+    s->group = store_group_get(s->be, &s->gopts, s->ns, s->kid, err, sizeof err);
+    if (s->group == NULL) return push_err(L, "db", "oflua.store: %s", err);
+    s->group_kid = s->kid;
+  }
+  size_t eb = elen + BOX_OVERHEAD, pb = plen + BOX_OVERHEAD;
+  group_item *it = malloc(sizeof *it + eb + pb);
+  if (it == NULL) return push_err(L, "db", "oflua.store: out of memory");
+  memset(it, 0, sizeof *it);
+  store_aad a;
+  if (store_blind(s->keys.index, aad(&a, s, D_IN_INDEX, eid, elen), it->ev.idx) != 0 ||
+      store_seal(s, s->keys.aead, eid, elen, aad(&a, s, D_IN_ID, NULL, 0), it->data) != 0 ||
+      store_seal(s, s->keys.aead, payload, plen, aad(&a, s, D_IN_PAYLOAD, eid, elen),
+                 it->data + eb) != 0) {
+    free(it);
+    return push_err(L, "db", "oflua.store: encryption failed");
+  }
+  it->ev.ebox = cb(it->data, eb);
+  it->ev.pbox = cb(it->data + eb, pb);
+  it->ev.state = lease > 0 ? "claimed" : "pending";
+  it->ev.next_at = lease > 0 ? now + (double)lease : now;
+  it->ev.now = now;
+  it->bytes = eb + pb + sizeof *it;
+  if (api == NULL) { /* not a server VM: block this thread */
+    int rc = store_group_submit(s->group, it);
+    if (rc == 0) store_group_wait(s->group, it);
+    else it->rc = 1;
+    int r = it->rc, ins = it->inserted;
+    char err[sizeof it->err];
+    memcpy(err, it->err, sizeof err);
+    free(it);
+    return grouped_results(L, s, r, ins, err);
+  }
+  struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
+  it->complete = grouped_complete;
+  it->token = w;
+  it->aux = api;
+  if (store_group_submit(s->group, it) != 0) {
+    it->rc = 1;
+    api->complete(w);
+  }
+  return api->park(L, w, grouped_k, (lua_KContext)it);
+}
+
+/* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
+ * peak_depth, hist = {n1, n2, n4, ..., n256}} of the group commit on this
+ * handle's database (process-wide: every handle on it); zeros before the
+ * handle's first inbox_add_grouped. */
+static int store_group_stats_lua(lua_State *L) {
+  store_handle *s = to_store(L, 1);
+  store_group_stats st;
+  memset(&st, 0, sizeof st);
+  if (s->group != NULL && store_group_ours(s->group)) store_group_stats_get(s->group, &st);
+  lua_createtable(L, 0, 9);
+#define F(name, v)                        \
+  lua_pushinteger(L, (lua_Integer)(v)); \
+  lua_setfield(L, -2, name)
+  F("batches", st.batches);
+  F("rows", st.rows);
+  F("max_batch", st.max_batch);
+  F("errors", st.errors);
+  F("failed_rows", st.failed_rows);
+  F("rejected", st.rejected);
+  F("queue_depth", st.depth);
+  F("peak_depth", st.peak_depth);
+#undef F
+  lua_createtable(L, GROUP_HIST, 0);
+  for (int i = 0; i < GROUP_HIST; i++) {
+    lua_pushinteger(L, (lua_Integer)st.hist[i]);
+    lua_rawseti(L, -2, i + 1);
+  }
+  lua_setfield(L, -2, "hist");
+  return 1;
+}
+
 /* s:inbox_claim(n, lease_s[, now[, max_attempts]]) -> {{id, payload, attempts}, ...} | nil, err
  * Hands out up to n due events (oldest due first) and leases them for
  * lease_s seconds; an event whose lease expired is handed out again and the
@@ -1595,6 +1763,8 @@ int luaopen_oflua_store(lua_State *L) {
       {"info", store_info},
       {"inbox_add", store_inbox_add},
       {"inbox_add_many", store_inbox_add_many},
+      {"inbox_add_grouped", store_inbox_add_grouped},
+      {"group_stats", store_group_stats_lua},
       {"inbox_claim", store_inbox_claim},
       {"inbox_done", store_inbox_done},
       {"inbox_fail", store_inbox_fail},

@@ -61,6 +61,13 @@ typedef struct {
   unsigned pool_gen;
   unsigned char pool[NONCE_POOL];
   char ns[MAX_NS + 1];
+  /* Group commit (store_group.c): the options to open the committer's own
+   * connection (db: a malloc'd copy of the path or URL, wiped on close), and
+   * the group once used, for key id group_kid. */
+  char *db;
+  store_open_opts gopts;
+  struct store_group *group;
+  int64_t group_kid;
 } store_handle;
 
 /* Length-prefixed concatenation: the AAD of a box and the input of a blind

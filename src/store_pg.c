@@ -27,6 +27,7 @@
 #include "store_backend.h"
 
 #include <endian.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -728,9 +729,101 @@ static int pg_kv_reseal(store_conn *c, int64_t id, const unsigned char *idx, int
 
 /* ---- inbox ----------------------------------------------------------------- */
 
+/* Several rows in one statement (one round trip, atomic without a
+ * transaction of its own: the group commit's batches). RETURNING names the
+ * new rows' indexes; of two rows with one index, the first is the new one.
+ * Rows go in blind-index order: two processes inserting overlapping batches
+ * (a delivery and its retry at two receivers) then wait for each other's
+ * uncommitted keys in one order, never in a cycle (a deadlock would fail
+ * both batches). */
+#define MULTI_COLS 6
+static const store_new_event *sort_ev;
+static int by_idx(const void *a, const void *b) {
+  int x = *(const int *)a, y = *(const int *)b;
+  int c = memcmp(sort_ev[x].idx, sort_ev[y].idx, STORE_IDX_LEN);
+  return c != 0 ? c : (x > y) - (x < y);
+}
+static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const store_new_event *ev,
+                              int n, int *inserted) {
+  int np = 2 + MULTI_COLS * n;
+  size_t sqlcap = 512 + (size_t)n * 128;
+  char *sql = malloc(sqlcap);
+  const char **vals = calloc((size_t)np, sizeof *vals);
+  int *lens = calloc((size_t)np, sizeof *lens), *fmts = calloc((size_t)np, sizeof *fmts);
+  char(*num)[32] = calloc((size_t)n * 2 + 1, sizeof *num);
+  int *order = malloc((size_t)n * sizeof *order);
+  int rc = 0;
+  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL || order == NULL) {
+    rc = oom(q);
+    goto out;
+  }
+  for (int i = 0; i < n; i++) order[i] = i;
+  static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER; /* qsort has no context argument */
+  pthread_mutex_lock(&sort_mu);
+  sort_ev = ev;
+  qsort(order, (size_t)n, sizeof *order, by_idx);
+  sort_ev = NULL;
+  pthread_mutex_unlock(&sort_mu);
+  size_t o = (size_t)snprintf(sql, sqlcap,
+                              "INSERT INTO oflua_inbox (ns, eidx, kid, ebox, pbox, state, attempts,"
+                              " next_at, created_at, updated_at)"
+                              " SELECT $1::text, v.e, $2::bigint, v.b, v.p, v.s, 0, v.x, v.t, v.t"
+                              " FROM (VALUES ");
+  vals[0] = ns;
+  snprintf(num[0], sizeof num[0], "%lld", (long long)kid);
+  vals[1] = num[0];
+  for (int r = 0; r < n; r++) {
+    int i = order[r], b = 3 + MULTI_COLS * r;
+    o += (size_t)snprintf(sql + o, sqlcap - o,
+                          "%s($%d::bytea, $%d::bytea, $%d::bytea, $%d::float8, $%d::text, $%d::float8)",
+                          r ? ", " : "", b, b + 1, b + 2, b + 3, b + 4, b + 5);
+    int k = b - 1;
+    vals[k] = (const char *)ev[i].idx;
+    lens[k] = STORE_IDX_LEN;
+    fmts[k] = 1;
+    vals[k + 1] = ev[i].ebox.n > 0 ? (const char *)ev[i].ebox.p : "";
+    lens[k + 1] = (int)ev[i].ebox.n;
+    fmts[k + 1] = 1;
+    vals[k + 2] = ev[i].pbox.n > 0 ? (const char *)ev[i].pbox.p : "";
+    lens[k + 2] = (int)ev[i].pbox.n;
+    fmts[k + 2] = 1;
+    snprintf(num[1 + 2 * r], sizeof num[0], "%.17g", ev[i].now);
+    vals[k + 3] = num[1 + 2 * r];
+    vals[k + 4] = ev[i].state;
+    snprintf(num[2 + 2 * r], sizeof num[0], "%.17g", ev[i].next_at);
+    vals[k + 5] = num[2 + 2 * r];
+  }
+  snprintf(sql + o, sqlcap - o,
+           ") AS v(e, b, p, t, s, x) WHERE " KID_GUARD " = $2::bigint"
+           " ON CONFLICT (ns, eidx) DO NOTHING RETURNING eidx");
+  PGresult *r = run(q, -1, sql, np, vals, lens, fmts, &rc);
+  if (r == NULL) goto out;
+  for (int i = 0; i < n; i++) inserted[i] = 0;
+  int rows = PQntuples(r);
+  for (int j = 0; j < rows; j++) {
+    if (PQgetlength(r, j, 0) != STORE_IDX_LEN) continue;
+    const char *idx = PQgetvalue(r, j, 0);
+    for (int i = 0; i < n; i++)
+      if (memcmp(ev[i].idx, idx, STORE_IDX_LEN) == 0) {
+        inserted[i] = 1;
+        break;
+      }
+  }
+  PQclear(r);
+out:
+  free(sql);
+  free(vals);
+  free(lens);
+  free(fmts);
+  free(num);
+  free(order);
+  return rc;
+}
+
 static int pg_inbox_add(store_conn *c, const char *ns, int64_t kid, const store_new_event *ev,
                         int n, int *inserted) {
   pg_conn *q = PG(c);
+  if (n > 1) return pg_inbox_add_multi(q, ns, kid, ev, n, inserted);
   int tx = n > 1, rc;
   if (tx && (rc = pg_tx_begin(c, 0)) != 0) return rc;
   for (int i = 0; i < n; i++) {

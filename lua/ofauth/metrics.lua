@@ -20,6 +20,12 @@
 --   rate_limited_total                   429 / RATE_LIMIT_EXCEEDED answers
 --   retries_total{reason}                retries the policy made
 --   session_expired_total                SESSION_EXPIRED answers and webhooks
+--   store_group_*                        group commit of the webhook inbox (read from
+--                                        st:group_stats() of the stores given to
+--                                        track_store: process-wide, not per VM):
+--                                        batches_total, rows_total, errors_total,
+--                                        rejected_total (queue full), queue_depth,
+--                                        max_batch_size, batch_size histogram
 local M = {}
 
 M.buckets = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10 }
@@ -102,6 +108,54 @@ function M.observe(name, labels, value)
   M.dict:incr(key(name .. "_count", labels), 1)
 end
 
+-- Stores whose group-commit counters prometheus() reports (weak: a closed,
+-- collected handle drops out).
+M.stores = setmetatable({}, { __mode = "k" })
+function M.track_store(st) M.stores[st] = true end
+
+local GROUP_BUCKETS = { 1, 2, 4, 8, 16, 32, 64, 128, 256 }
+
+-- Exposition lines of the tracked stores' group commit (summed).
+local function group_lines()
+  local sum, any = { batches = 0, rows = 0, errors = 0, rejected = 0, queue_depth = 0, max_batch = 0 }, false
+  local hist = {}
+  for st in pairs(M.stores) do
+    local ok, g = pcall(st.group_stats, st)
+    if ok and type(g) == "table" then
+      any = true
+      for k in pairs(sum) do
+        if k == "max_batch" then sum[k] = math.max(sum[k], g[k] or 0) else sum[k] = sum[k] + (g[k] or 0) end
+      end
+      for i = 1, #GROUP_BUCKETS do hist[i] = (hist[i] or 0) + ((g.hist or {})[i] or 0) end
+    end
+  end
+  if not any then return {} end
+  local p = "ofauth_store_group_"
+  local out = {
+    "# HELP " .. p .. "batches_total Inbox group-commit transactions",
+    "# TYPE " .. p .. "batches_total counter", p .. "batches_total " .. sum.batches,
+    "# HELP " .. p .. "errors_total Group-commit transactions that failed (each delivery in them got 503)",
+    "# TYPE " .. p .. "errors_total counter", p .. "errors_total " .. sum.errors,
+    "# HELP " .. p .. "rejected_total Deliveries refused at once because the commit queue was full",
+    "# TYPE " .. p .. "rejected_total counter", p .. "rejected_total " .. sum.rejected,
+    "# HELP " .. p .. "queue_depth Rows waiting for the committer",
+    "# TYPE " .. p .. "queue_depth gauge", p .. "queue_depth " .. sum.queue_depth,
+    "# HELP " .. p .. "max_batch_size Largest batch so far",
+    "# TYPE " .. p .. "max_batch_size gauge", p .. "max_batch_size " .. sum.max_batch,
+    "# HELP " .. p .. "batch_size Rows per group-commit transaction",
+    "# TYPE " .. p .. "batch_size histogram",
+  }
+  local cum = 0
+  for i, b in ipairs(GROUP_BUCKETS) do
+    cum = cum + hist[i]
+    out[#out + 1] = ('%sbatch_size_bucket{le="%d"} %d'):format(p, b, cum)
+  end
+  out[#out + 1] = ('%sbatch_size_bucket{le="+Inf"} %d'):format(p, sum.batches)
+  out[#out + 1] = p .. "batch_size_sum " .. sum.rows
+  out[#out + 1] = p .. "batch_size_count " .. sum.batches
+  return out
+end
+
 --- Value of one series (0 when never counted), e.g. M.value("ofauth_rate_limited_total").
 function M.value(name, labels) return M.dict:get(key(name, labels)) or 0 end
 
@@ -167,6 +221,7 @@ function M.prometheus()
     if #series == 0 and h[1] == "counter" then out[#out + 1] = fam .. " 0" end
     for _, s in ipairs(series) do out[#out + 1] = s .. " " .. fmt(M.dict:get(s) or 0) end
   end
+  for _, l in ipairs(group_lines()) do out[#out + 1] = l end
   return table.concat(out, "\n") .. "\n"
 end
 

@@ -4,7 +4,12 @@
 -- Order of work for one delivery (DESIGN.md):
 --   method and size check -> signature and timestamp -> JSON parse ->
 --   dedupe by idempotency key + durable insert into the store's inbox (one
---   atomic inbox_add) -> 2xx. The handlers run afterwards:
+--   atomic insert) -> 2xx. With group_commit (the default, when the store has
+--   inbox_add_grouped) the insert shares one write transaction with the
+--   deliveries that arrive meanwhile: the handler waits (parked, its worker
+--   serves others) until the store's committer thread has committed the
+--   batch holding it, and a failed batch answers each of its deliveries 503.
+--   The handlers run afterwards:
 --   * process = "background" (the default): from app:tick(), which
 --     oflua.server runs in its own VM and thread (the tick). The answer never
 --     waits for a handler, so a handler that is slow, loops or waits on a
@@ -60,6 +65,7 @@ App.defaults = {
   reject_log_lines = 10, -- rejection log lines per reason and interval (ofauth.log.limited)
   reject_log_interval = 60,
   tick_grace = 10, -- see App:receive: background mode in a server without the tick
+  group_commit = true, -- share the inbox insert's transaction (s:inbox_add_grouped) when the store can
 }
 
 -- Process-wide (per-VM) numbering of apps: every VM of a server runs the same
@@ -132,6 +138,7 @@ function App.new(opts)
     reject_log = { lines = positive(opts, "reject_log_lines", d.reject_log_lines, true),
       interval = positive(opts, "reject_log_interval", d.reject_log_interval) },
     tick_grace = positive(opts, "tick_grace", d.tick_grace, true),
+    group_commit = opts.group_commit,
     process_mode = mode,
     deliveries = 0,
     signature_headers = opts.signature_headers,
@@ -141,6 +148,9 @@ function App.new(opts)
     number = app_count,
     created = monotonic(),
   }, App)
+  if self.group_commit == nil then self.group_commit = d.group_commit end
+  self.group_commit = self.group_commit and type(self.store.inbox_add_grouped) == "function" or false
+  if self.group_commit and self.metrics.track_store then self.metrics.track_store(self.store) end
   if self.lease_s > 7 * 86400 then error("webhooks.app: lease_s must be at most 604800 (7 days)", 2) end
   if self.tick_interval < 0.01 or self.tick_interval > 86400 then
     error("webhooks.app: tick_interval must be within [0.01, 86400] seconds", 2)
@@ -251,9 +261,14 @@ function App:receive(method, raw_body, headers)
   -- write), so no other runner takes it while its handlers run here.
   local inline = self.process_mode == "inline" or self:_tick_missing()
   local key = meta.idempotency_key
-  local inserted, err = self.store:inbox_add(key, pack(stored, raw_body), store_now(self),
+  local add = self.group_commit and self.store.inbox_add_grouped or self.store.inbox_add
+  local inserted, err, kind = add(self.store, key, pack(stored, raw_body), store_now(self),
     inline and self.lease_s or nil)
   if inserted == nil then
+    if kind == "busy" then -- the commit queue is full: shed load at once
+      self.metrics.webhook("overloaded")
+      return reply(503, { error = "overloaded" }, { ["retry-after"] = "1" })
+    end
     log.error("webhook.inbox_failed", { error = tostring(err) })
     return reply(503, { error = "unavailable" }, { ["retry-after"] = "5" })
   end
@@ -365,9 +380,10 @@ end
 -- Record how a claimed item's handlers went: done, or failed (retried with
 -- backoff, dead after max_attempts). `expired`: its attempts are used up by
 -- lease expiries (no handler ran now): dead. Returns ok.
-function App:settle(item, ok, herr, expired)
+function App:settle(item, ok, herr, expired, done_ids)
   if ok then
-    self.store:inbox_done(item.id, store_now(self))
+    if done_ids then done_ids[#done_ids + 1] = item.id -- App:process marks them together
+    else self.store:inbox_done(item.id, store_now(self)) end
     self.metrics.processed()
     return true
   end
@@ -406,6 +422,7 @@ function App:process(n)
   if not items then return nil, err end
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
+  local done_ids = {}
   for _, item in ipairs(items) do
     if (item.attempts or 0) >= self.max_attempts then
       self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
@@ -417,10 +434,34 @@ function App:process(n)
     local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
     local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
     if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
-    if self:settle(item, self:run(item, limit)) then done = done + 1 else failed = failed + 1 end
+    local ok, herr = self:run(item, limit)
+    if self:settle(item, ok, herr, false, done_ids) then done = done + 1 else failed = failed + 1 end
     ::continue::
   end
+  self:mark_done(done_ids)
   return done, failed
+end
+
+-- Marks the events of one claimed batch done in one write transaction (one
+-- commit per batch instead of one per event). A failure leaves them claimed:
+-- their lease runs out and they run again (at-least-once runs, as after a
+-- crash).
+function App:mark_done(ids)
+  if #ids == 0 then return end
+  local t = store_now(self)
+  local st = self.store
+  if #ids > 1 and type(st.transaction) == "function" then
+    local ok, err = pcall(st.transaction, st, function(s)
+      for _, id in ipairs(ids) do
+        local r, e = s:inbox_done(id, t)
+        if r == nil then error(e, 0) end
+      end
+    end)
+    if ok then return end
+    log.limited("webhook.done_failed", "error", "webhook.done_failed", { error = tostring(err) })
+    return
+  end
+  for _, id in ipairs(ids) do st:inbox_done(id, t) end
 end
 
 --- Process due events until none are left (or `limit` rounds).

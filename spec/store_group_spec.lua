@@ -1,0 +1,80 @@
+-- oflua.store's group commit from Lua, outside a server (the caller blocks
+-- until its batch commits): s:inbox_add_grouped answers like inbox_add (new,
+-- duplicate, stale after a rekey), rows land sealed like any other, and
+-- s:group_stats() counts them. The many-threads case is
+-- spec/c/test_store_group.c; parking under oflua.server is covered by
+-- crash_webhooks_spec and webhook_group_commit_spec. On SQLite, and on
+-- PostgreSQL when OFLUA_TEST_PG_URL is set.
+local store = require("oflua.store")
+local backends = require("spec.support.store_backends")
+
+teardown(function() backends.cleanup() end)
+
+for _, be in ipairs(backends.all()) do
+  describe("group commit on " .. be.name, function()
+    local target, key, st
+    before_each(function()
+      target = be.new()
+      key = store.keygen()
+      st = assert(store.open(be.open_opts(target, key)))
+    end)
+    after_each(function() st:close() end)
+
+    it("inserts once, then reports duplicates, like inbox_add", function()
+      assert.is_true(st:inbox_add_grouped("evt1", "payload 1"))
+      assert.is_false(st:inbox_add_grouped("evt1", "payload 1 again"))
+      assert.is_false(st:inbox_add("evt1", "x")) -- the same inbox as the plain insert
+      assert.is_true(st:inbox_add_grouped("evt2", "payload 2", nil, 60)) -- leased to the caller
+      local e = st:inbox_get("evt1")
+      assert.equal("payload 1", e.payload)
+      assert.equal("pending", e.state)
+      assert.equal("claimed", st:inbox_get("evt2").state)
+      local claimed = assert(st:inbox_claim(10, 30))
+      assert.equal(1, #claimed)
+      assert.equal("evt1", claimed[1].id)
+      local g = st:group_stats()
+      assert.equal(3, g.rows)
+      assert.equal(0, g.errors)
+      assert.equal(0, g.queue_depth)
+      local sum = 0
+      for _, n in ipairs(g.hist) do sum = sum + n end
+      assert.equal(g.batches, sum)
+      assert.is_true(g.max_batch >= 1)
+    end)
+
+    it("shares one group between handles of one database", function()
+      local other <close> = assert(store.open(be.open_opts(target, key)))
+      assert.is_true(other:inbox_add_grouped("a", "1"))
+      assert.is_true(st:inbox_add_grouped("b", "2"))
+      assert.equal(2, st:group_stats().rows)
+      assert.equal(2, other:group_stats().rows)
+    end)
+
+    it("refuses a write from a handle the store was rekeyed behind", function()
+      assert.is_true(st:inbox_add_grouped("before", "x"))
+      local admin <close> = assert(store.open(be.open_opts(target, key)))
+      assert(admin:rekey(store.keygen()))
+      local ok, err, kind = st:inbox_add_grouped("after", "y")
+      assert.is_nil(ok)
+      assert.equal("stale", kind)
+      assert.matches("rekeyed", err)
+      assert.is_nil(admin:inbox_get("after"))
+    end)
+
+    it("checks its arguments", function()
+      assert.has_error(function() st:inbox_add_grouped(nil, "x") end)
+      assert.has_error(function() st:inbox_add_grouped("id", {}) end)
+      assert.has_error(function() st:inbox_add_grouped("id", "x", nil, -5) end)
+      assert.has_error(function() st:inbox_add_grouped(("i"):rep(4097), "x") end)
+    end)
+  end)
+end
+
+describe("group commit on a private in-memory SQLite store", function()
+  it("inserts directly (a committer cannot share the database)", function()
+    local st <close> = assert(store.open({ path = ":memory:", key = store.keygen() }))
+    assert.is_true(st:inbox_add_grouped("m1", "x"))
+    assert.is_false(st:inbox_add_grouped("m1", "x"))
+    assert.equal(0, st:group_stats().rows)
+  end)
+end)

@@ -1,0 +1,302 @@
+/*
+ * store_group.c: group commit of webhook inbox inserts (see store_group.h).
+ *
+ * Why: one write transaction per delivery costs a commit (SQLite: a WAL
+ * append and, with synchronous=FULL, an fsync; PostgreSQL: a WAL flush and
+ * a round trip) whatever its size, so concurrent deliveries share one.
+ * Sealing stays in the calling threads (in parallel); the committer only
+ * runs the SQL.
+ *
+ * Lifetime. Groups live in a process-wide list under reg_mu. A handle that
+ * used group commit holds a reference; the committer thread owns the group
+ * and frees it when no handle refers to it and its queue is empty (so an
+ * item of an abandoned handler is still completed, and a test process that
+ * opens many stores does not keep a thread and a connection for each).
+ * Lock order: reg_mu, then g->mu. Items are completed outside g->mu.
+ */
+#include "store_group.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct store_group {
+  store_group *next;
+  const store_backend *be;
+  char *db, *sync;
+  store_open_opts opts;
+  int64_t kid;
+  pid_t pid;
+  char ns[STORE_MAX_NS + 1];
+  pthread_mutex_t mu;
+  pthread_cond_t work; /* the committer waits for rows or the last unref */
+  pthread_cond_t done; /* blocking callers wait for their item */
+  int refs;
+  group_item *head, *tail;
+  size_t depth, qbytes;
+  store_conn *conn; /* the committer's own */
+  store_group_stats st;
+  /* the committer's batch, reused */
+  store_new_event ev[GROUP_BATCH_ROWS];
+  int inserted[GROUP_BATCH_ROWS];
+  group_item *batch[GROUP_BATCH_ROWS];
+};
+
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static store_group *reg_head = NULL;
+/* The process the registry's groups (and their committer threads) belong
+ * to: a child of fork() has none of the threads, so it starts afresh. */
+static pid_t reg_pid = 0;
+
+static void group_free(store_group *g) {
+  if (g->conn != NULL) {
+    while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
+    g->be->close(g->conn);
+  }
+  pthread_mutex_destroy(&g->mu);
+  pthread_cond_destroy(&g->work);
+  pthread_cond_destroy(&g->done);
+  if (g->db != NULL) {
+    memset(g->db, 0, strlen(g->db)); /* a URL may hold a password */
+    free(g->db);
+  }
+  free(g->sync);
+  free(g);
+}
+
+/* 1 when the group was unlinked (the caller frees it). Called with g->mu
+ * unlocked; takes both locks. */
+static int try_retire(store_group *g) {
+  int gone = 0;
+  pthread_mutex_lock(&reg_mu);
+  pthread_mutex_lock(&g->mu);
+  if (g->refs == 0 && g->head == NULL) {
+    for (store_group **p = &reg_head; *p != NULL; p = &(*p)->next)
+      if (*p == g) {
+        *p = g->next;
+        break;
+      }
+    gone = 1;
+  }
+  pthread_mutex_unlock(&g->mu);
+  pthread_mutex_unlock(&reg_mu);
+  return gone;
+}
+
+static unsigned hist_bucket(int n) {
+  unsigned b = 0;
+  while (b + 1 < GROUP_HIST && (1 << b) < n) b++;
+  return b;
+}
+
+/* One batch: insert, then complete every item with its result. */
+static void commit_batch(store_group *g, int n) {
+  char err[256] = "";
+  int rc = 0;
+  if (g->conn == NULL) {
+    g->conn = g->be->open(&g->opts, err, sizeof err);
+    if (g->conn == NULL) rc = STORE_EUNAVAIL;
+  }
+  if (rc == 0) {
+    for (int i = 0; i < n; i++) g->ev[i] = g->batch[i]->ev;
+    rc = g->be->inbox_add(g->conn, g->ns, g->kid, g->ev, n, g->inserted);
+    if (rc < 0) {
+      snprintf(err, sizeof err, "%s", g->conn->err);
+      while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
+    }
+  }
+  pthread_mutex_lock(&g->mu);
+  g->st.batches++;
+  g->st.rows += (uint64_t)n;
+  if ((uint64_t)n > g->st.max_batch) g->st.max_batch = (uint64_t)n;
+  g->st.hist[hist_bucket(n)]++;
+  if (rc < 0) {
+    g->st.errors++;
+    g->st.failed_rows += (uint64_t)n;
+  }
+  int blocking = 0;
+  for (int i = 0; i < n; i++) {
+    group_item *it = g->batch[i];
+    it->rc = rc < 0 ? rc : 0;
+    it->inserted = rc < 0 ? 0 : g->inserted[i];
+    if (rc < 0) snprintf(it->err, sizeof it->err, "%s", err);
+    if (it->complete == NULL) {
+      it->done = 1; /* the caller may free it as soon as we unlock */
+      blocking = 1;
+    }
+  }
+  if (blocking) pthread_cond_broadcast(&g->done);
+  /* Items with a completion function are ours until completed. */
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (g->batch[i]->complete != NULL) g->batch[m++] = g->batch[i];
+  pthread_mutex_unlock(&g->mu);
+  for (int i = 0; i < m; i++) g->batch[i]->complete(g->batch[i]);
+}
+
+static void *committer(void *arg) {
+  store_group *g = arg;
+  pthread_mutex_lock(&g->mu);
+  for (;;) {
+    while (g->head == NULL && g->refs > 0) pthread_cond_wait(&g->work, &g->mu);
+    if (g->head == NULL) {
+      pthread_mutex_unlock(&g->mu);
+      if (try_retire(g)) break;
+      pthread_mutex_lock(&g->mu);
+      continue;
+    }
+    int n = 0;
+    size_t bytes = 0;
+    while (g->head != NULL && n < GROUP_BATCH_ROWS &&
+           (n == 0 || bytes + g->head->bytes <= GROUP_BATCH_BYTES)) {
+      group_item *it = g->head;
+      g->head = it->next;
+      if (g->head == NULL) g->tail = NULL;
+      it->next = NULL;
+      bytes += it->bytes;
+      g->batch[n++] = it;
+    }
+    g->depth -= (size_t)n;
+    g->qbytes -= bytes;
+    pthread_mutex_unlock(&g->mu);
+    commit_batch(g, n);
+    pthread_mutex_lock(&g->mu);
+  }
+  group_free(g);
+  return NULL;
+}
+
+static char *dup_str(const char *s) {
+  if (s == NULL) return NULL;
+  size_t n = strlen(s) + 1;
+  char *d = malloc(n);
+  if (d != NULL) memcpy(d, s, n);
+  return d;
+}
+
+static store_group *group_new(const store_backend *be, const store_open_opts *o, const char *ns,
+                              int64_t kid, char *err, size_t errlen) {
+  store_group *g = calloc(1, sizeof *g);
+  if (g == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  g->be = be;
+  g->db = dup_str(o->url != NULL ? o->url : o->path);
+  g->sync = dup_str(o->sync != NULL ? o->sync : "NORMAL");
+  g->kid = kid;
+  g->pid = getpid();
+  snprintf(g->ns, sizeof g->ns, "%s", ns);
+  int mu = pthread_mutex_init(&g->mu, NULL) == 0;
+  int c1 = pthread_cond_init(&g->work, NULL) == 0;
+  int c2 = pthread_cond_init(&g->done, NULL) == 0;
+  if (g->db == NULL || g->sync == NULL || !mu || !c1 || !c2) {
+    if (mu) pthread_mutex_destroy(&g->mu);
+    if (c1) pthread_cond_destroy(&g->work);
+    if (c2) pthread_cond_destroy(&g->done);
+    free(g->db);
+    free(g->sync);
+    free(g);
+    snprintf(err, errlen, "out of memory");
+    return NULL;
+  }
+  g->opts = *o;
+  g->opts.path = o->url != NULL ? NULL : g->db;
+  g->opts.url = o->url != NULL ? g->db : NULL;
+  g->opts.sync = g->sync;
+  g->opts.create = 0; /* the handle that asked made the store */
+  g->refs = 1;
+  /* The committer takes no signals (the process's handlers run elsewhere). */
+  sigset_t block, old;
+  sigfillset(&block);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  pthread_t t;
+  pthread_attr_t at;
+  pthread_attr_init(&at);
+  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  int ok = pthread_create(&t, &at, committer, g) == 0;
+  pthread_attr_destroy(&at);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  if (!ok) {
+    g->refs = 0;
+    group_free(g);
+    snprintf(err, errlen, "cannot start the group-commit thread");
+    return NULL;
+  }
+  return g;
+}
+
+store_group *store_group_get(const store_backend *be, const store_open_opts *o, const char *ns,
+                             int64_t kid, char *err, size_t errlen) {
+  const char *db = o->url != NULL ? o->url : o->path;
+  pthread_mutex_lock(&reg_mu);
+  if (reg_pid != getpid()) { /* first use, or a forked child: the parent's groups are not ours */
+    reg_head = NULL;
+    reg_pid = getpid();
+  }
+  for (store_group *g = reg_head; g != NULL; g = g->next) {
+    if (g->be != be || g->kid != kid || strcmp(g->db, db) != 0 || strcmp(g->ns, ns) != 0)
+      continue;
+    pthread_mutex_lock(&g->mu);
+    g->refs++;
+    pthread_mutex_unlock(&g->mu);
+    pthread_mutex_unlock(&reg_mu);
+    return g;
+  }
+  /* Created under reg_mu: the new thread cannot retire it before it is
+   * linked (try_retire takes reg_mu and sees refs == 1 anyway). */
+  store_group *g = group_new(be, o, ns, kid, err, errlen);
+  if (g != NULL) {
+    g->next = reg_head;
+    reg_head = g;
+  }
+  pthread_mutex_unlock(&reg_mu);
+  return g;
+}
+
+int store_group_ours(const store_group *g) {
+  return g->pid == getpid();
+}
+
+void store_group_unref(store_group *g) {
+  pthread_mutex_lock(&g->mu);
+  if (--g->refs == 0) pthread_cond_signal(&g->work);
+  pthread_mutex_unlock(&g->mu);
+}
+
+int store_group_submit(store_group *g, group_item *it) {
+  it->next = NULL;
+  it->done = 0;
+  pthread_mutex_lock(&g->mu);
+  if (g->depth >= GROUP_QUEUE_ROWS ||
+      (g->depth > 0 && g->qbytes + it->bytes > GROUP_QUEUE_BYTES)) {
+    g->st.rejected++;
+    pthread_mutex_unlock(&g->mu);
+    return -1;
+  }
+  if (g->tail != NULL) g->tail->next = it;
+  else g->head = it;
+  g->tail = it;
+  g->depth++;
+  g->qbytes += it->bytes;
+  if (g->depth > g->st.peak_depth) g->st.peak_depth = g->depth;
+  pthread_cond_signal(&g->work);
+  pthread_mutex_unlock(&g->mu);
+  return 0;
+}
+
+void store_group_wait(store_group *g, group_item *it) {
+  pthread_mutex_lock(&g->mu);
+  while (!it->done) pthread_cond_wait(&g->done, &g->mu);
+  pthread_mutex_unlock(&g->mu);
+}
+
+void store_group_stats_get(store_group *g, store_group_stats *st) {
+  pthread_mutex_lock(&g->mu);
+  *st = g->st;
+  st->depth = g->depth;
+  pthread_mutex_unlock(&g->mu);
+}

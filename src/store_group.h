@@ -1,0 +1,68 @@
+/*
+ * store_group.h: group commit of inbox inserts (store_group.c), private to
+ * oflua.store.
+ *
+ * One group per (backend, database file or URL, namespace, key id) in the
+ * process, shared by every store handle on it in every Lua state (all the
+ * worker VMs of a server). A group is a bounded queue of pre-sealed inbox
+ * rows and one committer thread with its own backend connection: it waits
+ * for at least one row, takes everything queued (at most GROUP_BATCH_ROWS
+ * rows / GROUP_BATCH_BYTES bytes), inserts them with the backend's batch
+ * inbox_add (one transaction) and completes every item of the batch with its
+ * own result, or all of them with the same error. No timer: what arrives
+ * during one commit goes into the next.
+ */
+#ifndef OFLUA_STORE_GROUP_H
+#define OFLUA_STORE_GROUP_H
+
+#include "store_backend.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define GROUP_BATCH_ROWS 256
+#define GROUP_BATCH_BYTES ((size_t)1 << 20)
+#define GROUP_QUEUE_ROWS 4096
+#define GROUP_QUEUE_BYTES ((size_t)64 << 20)
+#define GROUP_HIST 9 /* batch-size buckets: <=1, 2, 4, ..., 256 */
+
+typedef struct store_group store_group;
+
+typedef struct group_item group_item;
+struct group_item {
+  group_item *next;
+  store_new_event ev; /* points into data */
+  size_t bytes;
+  /* Called by the committer (without the group's lock) once rc, inserted
+   * and err are set; after it the committer never touches the item. NULL:
+   * a blocking caller waits in store_group_wait. */
+  void (*complete)(group_item *it);
+  void *token;
+  const void *aux;
+  int done; /* blocking callers: under the group's lock */
+  int rc;   /* 0, STORE_EDB or STORE_EUNAVAIL */
+  int inserted;
+  char err[256];
+  unsigned char data[];
+};
+
+typedef struct {
+  uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
+  uint64_t hist[GROUP_HIST];
+} store_group_stats;
+
+/* The group of a database (created with its committer thread on first
+ * use), with one reference for the caller. NULL with a message in err. */
+store_group *store_group_get(const store_backend *be, const store_open_opts *o, const char *ns,
+                             int64_t kid, char *err, size_t errlen);
+void store_group_unref(store_group *g);
+/* 0 in a child of fork(): the group (a copy) has no committer there; forget
+ * it without unref. */
+int store_group_ours(const store_group *g);
+/* Queues it: 0, or -1 when the queue is full (it is not queued). */
+int store_group_submit(store_group *g, group_item *it);
+/* Blocks until the committer has completed it (complete == NULL items). */
+void store_group_wait(store_group *g, group_item *it);
+void store_group_stats_get(store_group *g, store_group_stats *st);
+
+#endif
