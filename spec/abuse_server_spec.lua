@@ -142,6 +142,7 @@ describe("oflua serve under attack (default settings)", function()
       "POST /echo HTTP/1.1\r\nHost: x\r\nX: y\r\n Content-Length: 3\r\n\r\nabc",
       "GET /x HTTP/1.1\r\nHost: x\r\nX: y\r\n\tz\r\n\r\n",
       "GET /x HTTP/1.1\r\nHost: x\r\nX(a): 1\r\n\r\n",
+      "GET /x HTTP/1.1\r\nHost: x\r\nX: y\r\n z\r\nQ: 1\r\n\r\n",
     }
     for _, req in ipairs(bad) do
       local out = raw(srv.port, req)
@@ -243,7 +244,8 @@ describe("oflua serve limits (short settings to keep the test short)", function(
   it("answers 503 to a handler looping in a C callback under pcall and keeps serving", function()
     local srv = serve({ "--handler-timeout", "1", "--io-threads", "1" })
     local f = os.tmpname()
-    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &"):format(shq(srv.url .. "/gsubloop"), shq(f))))
+    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &")
+      :format(shq(srv.url .. "/gsubloop"), shq(f))))
     assert.truthy(eventually(function() return h.slurp(f):match("503$") end, 15))
     os.remove(f)
     for i = 1, 4 do assert.equal(200, (curl(srv.url .. "/after" .. i))) end
@@ -254,7 +256,8 @@ describe("oflua serve limits (short settings to keep the test short)", function(
   it("answers 503 to a handler no hook can stop and exits on SIGTERM within its grace", function()
     local srv = serve({ "--handler-timeout", "1", "--grace", "1" })
     local f = os.tmpname()
-    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &"):format(shq(srv.url .. "/cstuck"), shq(f))))
+    assert(os.execute(("curl -s --max-time 20 -w '%%{http_code}' %s >%s &")
+      :format(shq(srv.url .. "/cstuck"), shq(f))))
     assert.truthy(eventually(function() return h.slurp(f):match("503$") end, 15))
     os.remove(f)
     assert.equal(1, state(srv)["cstuck.started"])

@@ -386,6 +386,16 @@ static enum MHD_Result scan_header(void *cls, enum MHD_ValueKind kind, const cha
   /* a name with white space ("Content-Length : 3") or what MHD makes of a
    * folded line is not a token: 400 (RFC 9112 5.1) */
   if (!oflua__is_token(key, key_size)) h->bad_name = 1;
+  /* a value follows its name on the same line (the colon, now a NUL, and
+   * white space between): MHD copies a value continued on a folded line
+   * elsewhere */
+  if (in_buf != NULL) {
+    const char *p = key + key_size + 1;
+    if (value < p || value - p > 256) h->bad_name = 1;
+    else
+      for (; p < value; p++)
+        if (*p != ' ' && *p != '\t') h->bad_name = 1;
+  }
   if (h->prev_end != NULL && key > h->prev_end && key - h->prev_end < 256)
     scan_gap(h, h->prev_end, key);
   else
