@@ -271,7 +271,8 @@ describe("oflua serve limits (short settings to keep the test short)", function(
     local function st() return select(2, curl(srv.url .. "/state")) or "" end
     assert.truthy(eventually(function() return st():match("tick=1") end))
     local f = os.tmpname()
-    assert(os.execute(("curl -s --max-time 20 -w ' %%{http_code}' %s >%s &"):format(shq(srv.url .. "/sleep?s=1"), shq(f))))
+    assert(os.execute(("curl -s --max-time 20 -w ' %%{http_code}' %s >%s &")
+      :format(shq(srv.url .. "/sleep?s=1"), shq(f))))
     assert.truthy(eventually(function() return st():match("sleep=1") end))
     os.execute("kill -TERM " .. srv.pid)
     -- the listen socket is closed before the tick is waited for: refused (curl 7)
