@@ -393,15 +393,20 @@ typedef struct {
   int create;
 } open_opts;
 
-static const char *opt_string(lua_State *L, int t, const char *name, size_t *len) {
+/* The string is anchored in the table at index `anchor` (an __index
+ * metamethod may return a fresh string that nothing else references: it
+ * must stay reachable while the pointer is in use). */
+static const char *opt_string(lua_State *L, int t, int anchor, const char *name, size_t *len) {
   lua_getfield(L, t, name);
   const char *v = NULL;
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "oflua.store: option '%s' must be a string", name);
     v = lua_tolstring(L, -1, len);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, anchor, name);
   }
-  lua_pop(L, 1); /* the string stays alive in the options table */
+  lua_pop(L, 1);
   return v;
 }
 
@@ -419,14 +424,18 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer de
   return v;
 }
 
+/* Pushes the table anchoring the option strings: it stays on the stack
+ * while o is in use. */
 static void read_open_opts(lua_State *L, int t, open_opts *o) {
   memset(o, 0, sizeof *o);
-  o->path = opt_string(L, t, "path", NULL);
-  o->url = opt_string(L, t, "url", NULL);
-  o->key = opt_string(L, t, "key", &o->keylen);
-  o->key_file = opt_string(L, t, "key_file", NULL);
-  o->ns = opt_string(L, t, "namespace", &o->nslen);
-  o->sync = opt_string(L, t, "synchronous", NULL);
+  lua_createtable(L, 0, 6);
+  int a = lua_gettop(L);
+  o->path = opt_string(L, t, a, "path", NULL);
+  o->url = opt_string(L, t, a, "url", NULL);
+  o->key = opt_string(L, t, a, "key", &o->keylen);
+  o->key_file = opt_string(L, t, a, "key_file", NULL);
+  o->ns = opt_string(L, t, a, "namespace", &o->nslen);
+  o->sync = opt_string(L, t, a, "synchronous", NULL);
   o->busy_ms = opt_int(L, t, "busy_timeout_ms", 5000, 3600000);
   o->connect_timeout_s = opt_int(L, t, "connect_timeout_s", 5, 3600);
   lua_getfield(L, t, "create");
@@ -1143,6 +1152,10 @@ static int store_inbox_add_many(lua_State *L) {
   luaL_argcheck(L, n >= 0 && n <= MAX_BATCH, 2, "at most 1000 events per call");
   new_item *items = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *items, 0);
   int *inserted = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *inserted, 0);
+  /* Anchors every id and payload: an item's __index may return fresh
+   * strings that nothing else references. */
+  lua_createtable(L, (int)(2 * n), 0);
+  int anchor = lua_gettop(L);
   size_t total = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
@@ -1159,7 +1172,9 @@ static int store_inbox_add_many(lua_State *L) {
     total += it->plen;
     if (it->plen > MAX_VALUE - BOX_OVERHEAD || total > MAX_VALUE)
       return push_err(L, "invalid", "oflua.store: payloads too large");
-    lua_pop(L, 3); /* the strings stay alive in the list */
+    lua_rawseti(L, anchor, 2 * i);
+    lua_rawseti(L, anchor, 2 * i - 1);
+    lua_pop(L, 1);
   }
   READY(L, s);
   lua_createtable(L, (int)n, 0);
