@@ -27,6 +27,50 @@ local function with_eager_gc(f)
   assert(ok, err)
 end
 
+describe("oflua.store PostgreSQL labels", function()
+  -- Nothing listens on port 1: every open fails at connect time, and the
+  -- handle (or the error) carries the label.
+  local secret = "S3cr3t-pw"
+  local forms = {
+    { "postgresql://alice:pa?ss" .. secret .. "@127.0.0.1:1/db", "postgresql://alice@127.0.0.1:1/db" },
+    { "postgresql://alice:" .. secret .. "?x/y@127.0.0.1:1/db", "postgresql://alice@127.0.0.1:1/db" },
+    { "postgresql://alice:a%2Fb%23c%40d%3F" .. secret .. "@127.0.0.1:1/db?sslmode=disable",
+      "postgresql://alice@127.0.0.1:1/db" },
+    { "postgres://alice:x@127.0.0.1:1/db?password=" .. secret, "postgresql://alice@127.0.0.1:1/db" },
+    { "postgresql:///db?host=127.0.0.1&port=1&user=bob&password=" .. secret,
+      "postgresql://bob@127.0.0.1:1/db" },
+    { "postgresql://alice:p#" .. secret .. "@127.0.0.1:1/db", "postgresql://alice@127.0.0.1:1/db" },
+    { "postgresql://alice:" .. secret .. "@[::1]:1,127.0.0.1:1/db", nil },
+  }
+  for _, f in ipairs(forms) do
+    it("keeps the password out of tostring, info and errors: " .. f[1]:gsub(secret, "<secret>"), function()
+      local s, err = store.open({ url = f[1], key = store.keygen(), connect_timeout_s = 1 })
+      local texts = { tostring(err) }
+      if s then
+        texts[#texts + 1] = tostring(s)
+        local ok, i = pcall(s.info, s)
+        texts[#texts + 1] = ok and tostring(i and i.url) or tostring(i)
+        local v, e = s:get("k")
+        assert.is_nil(v)
+        texts[#texts + 1] = tostring(e)
+        texts[#texts + 1] = tostring(select(2, s:inbox_claim(1, 10)))
+        if f[2] then assert.matches(f[2], tostring(s), 1, true) end
+        s:close()
+      end
+      for _, t in ipairs(texts) do
+        assert.is_nil(t:find(secret, 1, true), t)
+        assert.is_nil(t:find("pa?ss", 1, true), t)
+      end
+    end)
+  end
+
+  it("rejects a key=value conninfo string as url without echoing it", function()
+    local ok, err = pcall(store.open, { url = "host=127.0.0.1 port=1 password=S3cr3t-pw", key = store.keygen() })
+    assert.is_false(ok)
+    assert.is_nil(tostring(err):find("S3cr3t", 1, true))
+  end)
+end)
+
 for _, be in ipairs(backends.all()) do
   describe("oflua.store hardening on " .. be.name, function()
     it("keeps option strings returned by __index alive while opening", function()

@@ -352,32 +352,12 @@ static int is_url(const char *p) {
          (strncmp(p, "postgresql://", 13) == 0 || strncmp(p, "postgres://", 11) == 0);
 }
 
-/* The URL without its password (for messages and info()): user:secret@ ->
- * user:***@, and a query holding password= is dropped. */
+/* The URL without its password (for messages and info()): see
+ * store_pg_label. */
 static void push_redacted(lua_State *L, const char *url) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  const char *rest = strstr(url, "://");
-  rest = rest ? rest + 3 : url;
-  luaL_addlstring(&b, url, (size_t)(rest - url));
-  const char *slash = strpbrk(rest, "/?");
-  const char *at = NULL;
-  for (const char *p = rest; *p && (slash == NULL || p < slash); p++)
-    if (*p == '@') at = p;
-  if (at != NULL) {
-    const char *colon = memchr(rest, ':', (size_t)(at - rest));
-    if (colon != NULL) {
-      luaL_addlstring(&b, rest, (size_t)(colon - rest));
-      luaL_addstring(&b, ":***");
-    } else {
-      luaL_addlstring(&b, rest, (size_t)(at - rest));
-    }
-    rest = at;
-  }
-  const char *q = strchr(rest, '?');
-  if (q != NULL && strstr(q, "password") != NULL) luaL_addlstring(&b, rest, (size_t)(q - rest));
-  else luaL_addstring(&b, rest);
-  luaL_pushresult(&b);
+  char label[512];
+  store_pg_label(url, label, sizeof label);
+  lua_pushstring(L, label);
 }
 
 typedef struct {

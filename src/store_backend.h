@@ -184,6 +184,12 @@ typedef struct store_backend {
 extern const store_backend store_sqlite_backend;
 extern const store_backend store_pg_backend;
 
+/* A PostgreSQL URL's label for messages, tostring and info(): parsed the way
+ * libpq parses it (PQconninfoParse), rebuilt from user, host, port and dbname
+ * only, so the password (in userinfo, percent-encoded or in the query) never
+ * shows. Always writes a NUL-terminated text into buf. */
+void store_pg_label(const char *url, char *buf, size_t len);
+
 /* Helpers shared by backends and the API (store_backend.c is not needed:
  * these are static inline). */
 #include <stdlib.h>

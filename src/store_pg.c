@@ -401,6 +401,29 @@ static int oom(pg_conn *q) {
 
 /* ---- open and close -------------------------------------------------------- */
 
+void store_pg_label(const char *url, char *buf, size_t len) {
+  char *perr = NULL;
+  PQconninfoOption *opts = PQconninfoParse(url, &perr);
+  PQfreemem(perr);
+  if (opts == NULL) {
+    snprintf(buf, len, "postgresql://(invalid URL)");
+    return;
+  }
+  const char *user = NULL, *host = NULL, *hostaddr = NULL, *port = NULL, *db = NULL;
+  for (PQconninfoOption *p = opts; p->keyword != NULL; p++) {
+    const char *v = p->val != NULL && p->val[0] != '\0' ? p->val : NULL;
+    if (strcmp(p->keyword, "user") == 0) user = v;
+    else if (strcmp(p->keyword, "host") == 0) host = v;
+    else if (strcmp(p->keyword, "hostaddr") == 0) hostaddr = v;
+    else if (strcmp(p->keyword, "port") == 0) port = v;
+    else if (strcmp(p->keyword, "dbname") == 0) db = v;
+  }
+  if (host == NULL) host = hostaddr;
+  snprintf(buf, len, "postgresql://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "",
+           host ? host : "", port ? ":" : "", port ? port : "", db ? db : "");
+  PQconninfoFree(opts);
+}
+
 static void pg_close(store_conn *c) {
   pg_conn *q = PG(c);
   if (q == NULL) return;
