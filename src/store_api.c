@@ -72,6 +72,7 @@
 #include "store_group.h"
 #include "store_internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -1050,6 +1051,44 @@ static int store_rekey(lua_State *L) {
  *   dead     failed max_attempts times; inbox_retry() puts it back to pending
  */
 
+/* Claim tokens (store_fence): "<attempts>:<lease end as a hex float>", an
+ * opaque text for the caller (exact: the lease end round-trips). */
+static void push_token(lua_State *L, int64_t attempts, double lease_end) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%lld:%a", (long long)attempts, lease_end);
+  lua_pushstring(L, buf);
+}
+
+/* The optional claim token at arg: 1 (fence filled), 0 (none given). */
+static int opt_token(lua_State *L, int arg, store_fence *fence) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  const char *t = luaL_checkstring(L, arg);
+  char *end = NULL;
+  errno = 0;
+  long long a = strtoll(t, &end, 10);
+  int ok = errno == 0 && end != t && *end == ':' && a >= 0;
+  if (ok) {
+    const char *d = end + 1;
+    fence->lease_end = strtod(d, &end);
+    ok = end != d && *end == '\0' && isfinite(fence->lease_end);
+  }
+  luaL_argcheck(L, ok, arg, "not a claim token (the claim field of an inbox_claim item)");
+  fence->attempts = (int64_t)a;
+  return 1;
+}
+
+/* Whether a locked row is still held by the claim a fence names. */
+static int fence_holds(const store_event *e, const store_fence *fence) {
+  return strcmp(e->state, "claimed") == 0 && e->attempts == fence->attempts &&
+         e->next_at == fence->lease_end;
+}
+
+static int push_lost(lua_State *L) {
+  return push_err(L, "lost",
+                  "oflua.store: the claim on this event was lost (its lease ran out and it "
+                  "was claimed again, or it was settled meanwhile)");
+}
+
 static lua_Number opt_lease(lua_State *L, int arg) {
   lua_Number lease = luaL_optnumber(L, arg, -1);
   luaL_argcheck(L, lease == -1 || (lease > 0 && lease <= 86400 * 7), arg,
@@ -1116,7 +1155,9 @@ static int store_inbox_add(lua_State *L) {
   int r = add_events(L, s, &it, 1, now, lease, &inserted);
   if (r) return r;
   lua_pushboolean(L, inserted);
-  return 1;
+  if (!inserted || lease <= 0) return 1;
+  push_token(L, 0, now + (double)lease);
+  return 2;
 }
 
 /* s:inbox_add_many({{id =, payload =}, ...}[, now[, lease_s]]) -> {true | false, ...}
@@ -1168,7 +1209,9 @@ static int store_inbox_add_many(lua_State *L) {
     lua_rawseti(L, result, i);
   }
   lua_settop(L, result);
-  return 1;
+  if (lease <= 0) return 1;
+  push_token(L, 0, now + (double)lease); /* the claim of every new event */
+  return 2;
 }
 
 /* ---- group commit ------------------------------------------------------------
@@ -1190,7 +1233,9 @@ static void grouped_release(void *ud) {
 }
 
 /* Pushes the results of a completed item (it still owned by the caller). */
-static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err) {
+/* lease_end > 0: the row was inserted claimed (its claim token follows). */
+static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err,
+                           double lease_end) {
   if (rc == 1)
     return push_err(L, "busy", "oflua.store: the group-commit queue is full (%d rows waiting)",
                     GROUP_QUEUE_ROWS);
@@ -1202,7 +1247,9 @@ static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, 
     if (f) return f;
   }
   lua_pushboolean(L, inserted);
-  return 1;
+  if (!inserted || lease_end <= 0) return 1;
+  push_token(L, 0, lease_end);
+  return 2;
 }
 
 static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
@@ -1210,7 +1257,8 @@ static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
   group_item *it = (group_item *)ctx; /* freed by grouped_release, after this */
   char err[sizeof it->err];
   memcpy(err, it->err, sizeof err);
-  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err);
+  double lease_end = strcmp(it->ev.state, "claimed") == 0 ? it->ev.next_at : 0;
+  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err, lease_end);
 }
 
 static int store_inbox_add_grouped(lua_State *L) {
@@ -1267,7 +1315,7 @@ static int store_inbox_add_grouped(lua_State *L) {
     char err[sizeof it->err];
     memcpy(err, it->err, sizeof err);
     free(it);
-    return grouped_results(L, s, r, ins, err);
+    return grouped_results(L, s, r, ins, err, lease > 0 ? now + (double)lease : 0);
   }
   struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
   it->complete = grouped_complete;
@@ -1387,6 +1435,8 @@ static int store_inbox_claim(lua_State *L) {
     lua_setfield(L, -2, "payload");
     lua_pushinteger(L, (lua_Integer)e->attempts);
     lua_setfield(L, -2, "attempts");
+    push_token(L, e->attempts, now + lease);
+    lua_setfield(L, -2, "claim");
     lua_rawseti(L, -2, ++out);
   }
   rows_clear(r);
@@ -1429,16 +1479,18 @@ static int event_index(lua_State *L, store_handle *s, const char *eid, size_t el
 }
 
 /* Shared by done/retry: find the event, set its state. */
-static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
+static int inbox_move(lua_State *L, const char *state, int reset_attempts, int token_arg) {
   store_handle *s = check_open(L, 1);
   size_t elen;
   const char *eid = check_id(L, 2, &elen, "event id");
   double now = opt_now(L, 3);
+  store_fence fence;
+  const store_fence *fp = token_arg > 0 && opt_token(L, token_arg, &fence) ? &fence : NULL;
   READY(L, s);
   unsigned char idx[IDX_LEN];
   if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
   /* One statement in the common case (the hot path of every delivery). */
-  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now);
+  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now, fp);
   if (rc < 0) return push_be(L, s, rc);
   if (rc == 1) {
     lua_pushboolean(L, 1);
@@ -1457,6 +1509,11 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
     return 1;
   }
   store_event *e = &r->ev[0];
+  if (fp != NULL && !fence_holds(e, fp)) {
+    s->be->tx_rollback(s->c);
+    rows_clear(r);
+    return push_lost(L);
+  }
   rc = s->be->inbox_set(s->c, e->id, state, reset_attempts ? 0 : e->attempts,
                         reset_attempts ? now : e->next_at, cb(NULL, 0), now);
   if (rc >= 0) rc = s->be->tx_commit(s->c);
@@ -1467,22 +1524,26 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
   return 1;
 }
 
-/* s:inbox_done(event_id[, now]) -> true | false (unknown id) | nil, err */
+/* s:inbox_done(event_id[, now[, claim]]) -> true | false (unknown id) | nil, err
+ * With claim (an inbox_claim item's token) only while that claim still
+ * holds the event: else nil, err, "lost" and nothing changes. */
 static int store_inbox_done(lua_State *L) {
-  return inbox_move(L, "done", 0);
+  return inbox_move(L, "done", 0, 4);
 }
 
 /* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
  * attempts reset (for a dead, failed or done event). */
 static int store_inbox_retry(lua_State *L) {
-  return inbox_move(L, "pending", 1);
+  return inbox_move(L, "pending", 1, 0);
 }
 
 /* s:inbox_fail(event_id, reason[, max_attempts=5[, now[, delay_s]]])
  *   -> "pending", next_attempt_at | "dead" | nil, err
  * Counts a failed attempt. Below max_attempts the event is due again after
  * delay_s, by default 2^attempts seconds (capped at an hour); at
- * max_attempts it becomes dead. */
+ * max_attempts it becomes dead. With claim (the inbox_claim item's token, 7th
+ * argument) only while that claim still holds the event: else nil, err,
+ * "lost" and nothing changes. */
 static int store_inbox_fail(lua_State *L) {
   store_handle *s = check_open(L, 1);
   size_t elen, rlen;
@@ -1496,6 +1557,8 @@ static int store_inbox_fail(lua_State *L) {
     delay = (double)luaL_checknumber(L, 6);
     luaL_argcheck(L, isfinite(delay) && delay >= 0, 6, "delay_s must be >= 0");
   }
+  store_fence fence;
+  int fenced = opt_token(L, 7, &fence);
   if (rlen > 65536) rlen = 65536; /* a reason is a message, not a document */
   READY(L, s);
   rows_t *r = rows_new(L, 1, 0);
@@ -1513,6 +1576,11 @@ static int store_inbox_fail(lua_State *L) {
   if (f == 0) {
     s->be->tx_rollback(s->c);
     return push_err(L, "invalid", "oflua.store: no such event in the inbox");
+  }
+  if (fenced && !fence_holds(&r->ev[0], &fence)) {
+    s->be->tx_rollback(s->c);
+    rows_clear(r);
+    return push_lost(L);
   }
   int64_t attempts = r->ev[0].attempts + 1;
   int dead = attempts >= max;

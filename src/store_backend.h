@@ -33,6 +33,16 @@
  * makes list() O(rows). A store with a newer version is refused. */
 #define STORE_SCHEMA_VERSION 2
 
+/* A claim token (inbox_claim): the row is still claimed by that claim when
+ * its state is 'claimed' with these attempts and lease end (every new claim
+ * of a row changes one of them: a re-claim after expiry counts an attempt,
+ * and sets a new lease end). inbox_mark with a fence updates only such a
+ * row. */
+typedef struct {
+  int64_t attempts;
+  double lease_end;
+} store_fence;
+
 enum { STORE_EDB = -1, STORE_EUNAVAIL = -2 };
 
 typedef struct {
@@ -158,7 +168,7 @@ typedef struct store_backend {
    * store are both under key id kid. 1 updated, 0 not (absent, or another
    * key id: the caller looks closer through inbox_find). */
   int (*inbox_mark)(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                    const char *state, int reset, double now);
+                    const char *state, int reset, double now, const store_fence *fence);
   /* Sets state, attempts, next_at, updated_at and (if rbox.p) the reason. */
   int (*inbox_set)(store_conn *c, int64_t id, const char *state, int64_t attempts,
                    double next_at, store_cbytes rbox, double now);

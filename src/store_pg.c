@@ -137,7 +137,9 @@ static const char *const SQL[ST_COUNT] = {
                    " attempts = CASE WHEN $5::int = 1 THEN 0 ELSE attempts END,"
                    " next_at = CASE WHEN $5::int = 1 THEN $6::float8 ELSE next_at END,"
                    " updated_at = $6::float8 WHERE ns = $1::text AND eidx = $2::bytea"
-                   " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint",
+                   " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint"
+                   " AND ($7::int = 0 OR (state = 'claimed' AND attempts = $8::bigint"
+                   " AND next_at = $9::float8))",
     [ST_IN_LIST] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
                    " AND state = $2::text AND id > $3::bigint ORDER BY id LIMIT $4::int",
     [ST_IN_LIST_ANY] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
@@ -327,10 +329,10 @@ static int run_void(pg_conn *q, int id, const char *sql, int n, const char *cons
 
 typedef struct {
   int n;
-  const char *v[8];
-  int len[8];
-  int fmt[8];
-  char num[8][32];
+  const char *v[10];
+  int len[10];
+  int fmt[10];
+  char num[10][32];
 } params;
 
 static void p_text(params *p, const char *s) {
@@ -942,7 +944,7 @@ static int pg_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
 }
 
 static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                         const char *state, int reset, double now) {
+                         const char *state, int reset, double now, const store_fence *fence) {
   pg_conn *q = PG(c);
   params p = {0};
   p_text(&p, ns);
@@ -951,6 +953,9 @@ static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   p_text(&p, state);
   p_int(&p, reset != 0);
   p_real(&p, now);
+  p_int(&p, fence != NULL);
+  p_int(&p, fence ? fence->attempts : 0);
+  p_real(&p, fence ? fence->lease_end : 0);
   int64_t changed = 0;
   int rc = run_void(q, ST_IN_MARK, NULL, p.n, p.v, p.len, p.fmt, &changed);
   return rc != 0 ? rc : changed > 0;

@@ -128,7 +128,8 @@ static const char *const SQL[ST_COUNT] = {
     [ST_IN_MARK] = "UPDATE oflua_inbox SET state = ?4,"
                    " attempts = CASE WHEN ?5 THEN 0 ELSE attempts END,"
                    " next_at = CASE WHEN ?5 THEN ?6 ELSE next_at END, updated_at = ?6"
-                   " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3",
+                   " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3"
+                   " AND (?7 = 0 OR (state = 'claimed' AND attempts = ?8 AND next_at = ?9))",
     [ST_IN_LIST] = "SELECT id, kid, ebox, pbox, attempts, state, rbox, next_at, created_at,"
                    " updated_at, ns FROM oflua_inbox"
                    " WHERE ns = ?1 AND state = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
@@ -744,7 +745,7 @@ static int sq_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
 }
 
 static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                         const char *state, int reset, double now) {
+                         const char *state, int reset, double now, const store_fence *fence) {
   sq_conn *q = SQ(c);
   sqlite3_stmt *st = stmt(q, ST_IN_MARK);
   if (st == NULL) return STORE_EDB;
@@ -754,6 +755,9 @@ static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   sqlite3_bind_text(st, 4, state, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 5, reset != 0);
   sqlite3_bind_double(st, 6, now);
+  sqlite3_bind_int(st, 7, fence != NULL);
+  sqlite3_bind_int64(st, 8, fence ? fence->attempts : 0);
+  sqlite3_bind_double(st, 9, fence ? fence->lease_end : 0);
   if (run(q, st) != 0) return STORE_EDB;
   return sqlite3_changes(q->db) > 0;
 }
