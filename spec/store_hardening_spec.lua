@@ -181,3 +181,54 @@ for _, be in ipairs(backends.all()) do
     end)
   end)
 end
+
+describe("oflua.store in an oflua.server handler", function()
+  it("waits for a locked SQLite database off the I/O thread: other requests are answered", function()
+    local h = require("spec.helper")
+    local server = require("oflua.server")
+    local dir = h.tmpdir()
+    local db = dir .. "/store.db"
+    local key = store.keygen()
+    assert(store.open({ path = db, key = key })):close()
+    local script = h.write_file(dir .. "/handler.lua", ([[
+local store = require("oflua.store")
+local s = assert(store.open{path = %q, key = %q, busy_timeout_ms = 60000})
+return function(req)
+  if req.path == "/slow" then
+    io.open(%q, "w"):close() -- the handler runs: the put below waits for the lock
+    local ok, err = s:put("k", "v")
+    return 200, "slow " .. tostring(ok) .. " " .. tostring(err) .. "\n"
+  end
+  return 200, "fast\n"
+end
+]]):format(db, key, dir .. "/started"))
+    -- one I/O thread that runs handlers inline; two workers (one is free)
+    local srv = assert(server.listen({ script = script, port = 0, workers = 2, io_threads = 1 }))
+    local url = "http://127.0.0.1:" .. srv:port()
+    -- Another process holds the write lock until the test says so; /slow
+    -- waits for it; /fast must be answered meanwhile (before the lock goes).
+    local sh = ([[
+set -u
+d=%s
+mkfifo "$d/release"
+{ echo "BEGIN IMMEDIATE;"; echo "SELECT 'locked';"; cat "$d/release" >/dev/null; echo "COMMIT;"; } \
+  | sqlite3 %s > "$d/lock.out" &
+for _ in $(seq 100); do grep -q locked "$d/lock.out" && break; sleep 0.1; done
+curl -s --max-time 60 %s/slow > "$d/slow.out" &
+slow=$!
+for _ in $(seq 100); do [ -e "$d/started" ] && break; sleep 0.1; done
+fast=$(curl -s --max-time 10 %s/fast)
+echo "fast=$fast"
+echo "slow_before_release=$(cat "$d/slow.out")"
+echo > "$d/release"
+wait $slow
+echo "slow=$(cat "$d/slow.out")"
+]]):format(h.shq(dir), h.shq(db), url, url)
+    local out = h.sh("bash -c " .. h.shq(sh))
+    srv:stop(1)
+    h.sh("rm -rf " .. h.shq(dir))
+    assert.matches("fast=fast", out, 1, true)
+    assert.matches("slow_before_release=\n", out, 1, true)
+    assert.matches("slow=slow true nil", out, 1, true)
+  end)
+end)

@@ -767,6 +767,19 @@ static int list_iter(lua_State *L) {
 /* s:list([prefix]) -> iterator over key, value (id order). Every row of
  * the namespace has its key decrypted to test the prefix: O(rows). Raises
  * on a database error or a tampered row. */
+/* The iterator reads the database: off an I/O thread first (see
+ * blocking_call below); k runs in the same closure, upvalues included. */
+static int list_iter_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return list_iter(L);
+}
+
+static int list_iter_offload(lua_State *L) {
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, list_iter_k, 0);
+  return list_iter(L);
+}
+
 static int store_list(lua_State *L) {
   store_handle *s = check_open(L, 1);
   luaL_optlstring(L, 2, "", NULL);
@@ -777,7 +790,7 @@ static int store_list(lua_State *L) {
   }
   if (ready(L, s)) return raise3(L);
   rows_new(L, SCAN_BATCH, 1);
-  lua_pushcclosure(L, list_iter, 3);
+  lua_pushcclosure(L, list_iter_offload, 3);
   return 1;
 }
 
@@ -1328,6 +1341,21 @@ static int store_inbox_add_grouped(lua_State *L) {
   return api->park(L, w, grouped_k, (lua_KContext)it);
 }
 
+/* The committer thread does the writing: only a handle not ready yet (its
+ * first use: opening, connecting) waits here, so only then is the handler
+ * moved off an I/O thread. */
+static int grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return store_inbox_add_grouped(L);
+}
+
+static int store_inbox_add_grouped_entry(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  const oflua_wait_api *api = s->ready ? NULL : oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, grouped_entry_k, 0);
+  return store_inbox_add_grouped(L);
+}
+
 /* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
  * peak_depth, hist = {n1, n2, n4, ..., n256}} of the group commit on this
  * handle's database (process-wide: every handle on it); zeros before the
@@ -1814,29 +1842,59 @@ static int store_is_url(lua_State *L) {
   return 1;
 }
 
+/* Every function that waits on the database (a lock, the disk, the network)
+ * first moves a handler running inline on an oflua.server I/O thread to its
+ * VM's worker (internal.h: offload; elsewhere the call runs at once). The
+ * registered function is a closure whose upvalue indexes this table. */
+static const luaL_Reg blocking[] = {{"get", store_get},
+                                    {"put", store_put},
+                                    {"delete", store_delete},
+                                    {"list", store_list},
+                                    {"transaction", store_transaction},
+                                    {"rekey", store_rekey},
+                                    {"info", store_info},
+                                    {"inbox_add", store_inbox_add},
+                                    {"inbox_add_many", store_inbox_add_many},
+                                    {"inbox_claim", store_inbox_claim},
+                                    {"inbox_done", store_inbox_done},
+                                    {"inbox_fail", store_inbox_fail},
+                                    {"inbox_retry", store_inbox_retry},
+                                    {"inbox_get", store_inbox_get},
+                                    {"inbox_list", store_inbox_list},
+                                    {"inbox_dead", store_inbox_dead},
+                                    {"inbox_stats", store_inbox_stats},
+                                    {"inbox_prune", store_inbox_prune},
+                                    {"open", store_open},
+                                    {"open_env", store_open_env},
+                                    {NULL, NULL}};
+#define FIRST_MODULE_FN 18 /* blocking[18..]: module functions, not methods */
+
+static int blocking_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return blocking[ctx].func(L);
+}
+
+static int blocking_call(lua_State *L) {
+  lua_KContext i = (lua_KContext)lua_tointeger(L, lua_upvalueindex(1));
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, blocking_k, i);
+  return blocking[i].func(L);
+}
+
+/* Sets the blocking functions [from, to) in the table on top. */
+static void set_blocking(lua_State *L, int from, int to) {
+  for (int i = from; i < to; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, blocking_call, 1);
+    lua_setfield(L, -2, blocking[i].name);
+  }
+}
+
 int luaopen_oflua_store(lua_State *L) {
   store_fork_watch();
   static const luaL_Reg methods[] = {
-      {"get", store_get},
-      {"put", store_put},
-      {"delete", store_delete},
-      {"list", store_list},
-      {"transaction", store_transaction},
-      {"rekey", store_rekey},
-      {"info", store_info},
-      {"inbox_add", store_inbox_add},
-      {"inbox_add_many", store_inbox_add_many},
-      {"inbox_add_grouped", store_inbox_add_grouped},
+      {"inbox_add_grouped", store_inbox_add_grouped_entry},
       {"group_stats", store_group_stats_lua},
-      {"inbox_claim", store_inbox_claim},
-      {"inbox_done", store_inbox_done},
-      {"inbox_fail", store_inbox_fail},
-      {"inbox_retry", store_inbox_retry},
-      {"inbox_get", store_inbox_get},
-      {"inbox_list", store_inbox_list},
-      {"inbox_dead", store_inbox_dead},
-      {"inbox_stats", store_inbox_stats},
-      {"inbox_prune", store_inbox_prune},
       {"close", store_close},
       {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", store_gc},
@@ -1844,15 +1902,14 @@ int luaopen_oflua_store(lua_State *L) {
                                   {"__tostring", store_tostring},
                                   {"__index", NULL},
                                   {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"open", store_open},
-                                   {"open_env", store_open_env},
-                                   {"keygen", store_keygen},
+  static const luaL_Reg funcs[] = {{"keygen", store_keygen},
                                    {"save_key", store_save_key},
                                    {"is_url", store_is_url},
                                    {NULL, NULL}};
   if (luaL_newmetatable(L, STORE_MT)) {
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);
+    set_blocking(L, 0, FIRST_MODULE_FN);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
@@ -1867,6 +1924,7 @@ int luaopen_oflua_store(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  set_blocking(L, FIRST_MODULE_FN, (int)(sizeof blocking / sizeof blocking[0]) - 1);
   char version[64];
   store_sqlite_backend.version(NULL, version, sizeof version);
   lua_pushstring(L, version);
