@@ -232,3 +232,34 @@ echo "slow=$(cat "$d/slow.out")"
     assert.matches("slow=slow true nil", out, 1, true)
   end)
 end)
+
+if backends.pg_url then
+  describe("oflua.store PostgreSQL timeouts", function()
+    it("statement_timeout_ms turns a statement stuck on the server into unavailable", function()
+      local pg = backends.all()[2]
+      local target = pg.new()
+      local key = store.keygen()
+      local s = assert(store.open({ url = target, key = key, statement_timeout_ms = 300,
+        busy_timeout_ms = 60000 }))
+      assert(s:put("k", "v"))
+      -- a second session holds the row lock far longer than the statement may wait
+      local holder = assert(store.open({ url = target, key = key }))
+      local ok, err, kind
+      pcall(holder.transaction, holder, function(hs)
+        assert(hs:put("k", "held"))
+        ok, err, kind = s:put("k", "mine")
+      end)
+      assert.is_nil(ok)
+      assert.equal("unavailable", kind, err)
+      assert.matches("statement timeout", err)
+      holder:close()
+      assert(s:put("k", "after")) -- the handle works again
+      s:close()
+    end)
+
+    it("validates statement_timeout_ms", function()
+      assert.has_error(function() store.open({ url = "postgresql://u@127.0.0.1:1/db", key = store.keygen(),
+        statement_timeout_ms = -1 }) end)
+    end)
+  end)
+end

@@ -370,7 +370,7 @@ typedef struct {
   const char *ns;
   size_t nslen;
   const char *sync;
-  lua_Integer busy_ms, connect_timeout_s;
+  lua_Integer busy_ms, connect_timeout_s, statement_ms;
   int create;
 } open_opts;
 
@@ -419,6 +419,7 @@ static void read_open_opts(lua_State *L, int t, open_opts *o) {
   o->sync = opt_string(L, t, a, "synchronous", NULL);
   o->busy_ms = opt_int(L, t, "busy_timeout_ms", 5000, 3600000);
   o->connect_timeout_s = opt_int(L, t, "connect_timeout_s", 5, 3600);
+  o->statement_ms = opt_int(L, t, "statement_timeout_ms", 0, 3600000);
   lua_getfield(L, t, "create");
   o->create = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -472,7 +473,7 @@ static int new_handle(lua_State *L, int opts) {
     return push_err(L, "invalid", "oflua.store: %s", err);
   }
   store_open_opts bo = {o.path, o.url, o.sync, (long)o.busy_ms, (long)o.connect_timeout_s,
-                        o.create};
+                        o.create, (long)o.statement_ms};
   const char *db = o.url != NULL ? o.url : o.path;
   s->db = malloc(strlen(db) + 1);
   if (s->db == NULL) {

@@ -101,6 +101,7 @@ typedef struct {
   long busy_ms;     /* SQLite: wait for the write lock */
   long connect_timeout_s; /* PostgreSQL */
   int create;
+  long statement_ms; /* PostgreSQL: statement_timeout (0: none) */
 } store_open_opts;
 
 typedef struct store_backend {

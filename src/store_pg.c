@@ -160,6 +160,7 @@ typedef struct {
   char *password; /* the URL's password, to scrub from messages; NULL if none */
   long timeout_s;
   long lock_ms; /* lock_timeout: how long a statement waits for a lock */
+  long statement_ms; /* statement_timeout (0: none) */
   int depth;  /* transaction nesting */
   int broken; /* the connection was lost inside a transaction */
   unsigned prepared; /* bit i: statement i is prepared on this connection */
@@ -216,10 +217,13 @@ static int ensure(pg_conn *q) {
   char timeout[24];
   snprintf(timeout, sizeof timeout, "%ld", q->timeout_s);
   /* Ours first: what the URL sets wins. Keepalives notice a server that
-   * vanished (partition, dead host) in ~25 s instead of hours. */
+   * vanished (partition, dead host) while a query waits in ~11 s (5 s idle,
+   * then 3 probes 2 s apart) instead of hours; tcp_user_timeout bounds
+   * data the server never acknowledges to 10 s. */
   const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
-                              "keepalives_interval", "keepalives_count", "dbname", NULL};
-  const char *const vals[] = {timeout, "oflua", "10", "5", "3", q->url, NULL};
+                              "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                              "dbname", NULL};
+  const char *const vals[] = {timeout, "oflua", "5", "2", "3", "10000", q->url, NULL};
   q->pg = PQconnectdbParams(keys, vals, 1);
   if (q->pg == NULL) {
     snprintf(q->base.err, sizeof q->base.err, "out of memory");
@@ -232,15 +236,21 @@ static int ensure(pg_conn *q) {
     pg_drop(q);
     /* Down (no answer, or starting up / shutting down) is an outage; a
      * server that answers but refuses us (password, database name) is a
-     * configuration error that waiting will not fix. */
-    return PQpingParams(keys, vals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
+     * configuration error that waiting will not fix. A connect that timed
+     * out is an outage without asking again; otherwise one ping, bounded
+     * to 2 s (libpq's minimum), tells them apart: it answers at once when
+     * the server is up, fails at once when the port is closed. */
+    if (strstr(msg, "timeout expired") != NULL) return STORE_EUNAVAIL;
+    const char *pvals[] = {"2", "oflua", "5", "2", "3", "10000", q->url, NULL};
+    return PQpingParams(keys, pvals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
   }
   PQsetNoticeProcessor(q->pg, quiet_notice, NULL);
   /* A lock wait is bounded like SQLite's busy timeout (busy_timeout_ms):
    * two transactions waiting on each other from one process fail instead of
    * hanging. */
-  char set[64];
-  snprintf(set, sizeof set, "SET lock_timeout = %ld", q->lock_ms > 0 ? q->lock_ms : 1);
+  char set[96];
+  snprintf(set, sizeof set, "SET lock_timeout = %ld; SET statement_timeout = %ld",
+           q->lock_ms > 0 ? q->lock_ms : 1, q->statement_ms);
   PGresult *r = PQexec(q->pg, set);
   int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok) scrub(q, PQresultErrorMessage(r));
@@ -308,9 +318,13 @@ static PGresult *run(pg_conn *q, int id, const char *sql, int n, const char *con
       *rc = STORE_EUNAVAIL;
       return NULL;
     }
+    /* 57014: statement_timeout_ms ran out (an overloaded or stuck server):
+     * an outage for the caller (503, retry later), not a bad request. */
+    const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    int canceled = code != NULL && strcmp(code, "57014") == 0;
     scrub(q, r ? PQresultErrorMessage(r) : PQerrorMessage(q->pg));
     PQclear(r);
-    *rc = STORE_EDB;
+    *rc = canceled ? STORE_EUNAVAIL : STORE_EDB;
     return NULL;
   }
 }
@@ -459,6 +473,7 @@ static store_conn *pg_open(const store_open_opts *o, char *err, size_t errlen) {
   PQconninfoFree(opts);
   q->timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
   q->lock_ms = o->busy_ms;
+  q->statement_ms = o->statement_ms;
   return &q->base;
 }
 
