@@ -217,7 +217,7 @@ for _ in $(seq 100); do grep -q locked "$d/lock.out" && break; sleep 0.1; done
 curl -s --max-time 60 %s/slow > "$d/slow.out" &
 slow=$!
 for _ in $(seq 100); do [ -e "$d/started" ] && break; sleep 0.1; done
-fast=$(curl -s --max-time 10 %s/fast)
+fast=$(curl -s --max-time 30 %s/fast)
 echo "fast=$fast"
 echo "slow_before_release=$(cat "$d/slow.out")"
 echo > "$d/release"
@@ -263,3 +263,30 @@ if backends.pg_url then
     end)
   end)
 end
+
+describe("oflua.store key text (one base64 decoder: crypto_codec.c)", function()
+  local path
+  before_each(function() path = require("spec.helper").tmpdir() .. "/k.db" end)
+  local function refused(text)
+    local s, err, kind = store.open({ path = path, key = text })
+    assert.is_nil(s)
+    assert.equal("invalid", kind)
+    assert.matches("base64 text of exactly 32 bytes", err)
+    local bare = text:gsub("^%s+", ""):gsub("%s+$", "")
+    if #bare > 8 then assert.is_nil(err:find(bare:sub(1, 20), 1, true), err) end
+  end
+
+  it("accepts keygen's text with surrounding white space, refuses near misses", function()
+    local k = store.keygen()
+    assert(store.open({ path = path, key = "\n " .. k .. " \r\n" })):close()
+    refused(k:sub(1, 43))                          -- no padding
+    refused(k:sub(1, 42) .. "==")                  -- 31 bytes
+    refused(k .. "AAAA")                           -- too long
+    refused(k:sub(1, 10) .. "-" .. k:sub(12))      -- URL-safe alphabet
+    refused(k:sub(1, 10) .. " " .. k:sub(12))      -- space inside
+    -- the 43rd character carries 2 bits past the 32 bytes: they must be zero
+    local alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    local v = alphabet:find(k:sub(43, 43), 1, true) - 1
+    refused(k:sub(1, 42) .. alphabet:sub(v + 2, v + 2) .. "=")
+  end)
+end)

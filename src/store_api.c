@@ -132,14 +132,8 @@ static int push_stale(lua_State *L, const store_handle *s, int64_t kid) {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static double wall_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static double opt_now(lua_State *L, int arg) {
-  if (lua_isnoneornil(L, arg)) return wall_now();
+  if (lua_isnoneornil(L, arg)) return oflua__wall_now();
   lua_Number n = luaL_checknumber(L, arg);
   luaL_argcheck(L, isfinite(n), arg, "now must be a finite number");
   return (double)n;

@@ -22,8 +22,14 @@
 #ifndef OFLUA_STORE_BACKEND_H
 #define OFLUA_STORE_BACKEND_H
 
+#include "util.h"
+
 #include <stddef.h>
 #include <stdint.h>
+
+/* strerror for messages, thread-safe (opens run on server worker threads):
+ * the text lives until the end of the enclosing block. */
+#define STORE_STRERROR(e) oflua__strerror((e), (char[128]){0}, 128)
 
 #define STORE_IDX_LEN 32
 #define STORE_SALT_LEN 16

@@ -167,9 +167,7 @@ static int fail(sq_conn *q) {
  * most busy_ms in all. */
 static int sq_busy(void *arg, int count) {
   sq_conn *q = arg;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  double t = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+  double t = oflua__mono_now();
   if (count == 0) q->busy_since = t;
   else if ((t - q->busy_since) * 1000.0 >= (double)q->busy_ms) return 0;
   long us = 20L << (count < 6 ? count : 6);
@@ -261,14 +259,14 @@ static store_conn *sq_open(const store_open_opts *o, char *err, size_t errlen) {
   struct stat fst;
   if (!memory && stat(o->path, &fst) != 0) {
     if (errno != ENOENT || !o->create) {
-      snprintf(err, errlen, "no store at %s (%s)", o->path, strerror(errno));
+      snprintf(err, errlen, "no store at %s (%s)", o->path, STORE_STRERROR(errno));
       return NULL;
     }
     /* Create the file ourselves so it (and its -wal/-shm, which SQLite gives
      * the same mode) is 0600 from the first byte. */
     int fd = open(o->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) {
-      snprintf(err, errlen, "cannot create %s: %s", o->path, strerror(errno));
+      snprintf(err, errlen, "cannot create %s: %s", o->path, STORE_STRERROR(errno));
       return NULL;
     }
     if (fd >= 0) close(fd);
