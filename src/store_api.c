@@ -42,7 +42,8 @@
  *   s:info() -> {backend, path | url, namespace, key_id, format,
  *               schema_version, version, sqlite_version}
  *   s:inbox_add(id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err
- *                            (with lease_s: inserted already claimed by the caller)
+ *                            (with lease_s: inserted already claimed by the
+ *                            caller; true, claim token)
  *   s:inbox_add_many(list[, now[, lease_s]]) -> {true | false, ...} | nil, err
  *                            list: {{id =, payload =}, ...} (at most 1000),
  *                            one transaction: all rows or none
@@ -52,10 +53,10 @@
  *                            "busy" when the queue is full (4096 rows)
  *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
  *                       rejected, queue_depth, peak_depth, hist}
- *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
- *   s:inbox_done(id[, now]) -> true | false
- *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
- *                       -> "pending", next_attempt_at | "dead"
+ *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts, claim}}
+ *   s:inbox_done(id[, now[, claim]]) -> true | false | nil, err, "lost"
+ *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s[, claim]]]])
+ *                       -> "pending", next_attempt_at | "dead" | nil, err, "lost"
  *   s:inbox_retry(id[, now]) -> true | false  (back to pending, attempts 0)
  *   s:inbox_get(id) -> {id, payload, state, attempts, last_error, ...} | nil
  *   s:inbox_list{state =, limit = 100, after = 0} -> {{id, payload, state, ...}}, cursor
