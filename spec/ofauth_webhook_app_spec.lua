@@ -64,6 +64,29 @@ describe("webhook app (background processing, real store)", function()
     st:close()
   end)
 
+  it("a runner whose lease ran out does not undo another runner's result (claim tokens)", function()
+    local app = new_app({ lease_s = 30, handler_timeout = 0 })
+    local other = assert(store.open({ path = ("%s/inbox%d.db"):format(dir, n), key = key }))
+    app:on("connection.created", function()
+      -- this run takes longer than its lease: another runner claims the
+      -- event meanwhile and finishes it
+      t = t + 31
+      local got = assert(other:inbox_claim(1, 30, t))
+      assert.equal(1, #got)
+      assert.is_true(other:inbox_done(got[1].id, t, got[1].claim))
+      error("handler failed late")
+    end)
+    assert.equal(200, (deliver(app, event("connection.created"), "msg_fence1")))
+    app:process()
+    local stats = st:inbox_stats()
+    assert.equal(1, stats.done)
+    assert.equal(0, stats.pending)
+    local lost = false
+    for _, l in ipairs(lines) do if l.event == "webhook.claim_lost" then lost = true end end
+    assert.is_true(lost)
+    other:close()
+  end)
+
   it("is the default: answers once stored, handlers run from the tick it carries", function()
     local app = new_app()
     assert.equal("background", app.process_mode)

@@ -238,7 +238,7 @@ describe("oflua.store on " .. be.name, function()
         if be.name == "sqlite" then
           assert.equal(path, i.path)
         else
-          assert.equal(path:gsub(":[^:@/]*@", ":***@"), i.url)
+          assert.equal((path:gsub(":[^:@/]*@", "@")), i.url)
         end
         assert.equal("conns", i.namespace)
         assert.equal(1, i.key_id)
@@ -640,6 +640,8 @@ describe("oflua.store on " .. be.name, function()
         for i = 1, 5 do assert(s:inbox_add("e" .. i, "p" .. i, 100 + i)) end
         local got = s:inbox_claim(3, 60, 200)
         assert.equal(3, #got)
+        assert.is_string(got[1].claim) -- the claim token (fences inbox_done / inbox_fail)
+        got[1].claim = nil
         assert.same({ id = "e1", payload = "p1", attempts = 0 }, got[1])
         assert.equal("e3", got[3].id)
         local rest = s:inbox_claim(10, 60, 200)
@@ -716,6 +718,7 @@ describe("oflua.store on " .. be.name, function()
         assert.is_true(s:inbox_retry("e1", 50))
         assert.is_false(s:inbox_retry("nope"))
         local got = s:inbox_claim(1, 30, 50)
+        got[1].claim = nil
         assert.same({ { id = "e1", payload = "p", attempts = 0 } }, got)
         assert.same({}, s:inbox_dead())
       end)

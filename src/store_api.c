@@ -42,7 +42,8 @@
  *   s:info() -> {backend, path | url, namespace, key_id, format,
  *               schema_version, version, sqlite_version}
  *   s:inbox_add(id, payload[, now[, lease_s]]) -> true (new) | false (seen) | nil, err
- *                            (with lease_s: inserted already claimed by the caller)
+ *                            (with lease_s: inserted already claimed by the
+ *                            caller; true, claim token)
  *   s:inbox_add_many(list[, now[, lease_s]]) -> {true | false, ...} | nil, err
  *                            list: {{id =, payload =}, ...} (at most 1000),
  *                            one transaction: all rows or none
@@ -52,10 +53,10 @@
  *                            "busy" when the queue is full (4096 rows)
  *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
  *                       rejected, queue_depth, peak_depth, hist}
- *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts}}
- *   s:inbox_done(id[, now]) -> true | false
- *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s]]])
- *                       -> "pending", next_attempt_at | "dead"
+ *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts, claim}}
+ *   s:inbox_done(id[, now[, claim]]) -> true | false | nil, err, "lost"
+ *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s[, claim]]]])
+ *                       -> "pending", next_attempt_at | "dead" | nil, err, "lost"
  *   s:inbox_retry(id[, now]) -> true | false  (back to pending, attempts 0)
  *   s:inbox_get(id) -> {id, payload, state, attempts, last_error, ...} | nil
  *   s:inbox_list{state =, limit = 100, after = 0} -> {{id, payload, state, ...}}, cursor
@@ -72,6 +73,7 @@
 #include "store_group.h"
 #include "store_internal.h"
 
+#include <errno.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -131,14 +133,8 @@ static int push_stale(lua_State *L, const store_handle *s, int64_t kid) {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-static double wall_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 static double opt_now(lua_State *L, int arg) {
-  if (lua_isnoneornil(L, arg)) return wall_now();
+  if (lua_isnoneornil(L, arg)) return oflua__wall_now();
   lua_Number n = luaL_checknumber(L, arg);
   luaL_argcheck(L, isfinite(n), arg, "now must be a finite number");
   return (double)n;
@@ -352,32 +348,12 @@ static int is_url(const char *p) {
          (strncmp(p, "postgresql://", 13) == 0 || strncmp(p, "postgres://", 11) == 0);
 }
 
-/* The URL without its password (for messages and info()): user:secret@ ->
- * user:***@, and a query holding password= is dropped. */
+/* The URL without its password (for messages and info()): see
+ * store_pg_label. */
 static void push_redacted(lua_State *L, const char *url) {
-  luaL_Buffer b;
-  luaL_buffinit(L, &b);
-  const char *rest = strstr(url, "://");
-  rest = rest ? rest + 3 : url;
-  luaL_addlstring(&b, url, (size_t)(rest - url));
-  const char *slash = strpbrk(rest, "/?");
-  const char *at = NULL;
-  for (const char *p = rest; *p && (slash == NULL || p < slash); p++)
-    if (*p == '@') at = p;
-  if (at != NULL) {
-    const char *colon = memchr(rest, ':', (size_t)(at - rest));
-    if (colon != NULL) {
-      luaL_addlstring(&b, rest, (size_t)(colon - rest));
-      luaL_addstring(&b, ":***");
-    } else {
-      luaL_addlstring(&b, rest, (size_t)(at - rest));
-    }
-    rest = at;
-  }
-  const char *q = strchr(rest, '?');
-  if (q != NULL && strstr(q, "password") != NULL) luaL_addlstring(&b, rest, (size_t)(q - rest));
-  else luaL_addstring(&b, rest);
-  luaL_pushresult(&b);
+  char label[512];
+  store_pg_label(url, label, sizeof label);
+  lua_pushstring(L, label);
 }
 
 typedef struct {
@@ -389,19 +365,24 @@ typedef struct {
   const char *ns;
   size_t nslen;
   const char *sync;
-  lua_Integer busy_ms, connect_timeout_s;
+  lua_Integer busy_ms, connect_timeout_s, statement_ms;
   int create;
 } open_opts;
 
-static const char *opt_string(lua_State *L, int t, const char *name, size_t *len) {
+/* The string is anchored in the table at index `anchor` (an __index
+ * metamethod may return a fresh string that nothing else references: it
+ * must stay reachable while the pointer is in use). */
+static const char *opt_string(lua_State *L, int t, int anchor, const char *name, size_t *len) {
   lua_getfield(L, t, name);
   const char *v = NULL;
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING)
       luaL_error(L, "oflua.store: option '%s' must be a string", name);
     v = lua_tolstring(L, -1, len);
+    lua_pushvalue(L, -1);
+    lua_setfield(L, anchor, name);
   }
-  lua_pop(L, 1); /* the string stays alive in the options table */
+  lua_pop(L, 1);
   return v;
 }
 
@@ -419,16 +400,21 @@ static lua_Integer opt_int(lua_State *L, int t, const char *name, lua_Integer de
   return v;
 }
 
+/* Pushes the table anchoring the option strings: it stays on the stack
+ * while o is in use. */
 static void read_open_opts(lua_State *L, int t, open_opts *o) {
   memset(o, 0, sizeof *o);
-  o->path = opt_string(L, t, "path", NULL);
-  o->url = opt_string(L, t, "url", NULL);
-  o->key = opt_string(L, t, "key", &o->keylen);
-  o->key_file = opt_string(L, t, "key_file", NULL);
-  o->ns = opt_string(L, t, "namespace", &o->nslen);
-  o->sync = opt_string(L, t, "synchronous", NULL);
+  lua_createtable(L, 0, 6);
+  int a = lua_gettop(L);
+  o->path = opt_string(L, t, a, "path", NULL);
+  o->url = opt_string(L, t, a, "url", NULL);
+  o->key = opt_string(L, t, a, "key", &o->keylen);
+  o->key_file = opt_string(L, t, a, "key_file", NULL);
+  o->ns = opt_string(L, t, a, "namespace", &o->nslen);
+  o->sync = opt_string(L, t, a, "synchronous", NULL);
   o->busy_ms = opt_int(L, t, "busy_timeout_ms", 5000, 3600000);
   o->connect_timeout_s = opt_int(L, t, "connect_timeout_s", 5, 3600);
+  o->statement_ms = opt_int(L, t, "statement_timeout_ms", 0, 3600000);
   lua_getfield(L, t, "create");
   o->create = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
   lua_pop(L, 1);
@@ -482,7 +468,7 @@ static int new_handle(lua_State *L, int opts) {
     return push_err(L, "invalid", "oflua.store: %s", err);
   }
   store_open_opts bo = {o.path, o.url, o.sync, (long)o.busy_ms, (long)o.connect_timeout_s,
-                        o.create};
+                        o.create, (long)o.statement_ms};
   const char *db = o.url != NULL ? o.url : o.path;
   s->db = malloc(strlen(db) + 1);
   if (s->db == NULL) {
@@ -777,6 +763,19 @@ static int list_iter(lua_State *L) {
 /* s:list([prefix]) -> iterator over key, value (id order). Every row of
  * the namespace has its key decrypted to test the prefix: O(rows). Raises
  * on a database error or a tampered row. */
+/* The iterator reads the database: off an I/O thread first (see
+ * blocking_call below); k runs in the same closure, upvalues included. */
+static int list_iter_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return list_iter(L);
+}
+
+static int list_iter_offload(lua_State *L) {
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, list_iter_k, 0);
+  return list_iter(L);
+}
+
 static int store_list(lua_State *L) {
   store_handle *s = check_open(L, 1);
   luaL_optlstring(L, 2, "", NULL);
@@ -787,7 +786,7 @@ static int store_list(lua_State *L) {
   }
   if (ready(L, s)) return raise3(L);
   rows_new(L, SCAN_BATCH, 1);
-  lua_pushcclosure(L, list_iter, 3);
+  lua_pushcclosure(L, list_iter_offload, 3);
   return 1;
 }
 
@@ -1061,6 +1060,44 @@ static int store_rekey(lua_State *L) {
  *   dead     failed max_attempts times; inbox_retry() puts it back to pending
  */
 
+/* Claim tokens (store_fence): "<attempts>:<lease end as a hex float>", an
+ * opaque text for the caller (exact: the lease end round-trips). */
+static void push_token(lua_State *L, int64_t attempts, double lease_end) {
+  char buf[64];
+  snprintf(buf, sizeof buf, "%lld:%a", (long long)attempts, lease_end);
+  lua_pushstring(L, buf);
+}
+
+/* The optional claim token at arg: 1 (fence filled), 0 (none given). */
+static int opt_token(lua_State *L, int arg, store_fence *fence) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  const char *t = luaL_checkstring(L, arg);
+  char *end = NULL;
+  errno = 0;
+  long long a = strtoll(t, &end, 10);
+  int ok = errno == 0 && end != t && *end == ':' && a >= 0;
+  if (ok) {
+    const char *d = end + 1;
+    fence->lease_end = strtod(d, &end);
+    ok = end != d && *end == '\0' && isfinite(fence->lease_end);
+  }
+  luaL_argcheck(L, ok, arg, "not a claim token (the claim field of an inbox_claim item)");
+  fence->attempts = (int64_t)a;
+  return 1;
+}
+
+/* Whether a locked row is still held by the claim a fence names. */
+static int fence_holds(const store_event *e, const store_fence *fence) {
+  return strcmp(e->state, "claimed") == 0 && e->attempts == fence->attempts &&
+         e->next_at == fence->lease_end;
+}
+
+static int push_lost(lua_State *L) {
+  return push_err(L, "lost",
+                  "oflua.store: the claim on this event was lost (its lease ran out and it "
+                  "was claimed again, or it was settled meanwhile)");
+}
+
 static lua_Number opt_lease(lua_State *L, int arg) {
   lua_Number lease = luaL_optnumber(L, arg, -1);
   luaL_argcheck(L, lease == -1 || (lease > 0 && lease <= 86400 * 7), arg,
@@ -1127,7 +1164,9 @@ static int store_inbox_add(lua_State *L) {
   int r = add_events(L, s, &it, 1, now, lease, &inserted);
   if (r) return r;
   lua_pushboolean(L, inserted);
-  return 1;
+  if (!inserted || lease <= 0) return 1;
+  push_token(L, 0, now + (double)lease);
+  return 2;
 }
 
 /* s:inbox_add_many({{id =, payload =}, ...}[, now[, lease_s]]) -> {true | false, ...}
@@ -1143,6 +1182,10 @@ static int store_inbox_add_many(lua_State *L) {
   luaL_argcheck(L, n >= 0 && n <= MAX_BATCH, 2, "at most 1000 events per call");
   new_item *items = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *items, 0);
   int *inserted = lua_newuserdatauv(L, (size_t)(n > 0 ? n : 1) * sizeof *inserted, 0);
+  /* Anchors every id and payload: an item's __index may return fresh
+   * strings that nothing else references. */
+  lua_createtable(L, (int)(2 * n), 0);
+  int anchor = lua_gettop(L);
   size_t total = 0;
   for (lua_Integer i = 1; i <= n; i++) {
     if (lua_rawgeti(L, 2, i) != LUA_TTABLE)
@@ -1159,7 +1202,9 @@ static int store_inbox_add_many(lua_State *L) {
     total += it->plen;
     if (it->plen > MAX_VALUE - BOX_OVERHEAD || total > MAX_VALUE)
       return push_err(L, "invalid", "oflua.store: payloads too large");
-    lua_pop(L, 3); /* the strings stay alive in the list */
+    lua_rawseti(L, anchor, 2 * i);
+    lua_rawseti(L, anchor, 2 * i - 1);
+    lua_pop(L, 1);
   }
   READY(L, s);
   lua_createtable(L, (int)n, 0);
@@ -1173,7 +1218,9 @@ static int store_inbox_add_many(lua_State *L) {
     lua_rawseti(L, result, i);
   }
   lua_settop(L, result);
-  return 1;
+  if (lease <= 0) return 1;
+  push_token(L, 0, now + (double)lease); /* the claim of every new event */
+  return 2;
 }
 
 /* ---- group commit ------------------------------------------------------------
@@ -1195,7 +1242,9 @@ static void grouped_release(void *ud) {
 }
 
 /* Pushes the results of a completed item (it still owned by the caller). */
-static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err) {
+/* lease_end > 0: the row was inserted claimed (its claim token follows). */
+static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err,
+                           double lease_end) {
   if (rc == 1)
     return push_err(L, "busy", "oflua.store: the group-commit queue is full (%d rows waiting)",
                     GROUP_QUEUE_ROWS);
@@ -1207,7 +1256,9 @@ static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, 
     if (f) return f;
   }
   lua_pushboolean(L, inserted);
-  return 1;
+  if (!inserted || lease_end <= 0) return 1;
+  push_token(L, 0, lease_end);
+  return 2;
 }
 
 static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
@@ -1215,7 +1266,8 @@ static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
   group_item *it = (group_item *)ctx; /* freed by grouped_release, after this */
   char err[sizeof it->err];
   memcpy(err, it->err, sizeof err);
-  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err);
+  double lease_end = strcmp(it->ev.state, "claimed") == 0 ? it->ev.next_at : 0;
+  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err, lease_end);
 }
 
 static int store_inbox_add_grouped(lua_State *L) {
@@ -1272,7 +1324,7 @@ static int store_inbox_add_grouped(lua_State *L) {
     char err[sizeof it->err];
     memcpy(err, it->err, sizeof err);
     free(it);
-    return grouped_results(L, s, r, ins, err);
+    return grouped_results(L, s, r, ins, err, lease > 0 ? now + (double)lease : 0);
   }
   struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
   it->complete = grouped_complete;
@@ -1283,6 +1335,21 @@ static int store_inbox_add_grouped(lua_State *L) {
     api->complete(w);
   }
   return api->park(L, w, grouped_k, (lua_KContext)it);
+}
+
+/* The committer thread does the writing: only a handle not ready yet (its
+ * first use: opening, connecting) waits here, so only then is the handler
+ * moved off an I/O thread. */
+static int grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return store_inbox_add_grouped(L);
+}
+
+static int store_inbox_add_grouped_entry(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  const oflua_wait_api *api = s->ready ? NULL : oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, grouped_entry_k, 0);
+  return store_inbox_add_grouped(L);
 }
 
 /* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
@@ -1392,6 +1459,8 @@ static int store_inbox_claim(lua_State *L) {
     lua_setfield(L, -2, "payload");
     lua_pushinteger(L, (lua_Integer)e->attempts);
     lua_setfield(L, -2, "attempts");
+    push_token(L, e->attempts, now + lease);
+    lua_setfield(L, -2, "claim");
     lua_rawseti(L, -2, ++out);
   }
   rows_clear(r);
@@ -1434,16 +1503,18 @@ static int event_index(lua_State *L, store_handle *s, const char *eid, size_t el
 }
 
 /* Shared by done/retry: find the event, set its state. */
-static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
+static int inbox_move(lua_State *L, const char *state, int reset_attempts, int token_arg) {
   store_handle *s = check_open(L, 1);
   size_t elen;
   const char *eid = check_id(L, 2, &elen, "event id");
   double now = opt_now(L, 3);
+  store_fence fence;
+  const store_fence *fp = token_arg > 0 && opt_token(L, token_arg, &fence) ? &fence : NULL;
   READY(L, s);
   unsigned char idx[IDX_LEN];
   if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
   /* One statement in the common case (the hot path of every delivery). */
-  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now);
+  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now, fp);
   if (rc < 0) return push_be(L, s, rc);
   if (rc == 1) {
     lua_pushboolean(L, 1);
@@ -1462,6 +1533,11 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
     return 1;
   }
   store_event *e = &r->ev[0];
+  if (fp != NULL && !fence_holds(e, fp)) {
+    s->be->tx_rollback(s->c);
+    rows_clear(r);
+    return push_lost(L);
+  }
   rc = s->be->inbox_set(s->c, e->id, state, reset_attempts ? 0 : e->attempts,
                         reset_attempts ? now : e->next_at, cb(NULL, 0), now);
   if (rc >= 0) rc = s->be->tx_commit(s->c);
@@ -1472,22 +1548,26 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts) {
   return 1;
 }
 
-/* s:inbox_done(event_id[, now]) -> true | false (unknown id) | nil, err */
+/* s:inbox_done(event_id[, now[, claim]]) -> true | false (unknown id) | nil, err
+ * With claim (an inbox_claim item's token) only while that claim still
+ * holds the event: else nil, err, "lost" and nothing changes. */
 static int store_inbox_done(lua_State *L) {
-  return inbox_move(L, "done", 0);
+  return inbox_move(L, "done", 0, 4);
 }
 
 /* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
  * attempts reset (for a dead, failed or done event). */
 static int store_inbox_retry(lua_State *L) {
-  return inbox_move(L, "pending", 1);
+  return inbox_move(L, "pending", 1, 0);
 }
 
 /* s:inbox_fail(event_id, reason[, max_attempts=5[, now[, delay_s]]])
  *   -> "pending", next_attempt_at | "dead" | nil, err
  * Counts a failed attempt. Below max_attempts the event is due again after
  * delay_s, by default 2^attempts seconds (capped at an hour); at
- * max_attempts it becomes dead. */
+ * max_attempts it becomes dead. With claim (the inbox_claim item's token, 7th
+ * argument) only while that claim still holds the event: else nil, err,
+ * "lost" and nothing changes. */
 static int store_inbox_fail(lua_State *L) {
   store_handle *s = check_open(L, 1);
   size_t elen, rlen;
@@ -1501,6 +1581,8 @@ static int store_inbox_fail(lua_State *L) {
     delay = (double)luaL_checknumber(L, 6);
     luaL_argcheck(L, isfinite(delay) && delay >= 0, 6, "delay_s must be >= 0");
   }
+  store_fence fence;
+  int fenced = opt_token(L, 7, &fence);
   if (rlen > 65536) rlen = 65536; /* a reason is a message, not a document */
   READY(L, s);
   rows_t *r = rows_new(L, 1, 0);
@@ -1518,6 +1600,11 @@ static int store_inbox_fail(lua_State *L) {
   if (f == 0) {
     s->be->tx_rollback(s->c);
     return push_err(L, "invalid", "oflua.store: no such event in the inbox");
+  }
+  if (fenced && !fence_holds(&r->ev[0], &fence)) {
+    s->be->tx_rollback(s->c);
+    rows_clear(r);
+    return push_lost(L);
   }
   int64_t attempts = r->ev[0].attempts + 1;
   int dead = attempts >= max;
@@ -1751,29 +1838,59 @@ static int store_is_url(lua_State *L) {
   return 1;
 }
 
+/* Every function that waits on the database (a lock, the disk, the network)
+ * first moves a handler running inline on an oflua.server I/O thread to its
+ * VM's worker (internal.h: offload; elsewhere the call runs at once). The
+ * registered function is a closure whose upvalue indexes this table. */
+static const luaL_Reg blocking[] = {{"get", store_get},
+                                    {"put", store_put},
+                                    {"delete", store_delete},
+                                    {"list", store_list},
+                                    {"transaction", store_transaction},
+                                    {"rekey", store_rekey},
+                                    {"info", store_info},
+                                    {"inbox_add", store_inbox_add},
+                                    {"inbox_add_many", store_inbox_add_many},
+                                    {"inbox_claim", store_inbox_claim},
+                                    {"inbox_done", store_inbox_done},
+                                    {"inbox_fail", store_inbox_fail},
+                                    {"inbox_retry", store_inbox_retry},
+                                    {"inbox_get", store_inbox_get},
+                                    {"inbox_list", store_inbox_list},
+                                    {"inbox_dead", store_inbox_dead},
+                                    {"inbox_stats", store_inbox_stats},
+                                    {"inbox_prune", store_inbox_prune},
+                                    {"open", store_open},
+                                    {"open_env", store_open_env},
+                                    {NULL, NULL}};
+#define FIRST_MODULE_FN 18 /* blocking[18..]: module functions, not methods */
+
+static int blocking_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return blocking[ctx].func(L);
+}
+
+static int blocking_call(lua_State *L) {
+  lua_KContext i = (lua_KContext)lua_tointeger(L, lua_upvalueindex(1));
+  const oflua_wait_api *api = oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, blocking_k, i);
+  return blocking[i].func(L);
+}
+
+/* Sets the blocking functions [from, to) in the table on top. */
+static void set_blocking(lua_State *L, int from, int to) {
+  for (int i = from; i < to; i++) {
+    lua_pushinteger(L, i);
+    lua_pushcclosure(L, blocking_call, 1);
+    lua_setfield(L, -2, blocking[i].name);
+  }
+}
+
 int luaopen_oflua_store(lua_State *L) {
   store_fork_watch();
   static const luaL_Reg methods[] = {
-      {"get", store_get},
-      {"put", store_put},
-      {"delete", store_delete},
-      {"list", store_list},
-      {"transaction", store_transaction},
-      {"rekey", store_rekey},
-      {"info", store_info},
-      {"inbox_add", store_inbox_add},
-      {"inbox_add_many", store_inbox_add_many},
-      {"inbox_add_grouped", store_inbox_add_grouped},
+      {"inbox_add_grouped", store_inbox_add_grouped_entry},
       {"group_stats", store_group_stats_lua},
-      {"inbox_claim", store_inbox_claim},
-      {"inbox_done", store_inbox_done},
-      {"inbox_fail", store_inbox_fail},
-      {"inbox_retry", store_inbox_retry},
-      {"inbox_get", store_inbox_get},
-      {"inbox_list", store_inbox_list},
-      {"inbox_dead", store_inbox_dead},
-      {"inbox_stats", store_inbox_stats},
-      {"inbox_prune", store_inbox_prune},
       {"close", store_close},
       {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", store_gc},
@@ -1781,15 +1898,14 @@ int luaopen_oflua_store(lua_State *L) {
                                   {"__tostring", store_tostring},
                                   {"__index", NULL},
                                   {NULL, NULL}};
-  static const luaL_Reg funcs[] = {{"open", store_open},
-                                   {"open_env", store_open_env},
-                                   {"keygen", store_keygen},
+  static const luaL_Reg funcs[] = {{"keygen", store_keygen},
                                    {"save_key", store_save_key},
                                    {"is_url", store_is_url},
                                    {NULL, NULL}};
   if (luaL_newmetatable(L, STORE_MT)) {
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);
+    set_blocking(L, 0, FIRST_MODULE_FN);
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
@@ -1804,6 +1920,7 @@ int luaopen_oflua_store(lua_State *L) {
   }
   lua_pop(L, 1);
   luaL_newlib(L, funcs);
+  set_blocking(L, FIRST_MODULE_FN, (int)(sizeof blocking / sizeof blocking[0]) - 1);
   char version[64];
   store_sqlite_backend.version(NULL, version, sizeof version);
   lua_pushstring(L, version);

@@ -22,8 +22,14 @@
 #ifndef OFLUA_STORE_BACKEND_H
 #define OFLUA_STORE_BACKEND_H
 
+#include "util.h"
+
 #include <stddef.h>
 #include <stdint.h>
+
+/* strerror for messages, thread-safe (opens run on server worker threads):
+ * the text lives until the end of the enclosing block. */
+#define STORE_STRERROR(e) oflua__strerror((e), (char[128]){0}, 128)
 
 #define STORE_IDX_LEN 32
 #define STORE_SALT_LEN 16
@@ -32,6 +38,16 @@
  * (no version row); 2: adds the version row and the (ns, id) index that
  * makes list() O(rows). A store with a newer version is refused. */
 #define STORE_SCHEMA_VERSION 2
+
+/* A claim token (inbox_claim): the row is still claimed by that claim when
+ * its state is 'claimed' with these attempts and lease end (every new claim
+ * of a row changes one of them: a re-claim after expiry counts an attempt,
+ * and sets a new lease end). inbox_mark with a fence updates only such a
+ * row. */
+typedef struct {
+  int64_t attempts;
+  double lease_end;
+} store_fence;
 
 enum { STORE_EDB = -1, STORE_EUNAVAIL = -2 };
 
@@ -91,6 +107,7 @@ typedef struct {
   long busy_ms;     /* SQLite: wait for the write lock */
   long connect_timeout_s; /* PostgreSQL */
   int create;
+  long statement_ms; /* PostgreSQL: statement_timeout (0: none) */
 } store_open_opts;
 
 typedef struct store_backend {
@@ -158,7 +175,7 @@ typedef struct store_backend {
    * store are both under key id kid. 1 updated, 0 not (absent, or another
    * key id: the caller looks closer through inbox_find). */
   int (*inbox_mark)(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                    const char *state, int reset, double now);
+                    const char *state, int reset, double now, const store_fence *fence);
   /* Sets state, attempts, next_at, updated_at and (if rbox.p) the reason. */
   int (*inbox_set)(store_conn *c, int64_t id, const char *state, int64_t attempts,
                    double next_at, store_cbytes rbox, double now);
@@ -183,6 +200,12 @@ typedef struct store_backend {
 
 extern const store_backend store_sqlite_backend;
 extern const store_backend store_pg_backend;
+
+/* A PostgreSQL URL's label for messages, tostring and info(): parsed the way
+ * libpq parses it (PQconninfoParse), rebuilt from user, host, port and dbname
+ * only, so the password (in userinfo, percent-encoded or in the query) never
+ * shows. Always writes a NUL-terminated text into buf. */
+void store_pg_label(const char *url, char *buf, size_t len);
 
 /* Helpers shared by backends and the API (store_backend.c is not needed:
  * these are static inline). */

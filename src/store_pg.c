@@ -137,7 +137,9 @@ static const char *const SQL[ST_COUNT] = {
                    " attempts = CASE WHEN $5::int = 1 THEN 0 ELSE attempts END,"
                    " next_at = CASE WHEN $5::int = 1 THEN $6::float8 ELSE next_at END,"
                    " updated_at = $6::float8 WHERE ns = $1::text AND eidx = $2::bytea"
-                   " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint",
+                   " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint"
+                   " AND ($7::int = 0 OR (state = 'claimed' AND attempts = $8::bigint"
+                   " AND next_at = $9::float8))",
     [ST_IN_LIST] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
                    " AND state = $2::text AND id > $3::bigint ORDER BY id LIMIT $4::int",
     [ST_IN_LIST_ANY] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
@@ -158,6 +160,7 @@ typedef struct {
   char *password; /* the URL's password, to scrub from messages; NULL if none */
   long timeout_s;
   long lock_ms; /* lock_timeout: how long a statement waits for a lock */
+  long statement_ms; /* statement_timeout (0: none) */
   int depth;  /* transaction nesting */
   int broken; /* the connection was lost inside a transaction */
   unsigned prepared; /* bit i: statement i is prepared on this connection */
@@ -214,10 +217,13 @@ static int ensure(pg_conn *q) {
   char timeout[24];
   snprintf(timeout, sizeof timeout, "%ld", q->timeout_s);
   /* Ours first: what the URL sets wins. Keepalives notice a server that
-   * vanished (partition, dead host) in ~25 s instead of hours. */
+   * vanished (partition, dead host) while a query waits in ~11 s (5 s idle,
+   * then 3 probes 2 s apart) instead of hours; tcp_user_timeout bounds
+   * data the server never acknowledges to 10 s. */
   const char *const keys[] = {"connect_timeout", "application_name", "keepalives_idle",
-                              "keepalives_interval", "keepalives_count", "dbname", NULL};
-  const char *const vals[] = {timeout, "oflua", "10", "5", "3", q->url, NULL};
+                              "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+                              "dbname", NULL};
+  const char *const vals[] = {timeout, "oflua", "5", "2", "3", "10000", q->url, NULL};
   q->pg = PQconnectdbParams(keys, vals, 1);
   if (q->pg == NULL) {
     snprintf(q->base.err, sizeof q->base.err, "out of memory");
@@ -230,15 +236,21 @@ static int ensure(pg_conn *q) {
     pg_drop(q);
     /* Down (no answer, or starting up / shutting down) is an outage; a
      * server that answers but refuses us (password, database name) is a
-     * configuration error that waiting will not fix. */
-    return PQpingParams(keys, vals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
+     * configuration error that waiting will not fix. A connect that timed
+     * out is an outage without asking again; otherwise one ping, bounded
+     * to 2 s (libpq's minimum), tells them apart: it answers at once when
+     * the server is up, fails at once when the port is closed. */
+    if (strstr(msg, "timeout expired") != NULL) return STORE_EUNAVAIL;
+    const char *pvals[] = {"2", "oflua", "5", "2", "3", "10000", q->url, NULL};
+    return PQpingParams(keys, pvals, 1) == PQPING_OK ? STORE_EDB : STORE_EUNAVAIL;
   }
   PQsetNoticeProcessor(q->pg, quiet_notice, NULL);
   /* A lock wait is bounded like SQLite's busy timeout (busy_timeout_ms):
    * two transactions waiting on each other from one process fail instead of
    * hanging. */
-  char set[64];
-  snprintf(set, sizeof set, "SET lock_timeout = %ld", q->lock_ms > 0 ? q->lock_ms : 1);
+  char set[96];
+  snprintf(set, sizeof set, "SET lock_timeout = %ld; SET statement_timeout = %ld",
+           q->lock_ms > 0 ? q->lock_ms : 1, q->statement_ms);
   PGresult *r = PQexec(q->pg, set);
   int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
   if (!ok) scrub(q, PQresultErrorMessage(r));
@@ -306,9 +318,13 @@ static PGresult *run(pg_conn *q, int id, const char *sql, int n, const char *con
       *rc = STORE_EUNAVAIL;
       return NULL;
     }
+    /* 57014: statement_timeout_ms ran out (an overloaded or stuck server):
+     * an outage for the caller (503, retry later), not a bad request. */
+    const char *code = r ? PQresultErrorField(r, PG_DIAG_SQLSTATE) : NULL;
+    int canceled = code != NULL && strcmp(code, "57014") == 0;
     scrub(q, r ? PQresultErrorMessage(r) : PQerrorMessage(q->pg));
     PQclear(r);
-    *rc = STORE_EDB;
+    *rc = canceled ? STORE_EUNAVAIL : STORE_EDB;
     return NULL;
   }
 }
@@ -327,10 +343,10 @@ static int run_void(pg_conn *q, int id, const char *sql, int n, const char *cons
 
 typedef struct {
   int n;
-  const char *v[8];
-  int len[8];
-  int fmt[8];
-  char num[8][32];
+  const char *v[10];
+  int len[10];
+  int fmt[10];
+  char num[10][32];
 } params;
 
 static void p_text(params *p, const char *s) {
@@ -401,6 +417,29 @@ static int oom(pg_conn *q) {
 
 /* ---- open and close -------------------------------------------------------- */
 
+void store_pg_label(const char *url, char *buf, size_t len) {
+  char *perr = NULL;
+  PQconninfoOption *opts = PQconninfoParse(url, &perr);
+  PQfreemem(perr);
+  if (opts == NULL) {
+    snprintf(buf, len, "postgresql://(invalid URL)");
+    return;
+  }
+  const char *user = NULL, *host = NULL, *hostaddr = NULL, *port = NULL, *db = NULL;
+  for (PQconninfoOption *p = opts; p->keyword != NULL; p++) {
+    const char *v = p->val != NULL && p->val[0] != '\0' ? p->val : NULL;
+    if (strcmp(p->keyword, "user") == 0) user = v;
+    else if (strcmp(p->keyword, "host") == 0) host = v;
+    else if (strcmp(p->keyword, "hostaddr") == 0) hostaddr = v;
+    else if (strcmp(p->keyword, "port") == 0) port = v;
+    else if (strcmp(p->keyword, "dbname") == 0) db = v;
+  }
+  if (host == NULL) host = hostaddr;
+  snprintf(buf, len, "postgresql://%s%s%s%s%s/%s", user ? user : "", user ? "@" : "",
+           host ? host : "", port ? ":" : "", port ? port : "", db ? db : "");
+  PQconninfoFree(opts);
+}
+
 static void pg_close(store_conn *c) {
   pg_conn *q = PG(c);
   if (q == NULL) return;
@@ -434,6 +473,7 @@ static store_conn *pg_open(const store_open_opts *o, char *err, size_t errlen) {
   PQconninfoFree(opts);
   q->timeout_s = o->connect_timeout_s > 0 ? o->connect_timeout_s : 5;
   q->lock_ms = o->busy_ms;
+  q->statement_ms = o->statement_ms;
   return &q->base;
 }
 
@@ -919,7 +959,7 @@ static int pg_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
 }
 
 static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                         const char *state, int reset, double now) {
+                         const char *state, int reset, double now, const store_fence *fence) {
   pg_conn *q = PG(c);
   params p = {0};
   p_text(&p, ns);
@@ -928,6 +968,9 @@ static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   p_text(&p, state);
   p_int(&p, reset != 0);
   p_real(&p, now);
+  p_int(&p, fence != NULL);
+  p_int(&p, fence ? fence->attempts : 0);
+  p_real(&p, fence ? fence->lease_end : 0);
   int64_t changed = 0;
   int rc = run_void(q, ST_IN_MARK, NULL, p.n, p.v, p.len, p.fmt, &changed);
   return rc != 0 ? rc : changed > 0;

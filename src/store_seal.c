@@ -150,34 +150,16 @@ int store_unseal(ofc_aead_key *k, const void *box, size_t boxlen, const store_aa
 
 /* ---- the master key's text form ------------------------------------------- */
 
-static const char B64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
+/* One base64 for the codebase: crypto_codec.c's (RFC 4648, padded). */
 void store_b64_encode(const unsigned char *in, size_t n, char *out) {
-  size_t o = 0;
-  for (size_t i = 0; i < n; i += 3) {
-    unsigned v = (unsigned)in[i] << 16;
-    if (i + 1 < n) v |= (unsigned)in[i + 1] << 8;
-    if (i + 2 < n) v |= in[i + 2];
-    out[o++] = B64[(v >> 18) & 63];
-    out[o++] = B64[(v >> 12) & 63];
-    out[o++] = i + 1 < n ? B64[(v >> 6) & 63] : '=';
-    out[o++] = i + 2 < n ? B64[v & 63] : '=';
-  }
-  out[o] = '\0';
-}
-
-static int b64_value(unsigned char c) {
-  if (c >= 'A' && c <= 'Z') return c - 'A';
-  if (c >= 'a' && c <= 'z') return c - 'a' + 26;
-  if (c >= '0' && c <= '9') return c - '0' + 52;
-  if (c == '+') return 62;
-  if (c == '/') return 63;
-  return -1;
+  out[ofc_base64_encode(in, n, 0, out)] = '\0';
 }
 
 /* Strict decoding of a 32-byte key from padded base64, surrounding white
- * space allowed (key files end with a newline). 0 or -1; never says why in
- * terms of the text, so the key cannot leak into a message. */
+ * space allowed (key files end with a newline): exactly 44 characters, one
+ * '=', zero trailing bits (ofc_base64_decode is strict). 0 or -1; never says
+ * why in terms of the text (the decoder's message and position are
+ * dropped), so the key cannot leak into a message. */
 int store_decode_key(const char *text, size_t n, unsigned char key[KEY_LEN]) {
   while (n > 0 && (text[n - 1] == '\n' || text[n - 1] == '\r' || text[n - 1] == ' ' ||
                    text[n - 1] == '\t'))
@@ -187,25 +169,9 @@ int store_decode_key(const char *text, size_t n, unsigned char key[KEY_LEN]) {
     n--;
   }
   if (n != 44 || text[43] != '=' || text[42] == '=') return -1;
-  unsigned char out[33];
-  size_t o = 0;
-  int ok = 1;
-  for (size_t i = 0; i < 44; i += 4) {
-    int v[4];
-    for (int j = 0; j < 4; j++) {
-      unsigned char c = (unsigned char)text[i + j];
-      v[j] = (i + j == 43) ? 0 : b64_value(c);
-      if (v[j] < 0) ok = 0;
-    }
-    if (!ok) break;
-    unsigned w = ((unsigned)v[0] << 18) | ((unsigned)v[1] << 12) | ((unsigned)v[2] << 6) |
-                 (unsigned)v[3];
-    out[o++] = (unsigned char)(w >> 16);
-    out[o++] = (unsigned char)(w >> 8);
-    out[o++] = (unsigned char)w;
-  }
-  /* 43 significant characters carry 258 bits: the last 2 must be zero. */
-  if (ok && (b64_value((unsigned char)text[42]) & 3) != 0) ok = 0;
+  unsigned char out[44 / 4 * 3 + 3];
+  size_t got = 0;
+  int ok = ofc_base64_decode(text, n, 0, out, &got, NULL) == NULL && got == KEY_LEN;
   if (ok) memcpy(key, out, KEY_LEN);
   ofc_cleanse(out, sizeof out);
   return ok ? 0 : -1;
@@ -214,14 +180,14 @@ int store_decode_key(const char *text, size_t n, unsigned char key[KEY_LEN]) {
 int store_read_key_file(const char *path, unsigned char key[KEY_LEN], char *err, size_t errlen) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    snprintf(err, errlen, "cannot open key file %s: %s", path, strerror(errno));
+    snprintf(err, errlen, "cannot open key file %s: %s", path, STORE_STRERROR(errno));
     return -1;
   }
   struct stat st;
   if (fstat(fd, &st) != 0) {
     int e = errno;
     close(fd);
-    snprintf(err, errlen, "cannot stat key file %s: %s", path, strerror(e));
+    snprintf(err, errlen, "cannot stat key file %s: %s", path, STORE_STRERROR(e));
     return -1;
   }
   if (!S_ISREG(st.st_mode)) {
@@ -245,7 +211,7 @@ int store_read_key_file(const char *path, unsigned char key[KEY_LEN], char *err,
       int e = errno;
       close(fd);
       ofc_cleanse(buf, sizeof buf);
-      snprintf(err, errlen, "cannot read key file %s: %s", path, strerror(e));
+      snprintf(err, errlen, "cannot read key file %s: %s", path, STORE_STRERROR(e));
       return -1;
     }
     if (r == 0 || (got += (size_t)r) == sizeof buf) break;
@@ -271,7 +237,7 @@ int store_write_key_file(const char *path, const unsigned char key[KEY_LEN], cha
     int e = errno;
     ofc_cleanse(line, sizeof line);
     if (e == EEXIST) snprintf(err, errlen, "%s already exists; not overwriting it", path);
-    else snprintf(err, errlen, "cannot create %s: %s", path, strerror(e));
+    else snprintf(err, errlen, "cannot create %s: %s", path, STORE_STRERROR(e));
     return -1;
   }
   size_t off = 0;
@@ -290,7 +256,7 @@ int store_write_key_file(const char *path, const unsigned char key[KEY_LEN], cha
   if (close(fd) != 0 && e == 0) e = errno;
   if (e != 0) {
     unlink(path);
-    snprintf(err, errlen, "cannot write %s: %s", path, strerror(e));
+    snprintf(err, errlen, "cannot write %s: %s", path, STORE_STRERROR(e));
     return -1;
   }
   return 0;

@@ -128,7 +128,8 @@ static const char *const SQL[ST_COUNT] = {
     [ST_IN_MARK] = "UPDATE oflua_inbox SET state = ?4,"
                    " attempts = CASE WHEN ?5 THEN 0 ELSE attempts END,"
                    " next_at = CASE WHEN ?5 THEN ?6 ELSE next_at END, updated_at = ?6"
-                   " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3",
+                   " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3"
+                   " AND (?7 = 0 OR (state = 'claimed' AND attempts = ?8 AND next_at = ?9))",
     [ST_IN_LIST] = "SELECT id, kid, ebox, pbox, attempts, state, rbox, next_at, created_at,"
                    " updated_at, ns FROM oflua_inbox"
                    " WHERE ns = ?1 AND state = ?2 AND id > ?3 ORDER BY id LIMIT ?4",
@@ -166,9 +167,7 @@ static int fail(sq_conn *q) {
  * most busy_ms in all. */
 static int sq_busy(void *arg, int count) {
   sq_conn *q = arg;
-  struct timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  double t = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+  double t = oflua__mono_now();
   if (count == 0) q->busy_since = t;
   else if ((t - q->busy_since) * 1000.0 >= (double)q->busy_ms) return 0;
   long us = 20L << (count < 6 ? count : 6);
@@ -260,14 +259,14 @@ static store_conn *sq_open(const store_open_opts *o, char *err, size_t errlen) {
   struct stat fst;
   if (!memory && stat(o->path, &fst) != 0) {
     if (errno != ENOENT || !o->create) {
-      snprintf(err, errlen, "no store at %s (%s)", o->path, strerror(errno));
+      snprintf(err, errlen, "no store at %s (%s)", o->path, STORE_STRERROR(errno));
       return NULL;
     }
     /* Create the file ourselves so it (and its -wal/-shm, which SQLite gives
      * the same mode) is 0600 from the first byte. */
     int fd = open(o->path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0 && errno != EEXIST) {
-      snprintf(err, errlen, "cannot create %s: %s", o->path, strerror(errno));
+      snprintf(err, errlen, "cannot create %s: %s", o->path, STORE_STRERROR(errno));
       return NULL;
     }
     if (fd >= 0) close(fd);
@@ -744,7 +743,7 @@ static int sq_inbox_set(store_conn *c, int64_t id, const char *state, int64_t at
 }
 
 static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
-                         const char *state, int reset, double now) {
+                         const char *state, int reset, double now, const store_fence *fence) {
   sq_conn *q = SQ(c);
   sqlite3_stmt *st = stmt(q, ST_IN_MARK);
   if (st == NULL) return STORE_EDB;
@@ -754,6 +753,9 @@ static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   sqlite3_bind_text(st, 4, state, -1, SQLITE_STATIC);
   sqlite3_bind_int(st, 5, reset != 0);
   sqlite3_bind_double(st, 6, now);
+  sqlite3_bind_int(st, 7, fence != NULL);
+  sqlite3_bind_int64(st, 8, fence ? fence->attempts : 0);
+  sqlite3_bind_double(st, 9, fence ? fence->lease_end : 0);
   if (run(q, st) != 0) return STORE_EDB;
   return sqlite3_changes(q->db) > 0;
 }

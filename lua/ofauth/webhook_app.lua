@@ -264,6 +264,8 @@ function App:receive(method, raw_body, headers)
   local add = self.group_commit and self.store.inbox_add_grouped or self.store.inbox_add
   local inserted, err, kind = add(self.store, key, pack(stored, raw_body), store_now(self),
     inline and self.lease_s or nil)
+  -- a new event inserted claimed comes with its claim token (err's place)
+  local claim = inserted and err or nil
   if inserted == nil then
     if kind == "busy" then -- the commit queue is full: shed load at once
       self.metrics.webhook("overloaded")
@@ -282,7 +284,7 @@ function App:receive(method, raw_body, headers)
   -- The event is durable; handler problems can no longer change the answer.
   if inline then
     local ok, perr = pcall(function()
-      local item = { id = key, attempts = 0 }
+      local item = { id = key, attempts = 0, claim = claim }
       self:settle(item, self:dispatch(event, stored, item, self.handler_timeout))
       self.deliveries = self.deliveries + 1
       -- Retries of earlier events: when one this VM failed is due, and now
@@ -379,11 +381,13 @@ end
 
 -- Record how a claimed item's handlers went: done, or failed (retried with
 -- backoff, dead after max_attempts). `expired`: its attempts are used up by
--- lease expiries (no handler ran now): dead. Returns ok.
-function App:settle(item, ok, herr, expired, done_ids)
+-- lease expiries (no handler ran now): dead. Returns ok. item.claim (the
+-- claim token) fences the write: a runner whose lease ran out and whose
+-- event another runner claimed meanwhile changes nothing ("lost").
+function App:settle(item, ok, herr, expired, done_items)
   if ok then
-    if done_ids then done_ids[#done_ids + 1] = item.id -- App:process marks them together
-    else self.store:inbox_done(item.id, store_now(self)) end
+    if done_items then done_items[#done_items + 1] = item -- App:process marks them together
+    else self.store:inbox_done(item.id, store_now(self), item.claim) end
     self.metrics.processed()
     return true
   end
@@ -391,7 +395,12 @@ function App:settle(item, ok, herr, expired, done_ids)
   local reason = redact.text(tostring(herr)):sub(1, 2000)
   -- (an expired item's attempts already count the expiry: max_attempts here
   -- makes this call dead-letter it; the row then shows one more attempt)
-  local state, next_at = self.store:inbox_fail(item.id, reason, self.max_attempts, store_now(self))
+  local state, next_at, kind = self.store:inbox_fail(item.id, reason, self.max_attempts, store_now(self),
+    nil, item.claim)
+  if state == nil and kind == "lost" then
+    log.warn("webhook.claim_lost", { attempt = (item.attempts or 0) + 1 })
+    return false
+  end
   local dead = expired or state == "dead" or (item.attempts or 0) + 1 >= self.max_attempts
   if dead then
     self.metrics.dead_lettered()
@@ -422,7 +431,7 @@ function App:process(n)
   if not items then return nil, err end
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
-  local done_ids = {}
+  local done_items = {}
   for _, item in ipairs(items) do
     if (item.attempts or 0) >= self.max_attempts then
       self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
@@ -435,10 +444,10 @@ function App:process(n)
     local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
     if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
     local ok, herr = self:run(item, limit)
-    if self:settle(item, ok, herr, false, done_ids) then done = done + 1 else failed = failed + 1 end
+    if self:settle(item, ok, herr, false, done_items) then done = done + 1 else failed = failed + 1 end
     ::continue::
   end
-  self:mark_done(done_ids)
+  self:mark_done(done_items)
   return done, failed
 end
 
@@ -446,22 +455,24 @@ end
 -- commit per batch instead of one per event). A failure leaves them claimed:
 -- their lease runs out and they run again (at-least-once runs, as after a
 -- crash).
-function App:mark_done(ids)
-  if #ids == 0 then return end
+-- An item whose claim was lost (its lease ran out, another runner has it)
+-- is left to that runner.
+function App:mark_done(items)
+  if #items == 0 then return end
   local t = store_now(self)
   local st = self.store
-  if #ids > 1 and type(st.transaction) == "function" then
+  if #items > 1 and type(st.transaction) == "function" then
     local ok, err = pcall(st.transaction, st, function(s)
-      for _, id in ipairs(ids) do
-        local r, e = s:inbox_done(id, t)
-        if r == nil then error(e, 0) end
+      for _, item in ipairs(items) do
+        local r, e, kind = s:inbox_done(item.id, t, item.claim)
+        if r == nil and kind ~= "lost" then error(e, 0) end
       end
     end)
     if ok then return end
     log.limited("webhook.done_failed", "error", "webhook.done_failed", { error = tostring(err) })
     return
   end
-  for _, id in ipairs(ids) do st:inbox_done(id, t) end
+  for _, item in ipairs(items) do st:inbox_done(item.id, t, item.claim) end
 end
 
 --- Process due events until none are left (or `limit` rounds).
