@@ -11,7 +11,6 @@
 -- set.
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local store = require("oflua.store")
 local C = require("spec.fixtures.abuse.webhooks")
 local http = require("oflua.http")
@@ -20,23 +19,11 @@ local backends = require("spec.support.store_backends")
 local N = 2000
 local FIX = h.source_dir .. "/spec/fixtures/abuse/"
 
-local function lines(path)
-  local out = {}
-  for l in h.slurp(path):gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
+local lines = h.lines
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.02)
-  until core.monotonic() > deadline
-  return pred()
-end
+local function eventually(pred, limit) return h.eventually(pred, limit, 0.02) end
 
 local function integrity(db)
   local out, err, code = h.sh("sqlite3 " .. h.shq(db) .. " 'PRAGMA integrity_check'")

@@ -63,4 +63,28 @@ function M.oflua(args, opts)
   return M.sh(table.concat(parts, " "), opts)
 end
 
+--- True while process pid exists (kill -0).
+function M.alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+
+--- Polls pred() every `step` seconds (default 0.05) until it returns a true
+-- value or `limit` seconds (default 20) pass; returns that value, else pred()'s
+-- last answer.
+function M.eventually(pred, limit, step)
+  local core = require("oflua.core")
+  local deadline = core.monotonic() + (limit or 20)
+  repeat
+    local v = pred()
+    if v then return v end
+    core.sleep(step or 0.05)
+  until core.monotonic() > deadline
+  return pred()
+end
+
+--- The non-empty lines of a file.
+function M.lines(path)
+  local out = {}
+  for l in slurp(path):gmatch("[^\n]+") do out[#out + 1] = l end
+  return out
+end
+
 return M

@@ -7,20 +7,11 @@
 -- session's state travels in the redirect.
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local crypto = require("oflua.crypto")
 local http = require("oflua.http")
 local store = require("oflua.store")
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.05)
-  until core.monotonic() > deadline
-  return pred()
-end
+local eventually = h.eventually
 
 -- A free loopback port for the app, known before it starts: the example app
 -- builds its redirect URLs from OFLUA_PUBLIC_URL, never from Host.
@@ -34,7 +25,7 @@ local function free_port(dir)
   return port
 end
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
 describe("re-auth Link through the example app", function()
   local dir, pids = nil, {}

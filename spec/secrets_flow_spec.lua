@@ -10,23 +10,14 @@
 -- the connection id. The demo's output (scripts/lib/demo.lua) is scanned too.
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local crypto = require("oflua.crypto")
 local http = require("oflua.http")
 local store = require("oflua.store")
 local log = require("ofauth.log")
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.05)
-  until core.monotonic() > deadline
-  return pred()
-end
+local eventually = h.eventually
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
 -- Where a secret shows up in `texts` ({name = text}): "name" or nil.
 local function find_secret(texts, secrets)

@@ -8,30 +8,17 @@
 -- runs the suite under scripts/with-postgres).
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local store = require("oflua.store")
 local backends = require("spec.support.store_backends")
 local C = require("spec.fixtures.abuse.webhooks")
 
 local FIX = h.source_dir .. "/spec/fixtures/"
 
-local function lines(path)
-  local out = {}
-  for l in h.slurp(path):gmatch("[^\n]+") do out[#out + 1] = l end
-  return out
-end
+local lines = h.lines
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.05)
-  until core.monotonic() > deadline
-  return pred()
-end
+local eventually = h.eventually
 
 local pg = backends.pg
 local describe_pg = pg and describe or pending

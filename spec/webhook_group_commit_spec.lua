@@ -13,7 +13,6 @@
 -- lands once the lock is free, and the sender's retry is a duplicate.
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local http = require("oflua.http")
 local store = require("oflua.store")
 local webhooks = require("ofauth.webhooks")
@@ -35,17 +34,9 @@ local TRIGGER = {
     drop = "DROP TRIGGER oflua_test_full ON oflua_inbox; DROP FUNCTION oflua_test_full();" },
 }
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.02)
-  until core.monotonic() > deadline
-  return pred()
-end
+local function eventually(pred, limit) return h.eventually(pred, limit, 0.02) end
 
 local function body_of(i)
   return cjson.encode({ eventType = "connection.updated",

@@ -9,22 +9,13 @@
 --    browser back to the configured public URL whatever the Host header says.
 local h = require("spec.helper")
 local cjson = require("cjson")
-local core = require("oflua.core")
 local http = require("oflua.http")
 local store = require("oflua.store")
 local webhooks = require("ofauth.webhooks")
 
-local function alive(pid) return os.execute("kill -0 " .. pid .. " 2>/dev/null") == true end
+local alive = h.alive
 
-local function eventually(pred, limit)
-  local deadline = core.monotonic() + (limit or 20)
-  repeat
-    local v = pred()
-    if v then return v end
-    core.sleep(0.02)
-  until core.monotonic() > deadline
-  return pred()
-end
+local function eventually(pred, limit) return h.eventually(pred, limit, 0.02) end
 
 describe("webhook receivers under oflua serve", function()
   local dir, pids = nil, {}
