@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "test_runtime.h"
 
 #define THREADS 8
 #define CALLS 150
@@ -68,28 +69,10 @@ typedef struct {
   int ok;
 } Job;
 
-static oflua_runtime *runtime(void) {
-  char err[512], dir[1024];
-  const char *src = getenv("OFLUA_SOURCE_DIR");
-  snprintf(dir, sizeof dir, "%s/lua", src ? src : ".");
-  oflua_options opts = {dir, 0, NULL};
-  oflua_runtime *rt = oflua_open(&opts, err, sizeof err);
-  if (rt == NULL) {
-    fprintf(stderr, "oflua_open: %s\n", err);
-    return NULL;
-  }
-  if (oflua_run_string(rt, WORK, "work", err, sizeof err) != OFLUA_OK) {
-    fprintf(stderr, "load: %s\n", err);
-    oflua_close(rt);
-    return NULL;
-  }
-  return rt;
-}
-
 static void *run(void *arg) {
   Job *j = arg;
   char err[1024];
-  oflua_runtime *rt = runtime();
+  oflua_runtime *rt = test_runtime(WORK);
   if (rt == NULL) return NULL;
   const char *args[] = {j->db, j->key, j->ns, j->tid};
   j->ok = oflua_call(rt, "work", 4, args, &j->result, NULL, err, sizeof err) == OFLUA_OK;
@@ -100,7 +83,7 @@ static void *run(void *arg) {
 
 static void one_backend(const char *db, const char *ns) {
   char err[1024];
-  oflua_runtime *rt = runtime();
+  oflua_runtime *rt = test_runtime(WORK);
   if (rt == NULL) {
     CHECK(0);
     return;

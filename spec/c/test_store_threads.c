@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "test_runtime.h"
 
 #define THREADS 4
 #define EVENTS 60
@@ -61,28 +62,10 @@ typedef struct {
   int ok;
 } Job;
 
-static oflua_runtime *runtime(void) {
-  char err[512], dir[1024];
-  const char *src = getenv("OFLUA_SOURCE_DIR");
-  snprintf(dir, sizeof dir, "%s/lua", src ? src : ".");
-  oflua_options opts = {dir, 0, NULL};
-  oflua_runtime *rt = oflua_open(&opts, err, sizeof err);
-  if (rt == NULL) {
-    fprintf(stderr, "oflua_open: %s\n", err);
-    return NULL;
-  }
-  if (oflua_run_string(rt, WORK, "work", err, sizeof err) != OFLUA_OK) {
-    fprintf(stderr, "load: %s\n", err);
-    oflua_close(rt);
-    return NULL;
-  }
-  return rt;
-}
-
 static void *run(void *arg) {
   Job *j = arg;
   char err[1024];
-  oflua_runtime *rt = runtime();
+  oflua_runtime *rt = test_runtime(WORK);
   if (rt == NULL) return NULL;
   const char *args[] = {j->path, j->key, j->tid};
   j->ok = oflua_call(rt, "work", 3, args, &j->result, NULL, err, sizeof err) == OFLUA_OK;
@@ -108,7 +91,7 @@ int main(void) {
   char dir[] = "/tmp/oflua-store-threads-XXXXXX", path[128], err[512];
   if (mkdtemp(dir) == NULL) return 1;
   snprintf(path, sizeof path, "%s/store.db", dir);
-  oflua_runtime *rt = runtime();
+  oflua_runtime *rt = test_runtime(WORK);
   if (rt == NULL) return 1;
   char *key = NULL;
   CHECK(oflua_call(rt, "keygen", 0, NULL, &key, NULL, err, sizeof err) == OFLUA_OK);
