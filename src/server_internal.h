@@ -126,6 +126,10 @@ struct worker {
   int nparked;
   int busy;            /* held by a thread (its worker or an I/O thread): qmu */
   job *pending;        /* moved off an I/O thread, to continue here: qmu */
+  int waiting;         /* its thread sleeps on srv->qcv: qmu (wake only then) */
+  double wake_at;      /* ... until then (0: until woken): qmu */
+  double parked_soonest; /* earliest deadline of a job an I/O thread parked here
+                            since the VM was lent (0: none): by the holder */
   job *cur;            /* running */
   lua_State *cur_co;
   lua_State *idle_co[WORKER_CO_CACHE];

@@ -337,7 +337,14 @@ void srv_enqueue(server *s, job *j) {
   if (s->qtail != NULL) s->qtail->qnext = j;
   else s->qhead = j;
   s->qtail = j;
-  pthread_cond_broadcast(&s->qcv); /* workers wait on different conditions */
+  /* Workers wait on different conditions (one shared qcv): broadcast, but
+   * only when a worker that could take the job sleeps; a busy one looks at
+   * the queue before it sleeps again. */
+  for (int i = 0; i < s->nworkers; i++)
+    if (s->workers[i].waiting && !s->workers[i].busy) {
+      pthread_cond_broadcast(&s->qcv);
+      break;
+    }
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -351,7 +358,10 @@ static void push_ready(job *j) {
   j->qnext = w->ready;
   w->ready = j;
   j->on_ready = 1;
-  pthread_cond_broadcast(&s->qcv);
+  /* A worker that is running (or lent to an I/O thread, which hands it
+   * back through srv_release_vm) sees its ready list before it sleeps: a
+   * committer completing a batch wakes it once, not once per request. */
+  if (w->waiting) pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -515,6 +525,7 @@ static void after_resume(worker *w, job *j, int st, int nres) {
     if (w->parked != NULL) w->parked->pprev = j;
     w->parked = j;
     w->nparked++;
+    if (w->parked_soonest == 0 || j->deadline < w->parked_soonest) w->parked_soonest = j->deadline;
     w->cur = NULL;
     w->cur_co = NULL;
     if (ready) {
@@ -664,7 +675,12 @@ void srv_release_vm(worker *w) {
   server *s = w->srv;
   pthread_mutex_lock(&s->qmu);
   w->busy = 0;
-  if (w->pending != NULL || w->ready != NULL || w->nparked > 0) pthread_cond_broadcast(&s->qcv);
+  /* The worker thread sleeps: wake it for work, or when a job parked here
+   * meanwhile is due before its sleep ends (its time limit is kept there). */
+  int due_sooner = w->parked_soonest > 0 && (w->wake_at == 0 || w->parked_soonest < w->wake_at);
+  w->parked_soonest = 0;
+  if (w->waiting && (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner))
+    pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -707,7 +723,10 @@ static void *worker_main(void *arg) {
   pthread_mutex_lock(&s->qmu);
   for (;;) {
     if (w->busy) { /* lent to an I/O thread for an inline run */
+      w->waiting = 1;
+      w->wake_at = 0; /* parked jobs are not watched while lent */
       pthread_cond_wait(&s->qcv, &s->qmu);
+      w->waiting = 0;
       continue;
     }
     if (w->pending != NULL) {
@@ -746,6 +765,7 @@ static void *worker_main(void *arg) {
      * wait completed is on the ready list (resumed above, where the hook
      * cuts it if it is late): only the ready list finishes it. */
     double now = oflua__mono_now(), next = 0;
+    w->parked_soonest = 0; /* every parked job is looked at here */
     job *p = w->parked;
     int expired = 0;
     while (p != NULL) {
@@ -794,10 +814,15 @@ static void *worker_main(void *arg) {
     if (next > 0) {
       struct timespec ts;
       oflua__mono_deadline(&ts, next - now + 0.001);
+      w->waiting = 1;
+      w->wake_at = next;
       pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
     } else {
+      w->waiting = 1;
+      w->wake_at = 0;
       pthread_cond_wait(&s->qcv, &s->qmu);
     }
+    w->waiting = 0;
   }
   atomic_store(&w->exited, 1);
   pthread_cond_broadcast(&s->exit_cv);
