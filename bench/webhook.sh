@@ -1,8 +1,12 @@
 # Webhooks: receiving Svix-signed deliveries on 127.0.0.1, 2 workers each.
 #   oflua verify   `oflua serve` with a handler doing ofauth.webhooks.verify
 #                  (signature, timestamp, JSON parse) and answering
-#   oflua durable  ofauth.webhooks.app over oflua.store: verify, dedupe,
-#                  encrypted inbox insert, a no-op handler run from the inbox
+#   oflua durable  ofauth.webhooks.app over oflua.store (SQLite, group
+#                  commit): verify, dedupe, encrypted inbox insert, 200; a
+#                  no-op handler run from the inbox by the app's tick (the
+#                  default, process = "background")
+#   oflua inline   the same with process = "inline": the handler runs, and
+#                  its done mark is queued, before the 200
 #   mhd            bench/peers/mhd_webhook.c: libmicrohttpd + OpenSSL HMAC +
 #                  cJSON parse, nothing else (the ceiling of this stack)
 #   openresty      bench/peers/openresty_webhook.conf: nginx + ngx_http_lua
@@ -97,13 +101,14 @@ cat >"$tmp/durable.lua" <<'LUA'
 local webhooks = require("ofauth.webhooks")
 local st = assert(require("oflua.store").open({ path = os.getenv("BENCH_STORE"),
   key = os.getenv("BENCH_STORE_KEY") }))
-local mode = os.getenv("BENCH_PROCESS") or "inline"
-local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st, process = mode })
+local mode = os.getenv("BENCH_PROCESS") or "background"
+local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st, process = mode,
+  tick_interval = 0.05 })
 app:on("*", function() end)
 local r = require("oflua.router").new()
 r:post("/webhooks/ofauth", app:handler())
-if mode == "deferred" then -- handlers run in the tick VM, in batches
-  return { handler = r, tick = function() app:drain(50) end, tick_interval = 0.05 }
+if mode == "background" then -- the default: handlers run in the tick VM, in batches
+  return { handler = r, tick = app:tick(), tick_interval = app.tick_interval }
 end
 return r
 LUA
@@ -149,12 +154,13 @@ oflua_url="$(sed -n 's/^listening on //p' "$tmp/oflua.out")"
 mhd_url="http://127.0.0.1:$(head -1 "$tmp/mhd.out")"
 node_url="http://127.0.0.1:$(head -1 "$tmp/node.out")"
 
-# durable (handlers inline) and deferred (handlers in the tick): a fresh
+# durable (the default: handlers in the tick) and inline (handlers before
+# the answer): a fresh
 # store per round (deliveries must be new to it)
 durable_pid=
 durable_url=
-deferred_pid=
-deferred_url=
+inline_pid=
+inline_url=
 start_durable() { # start_durable NAME MODE
   local name=$1 mode=$2 pid_var="${1}_pid" url_var="${1}_url"
   if [ -n "${!pid_var}" ]; then kill -TERM "${!pid_var}"; wait "${!pid_var}" 2>/dev/null || true; fi
@@ -166,8 +172,8 @@ start_durable() { # start_durable NAME MODE
   wait_for "$tmp/$name.out"
   printf -v "$url_var" '%s' "$(sed -n 's/^listening on //p' "$tmp/$name.out")"
 }
-start_durable durable inline
-start_durable deferred deferred
+start_durable durable background
+start_durable inline inline
 
 # one good and one bad delivery to each: right answers before measuring
 check() { # check URL POOL STATUS
@@ -182,13 +188,13 @@ check() { # check URL POOL STATUS
     exit 1
   fi
 }
-for name in "${peers[@]}" durable deferred; do
+for name in "${peers[@]}" durable inline; do
   url_var="${name}_url"
   check "${!url_var}" "$tmp/good.tsv" 200
   check "${!url_var}" "$tmp/bad.tsv" 401
 done
-start_durable durable inline
-start_durable deferred deferred
+start_durable durable background
+start_durable inline inline
 
 # bench_wrk URL POOL SECONDS -> "requests_per_s p99_ms requests non2xx wrapped"
 # (wrapped = 1 when a wrk thread ran through its share of the pool and sent
@@ -246,15 +252,15 @@ for round in $(seq "$ROUNDS"); do
   # (30k/s: far above the durable rate, so that no wrk thread runs out of
   # its share even when the machine favours one of them)
   pool "$tmp/durable.tsv" $((SECS * 30000)) good "r$round"
-  if [ "$round" -gt 1 ]; then start_durable durable inline; start_durable deferred deferred; fi
-  for name in "${peers[@]}" durable deferred; do
+  if [ "$round" -gt 1 ]; then start_durable durable background; start_durable inline inline; fi
+  for name in "${peers[@]}" durable inline; do
     url_var="${name}_url"
     p="$tmp/good.tsv"
-    [ "$name" = durable ] || [ "$name" = deferred ] && p="$tmp/durable.tsv"
+    [ "$name" = durable ] || [ "$name" = inline ] && p="$tmp/durable.tsv"
     pid_var="${name}_pid"
     c0=$(cpu_ticks "${!pid_var}")
     read -r rps p99 n bad wrapped < <(bench_wrk "${!url_var}" "$p" "$SECS")
-    if { [ "$name" = durable ] || [ "$name" = deferred ]; } && [ "$wrapped" = 1 ]; then
+    if { [ "$name" = durable ] || [ "$name" = inline ]; } && [ "$wrapped" = 1 ]; then
       # duplicates are answered without a write: the round would flatter the durable path
       echo "bench/webhook: round $round $name: the pool ran out in a wrk thread (duplicates sent): round discarded" >&2
       continue
@@ -276,14 +282,14 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 echo "bench/webhook: load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
-sleep 0.5 # let the tick finish the deferred backlog
-for name in durable deferred; do
+sleep 0.5 # the tick works on the backlog meanwhile (what is left shows as open)
+for name in durable inline; do
   stats=$("$OFLUA_BIN" -e "local s = assert(require('oflua.store').open({path='$tmp/$name.db', key='$store_key'}))
     local t = s:inbox_stats(); print(t.total, t.done, t.pending + t.claimed, t.dead)")
   echo "bench/webhook: $name inbox after the last round (total done open dead): $stats"
 done
 
-for name in "${peers[@]}" durable deferred oflua_bad mhd_bad node_bad ${have_openresty:+openresty_bad}; do
+for name in "${peers[@]}" durable inline oflua_bad mhd_bad node_bad ${have_openresty:+openresty_bad}; do
   read -r rps p99 < <(cat "$tmp/$name.best" 2>/dev/null || echo "0 0")
   printf -v "${name}_rps" '%s' "$rps"
   printf -v "${name}_p99" '%s' "$p99"
@@ -315,7 +321,7 @@ result "webhook verify+parse req/s vs node" "$oflua_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.5
 result "webhook durable path req/s vs node verify+parse" "$durable_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
-result "webhook durable path, deferred handlers, req/s vs node verify+parse" "$deferred_rps" "req/s" \
+result "webhook durable path, handlers inline, req/s vs node verify+parse" "$inline_rps" "req/s" \
   "node http cluster + crypto + JSON.parse (node_webhook.js)" "$node_rps" ge 1.0
 result "webhook verify+parse p99 vs libmicrohttpd+OpenSSL+cJSON" "$oflua_p99" "ms" \
   "$mhd_peer" "$mhd_p99"

@@ -61,6 +61,28 @@ for _, be in ipairs(backends.all()) do
       assert.is_nil(admin:inbox_get("after"))
     end)
 
+    it("marks events done in the committer's next batch (inbox_done_grouped)", function()
+      local ok, claim = st:inbox_add_grouped("d1", "x", nil, 60)
+      assert.is_true(ok)
+      assert.is_true(st:inbox_add_grouped("d2", "y", nil, 60))
+      assert.is_true(st:inbox_done_grouped("d1", nil, claim)) -- queued, not waited for
+      assert.is_true(st:inbox_done_grouped("d2", nil, "0:1")) -- a claim that never held d2
+      assert.is_true(st:inbox_done_grouped("nope")) -- no such event
+      local helper = require("spec.helper")
+      assert.is_true(helper.eventually(function()
+        local g = st:group_stats()
+        return g.done_marked + g.done_missed == 3
+      end, 10, 0.01))
+      local g = st:group_stats()
+      assert.equal(1, g.done_marked)
+      assert.equal(2, g.done_missed) -- the lost claim and the unknown id changed nothing
+      assert.equal("done", st:inbox_get("d1").state)
+      assert.equal("claimed", st:inbox_get("d2").state)
+      assert.equal(2, g.rows) -- marks are not insert rows
+      assert.has_error(function() st:inbox_done_grouped("d1", nil, "not a token") end)
+      assert.has_error(function() st:inbox_done_grouped(nil) end)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() st:inbox_add_grouped(nil, "x") end)
       assert.has_error(function() st:inbox_add_grouped("id", {}) end)
@@ -76,5 +98,8 @@ describe("group commit on a private in-memory SQLite store", function()
     assert.is_true(st:inbox_add_grouped("m1", "x"))
     assert.is_false(st:inbox_add_grouped("m1", "x"))
     assert.equal(0, st:group_stats().rows)
+    local _, claim = st:inbox_add("m2", "x", nil, 60)
+    assert.is_true(st:inbox_done_grouped("m2", nil, claim)) -- at once, in this handle
+    assert.equal("done", st:inbox_get("m2").state)
   end)
 end)

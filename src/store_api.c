@@ -52,7 +52,10 @@
  *                            callers (group commit, store_group.c); kind
  *                            "busy" when the queue is full (4096 rows)
  *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
- *                       rejected, queue_depth, peak_depth, hist}
+ *                       rejected, queue_depth, peak_depth, done_marked,
+ *                       done_missed, hist}
+ *   s:inbox_done_grouped(id[, now[, claim]]) -> true (queued: marked done in
+ *                            the committer's next batch, not waited for)
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts, claim}}
  *   s:inbox_done(id[, now[, claim]]) -> true | false | nil, err, "lost"
  *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s[, claim]]]])
@@ -468,7 +471,7 @@ static int new_handle(lua_State *L, int opts) {
     return push_err(L, "invalid", "oflua.store: %s", err);
   }
   store_open_opts bo = {o.path, o.url, o.sync, (long)o.busy_ms, (long)o.connect_timeout_s,
-                        o.create, (long)o.statement_ms};
+                        o.create, (long)o.statement_ms, 0};
   const char *db = o.url != NULL ? o.url : o.path;
   s->db = malloc(strlen(db) + 1);
   if (s->db == NULL) {
@@ -1270,6 +1273,23 @@ static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
   return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err, lease_end);
 }
 
+/* The group of this handle (made on first use, anew after a fork or a
+ * rekey through it): 0, or pushes nil, err and returns their count (<0). */
+static int handle_group(lua_State *L, store_handle *s) {
+  if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
+  if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
+    store_group_unref(s->group);
+    s->group = NULL;
+  }
+  if (s->group == NULL) {
+    char err[300];
+    s->group = store_group_get(s->be, &s->gopts, s->ns, s->kid, err, sizeof err);
+    if (s->group == NULL) return -push_err(L, "db", "oflua.store: %s", err);
+    s->group_kid = s->kid;
+  }
+  return 0;
+}
+
 static int store_inbox_add_grouped(lua_State *L) {
   store_handle *s = check_open(L, 1);
   /* A private in-memory database cannot be shared with a committer. */
@@ -1287,17 +1307,8 @@ static int store_inbox_add_grouped(lua_State *L) {
    * (internal.h; NULL elsewhere): the store cannot link against the server's
    * side object. */
   const oflua_wait_api *api = oflua__wait_api(L);
-  if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
-  if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
-    store_group_unref(s->group);
-    s->group = NULL;
-  }
-  if (s->group == NULL) {
-    char err[300];
-    s->group = store_group_get(s->be, &s->gopts, s->ns, s->kid, err, sizeof err);
-    if (s->group == NULL) return push_err(L, "db", "oflua.store: %s", err);
-    s->group_kid = s->kid;
-  }
+  int g = handle_group(L, s);
+  if (g < 0) return -g;
   size_t eb = elen + BOX_OVERHEAD, pb = plen + BOX_OVERHEAD;
   group_item *it = malloc(sizeof *it + eb + pb);
   if (it == NULL) return push_err(L, "db", "oflua.store: out of memory");
@@ -1353,7 +1364,7 @@ static int store_inbox_add_grouped_entry(lua_State *L) {
 }
 
 /* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
- * peak_depth, hist = {n1, n2, n4, ..., n256}} of the group commit on this
+ * peak_depth, done_marked, done_missed, hist = {n1, n2, n4, ..., n256}} of the group commit on this
  * handle's database (process-wide: every handle on it); zeros before the
  * handle's first inbox_add_grouped. */
 static int store_group_stats_lua(lua_State *L) {
@@ -1373,6 +1384,8 @@ static int store_group_stats_lua(lua_State *L) {
   F("rejected", st.rejected);
   F("queue_depth", st.depth);
   F("peak_depth", st.peak_depth);
+  F("done_marked", st.done_marked);
+  F("done_missed", st.done_missed);
 #undef F
   lua_createtable(L, GROUP_HIST, 0);
   for (int i = 0; i < GROUP_HIST; i++) {
@@ -1554,6 +1567,61 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts, int t
 static int store_inbox_done(lua_State *L) {
   return inbox_move(L, "done", 0, 4);
 }
+
+/* s:inbox_done_grouped(event_id[, now[, claim]]) -> true | nil, err, kind
+ * inbox_done without a write of its own: the mark joins the group
+ * committer's next batch and this call returns at once (true: queued).
+ * Nothing waits for it: should it fail, or the process stop first, the
+ * event stays claimed until its lease runs out and then runs again (what
+ * a crash between a handler and its inbox_done does anyway). The group's
+ * stats count marks applied and missed. "busy": the queue is full (call
+ * inbox_done instead). */
+static int store_inbox_done_grouped(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) {
+    lua_settop(L, 4);
+    return inbox_move(L, "done", 0, 4);
+  }
+  size_t elen;
+  const char *eid = check_id(L, 2, &elen, "event id");
+  double now = opt_now(L, 3);
+  store_fence fence;
+  int fenced = opt_token(L, 4, &fence);
+  READY(L, s);
+  int g = handle_group(L, s);
+  if (g < 0) return -g;
+  group_item *it = calloc(1, sizeof *it);
+  if (it == NULL) return push_err(L, "db", "oflua.store: out of memory");
+  if (event_index(L, s, eid, elen, it->ev.idx) != 0) {
+    free(it);
+    return push_err(L, "db", "oflua.store: HMAC failed");
+  }
+  it->kind = GROUP_DONE;
+  it->has_fence = fenced;
+  if (fenced) it->fence = fence;
+  it->ev.now = now;
+  it->bytes = sizeof *it;
+  if (store_group_submit(s->group, it) != 0) {
+    free(it);
+    return push_err(L, "busy", "oflua.store: the group-commit queue is full (%d rows waiting)",
+                    GROUP_QUEUE_ROWS);
+  }
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
+static int done_grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status, (void)ctx;
+  return store_inbox_done_grouped(L);
+}
+
+static int store_inbox_done_grouped_entry(lua_State *L) {
+  store_handle *s = check_open(L, 1);
+  const oflua_wait_api *api = s->ready ? NULL : oflua__wait_api(L);
+  if (api != NULL) return api->offload(L, done_grouped_entry_k, 0);
+  return store_inbox_done_grouped(L);
+}
+
 
 /* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
  * attempts reset (for a dead, failed or done event). */
@@ -1890,6 +1958,7 @@ int luaopen_oflua_store(lua_State *L) {
   store_fork_watch();
   static const luaL_Reg methods[] = {
       {"inbox_add_grouped", store_inbox_add_grouped_entry},
+      {"inbox_done_grouped", store_inbox_done_grouped_entry},
       {"group_stats", store_group_stats_lua},
       {"close", store_close},
       {NULL, NULL}};

@@ -108,6 +108,9 @@ typedef struct {
   long connect_timeout_s; /* PostgreSQL */
   int create;
   long statement_ms; /* PostgreSQL: statement_timeout (0: none) */
+  int bg_checkpoint; /* SQLite: checkpoint the WAL in a thread of the
+                        connection's own, not inside its commits (the group
+                        committer's connection) */
 } store_open_opts;
 
 typedef struct store_backend {

@@ -92,15 +92,44 @@ static unsigned hist_bucket(int n) {
   return b;
 }
 
-/* One batch: insert, then complete every item with its result. */
+static void complete_batch(store_group *g, int n, int rc, const char *err);
+
+/* The done items of a batch (moved to its end by commit_batch), in one
+ * transaction of their own: a failure there must not fail the inserts.
+ * Returns how many were applied. */
+static uint64_t mark_done(store_group *g, group_item **items, int n) {
+  store_conn *c = g->conn;
+  uint64_t applied = 0;
+  int rc = g->be->tx_begin(c, 0);
+  for (int i = 0; rc >= 0 && i < n; i++) {
+    const group_item *it = items[i];
+    rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", 0, it->ev.now,
+                           it->has_fence ? &it->fence : NULL);
+    if (rc == 1) applied++;
+  }
+  if (rc >= 0 && g->be->tx_commit(c) >= 0) return applied;
+  while (g->be->tx_depth(c) > 0) g->be->tx_rollback(c);
+  return 0;
+}
+
+/* One batch: insert, then complete every item with its result; then mark
+ * the batch's done items. */
 static void commit_batch(store_group *g, int n) {
   char err[256] = "";
   int rc = 0;
+  /* done items to the end, inserts keep their order */
+  int nins = 0, ndone = 0;
+  group_item *dones[GROUP_BATCH_ROWS];
+  for (int i = 0; i < n; i++) {
+    if (g->batch[i]->kind == GROUP_DONE) dones[ndone++] = g->batch[i];
+    else g->batch[nins++] = g->batch[i];
+  }
+  n = nins;
   if (g->conn == NULL) {
     g->conn = g->be->open(&g->opts, err, sizeof err);
     if (g->conn == NULL) rc = STORE_EUNAVAIL;
   }
-  if (rc == 0) {
+  if (rc == 0 && n > 0) {
     for (int i = 0; i < n; i++) g->ev[i] = g->batch[i]->ev;
     rc = g->be->inbox_add(g->conn, g->ns, g->kid, g->ev, n, g->inserted);
     if (rc < 0) {
@@ -108,6 +137,19 @@ static void commit_batch(store_group *g, int n) {
       while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
     }
   }
+  if (n > 0) complete_batch(g, n, rc, err);
+  if (ndone == 0) return;
+  /* after the inserts' answers: nobody waits for these */
+  uint64_t marked = g->conn != NULL ? mark_done(g, dones, ndone) : 0;
+  for (int i = 0; i < ndone; i++) free(dones[i]);
+  pthread_mutex_lock(&g->mu);
+  g->st.done_marked += marked;
+  g->st.done_missed += (uint64_t)ndone - marked;
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* Records a committed (or failed) insert batch and completes its items. */
+static void complete_batch(store_group *g, int n, int rc, const char *err) {
   pthread_mutex_lock(&g->mu);
   g->st.batches++;
   g->st.rows += (uint64_t)n;
@@ -208,6 +250,7 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   g->opts.url = o->url != NULL ? g->db : NULL;
   g->opts.sync = g->sync;
   g->opts.create = 0; /* the handle that asked made the store */
+  g->opts.bg_checkpoint = 1; /* no checkpoint pause inside a batch's commit */
   g->refs = 1;
   /* The committer takes no signals (the process's handlers run elsewhere). */
   sigset_t block, old;

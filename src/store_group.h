@@ -25,12 +25,21 @@
 #define GROUP_QUEUE_ROWS 4096
 #define GROUP_QUEUE_BYTES ((size_t)64 << 20)
 #define GROUP_HIST 9 /* batch-size buckets: <=1, 2, 4, ..., 256 */
+enum { GROUP_INSERT = 0, GROUP_DONE = 1 };
 
 typedef struct store_group store_group;
 
 typedef struct group_item group_item;
 struct group_item {
   group_item *next;
+  /* 0: an insert (ev); 1: mark the event with index ev.idx done (fenced by
+   * fence when has_fence), in the next batch's transaction. A done item is
+   * the group's once submitted: nobody waits for it, the committer frees
+   * it (a failed one leaves the event claimed: its lease runs out and it
+   * runs again, as after a crash). */
+  int kind;
+  int has_fence;
+  store_fence fence;
   store_new_event ev; /* points into data */
   size_t bytes;
   /* Called by the committer (without the group's lock) once rc, inserted
@@ -48,6 +57,7 @@ struct group_item {
 
 typedef struct {
   uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
+  uint64_t done_marked, done_missed; /* done items: applied; failed or not applied */
   uint64_t hist[GROUP_HIST];
 } store_group_stats;
 

@@ -386,8 +386,15 @@ end
 -- event another runner claimed meanwhile changes nothing ("lost").
 function App:settle(item, ok, herr, expired, done_items)
   if ok then
+    local st = self.store
     if done_items then done_items[#done_items + 1] = item -- App:process marks them together
-    else self.store:inbox_done(item.id, store_now(self), item.claim) end
+    -- inline, with group commit: the mark joins the committer's next batch
+    -- (no write of this worker's own; should it fail, the lease runs out
+    -- and the event runs again, as after a crash); a full queue: at once
+    elseif not (self.group_commit and st.inbox_done_grouped
+        and st:inbox_done_grouped(item.id, store_now(self), item.claim)) then
+      st:inbox_done(item.id, store_now(self), item.claim)
+    end
     self.metrics.processed()
     return true
   end
