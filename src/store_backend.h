@@ -120,6 +120,9 @@ typedef struct store_backend {
    * with a message in err on failure. */
   store_conn *(*open)(const store_open_opts *o, char *err, size_t errlen);
   void (*close)(store_conn *c);
+  /* Optional (NULL): called by the group committer between two batches,
+   * with no transaction open (SQLite: the rest of a background checkpoint). */
+  void (*after_batch)(store_conn *c);
   /* Library and server version text for info(), into buf. */
   void (*version)(store_conn *c, char *buf, size_t len);
 

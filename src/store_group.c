@@ -205,6 +205,7 @@ static void *committer(void *arg) {
     g->qbytes -= bytes;
     pthread_mutex_unlock(&g->mu);
     commit_batch(g, n);
+    if (g->conn != NULL && g->be->after_batch != NULL) g->be->after_batch(g->conn);
     pthread_mutex_lock(&g->mu);
   }
   group_free(g);

@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,15 +156,20 @@ static const char *const SQL[ST_COUNT] = {
  * commit that crosses the WAL threshold, so one batch in every few waited
  * for a copy of ~1,000 pages into the database file and its fsync (the p99
  * of the durable webhook path). Here the commit only signals this thread,
- * which runs a PASSIVE checkpoint on a connection of its own (writers go
- * on meanwhile). Should the WAL still grow past SQ_WAL_INLINE_PAGES (the
- * thread falls behind, or a reader pins the WAL), the commit checkpoints
- * itself, as SQLite would. */
+ * which runs a PASSIVE checkpoint on a connection of its own while commits
+ * go on. Those commits append more meanwhile, so the WAL would never be
+ * wholly copied when a commit begins (the moment SQLite restarts it from
+ * its start) and would only grow: after each pass the committer, between
+ * two batches (its answers sent), copies the few frames added since
+ * (sq_after_batch), and its next commit restarts the WAL. Should the WAL
+ * still grow past SQ_WAL_INLINE_PAGES (the thread falls behind, or a
+ * reader pins the WAL), the commit checkpoints itself, as SQLite would. */
 typedef struct {
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int want, stop;
+  atomic_int passed; /* a pass ended: the committer copies the rest (sq_after_batch) */
   char *path;
 } sq_ckpt;
 
@@ -284,6 +290,7 @@ static void *ckpt_main(void *arg) {
     if (db != NULL) {
       sqlite3_busy_timeout(db, 100);
       sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+      atomic_store(&k->passed, 1);
     }
     pthread_mutex_lock(&k->mu);
   }
@@ -305,6 +312,12 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages) {
     pthread_mutex_unlock(&k->mu);
   }
   return SQLITE_OK;
+}
+
+static void sq_after_batch(store_conn *c) {
+  sq_conn *q = SQ(c);
+  if (q->ckpt != NULL && q->depth == 0 && atomic_exchange(&q->ckpt->passed, 0))
+    sqlite3_wal_checkpoint_v2(q->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
 }
 
 static void ckpt_stop(sq_ckpt *k) {
@@ -972,6 +985,7 @@ const store_backend store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
     .close = sq_close,
+    .after_batch = sq_after_batch,
     .version = sq_version,
     .meta_load = sq_meta_load,
     .meta_kid = sq_meta_kid,

@@ -419,12 +419,17 @@ function App:settle(item, ok, herr, expired, done_items)
   return false
 end
 
+local mark_in
+
 --- Claim up to n due events from the inbox and run their handlers.
 -- Returns the number processed successfully and the number that failed.
 -- No more events are claimed at once than fit in one lease with their
 -- handler_timeout each, so a claimed event is never still waiting for its
--- turn when its lease runs out.
-function App:process(n)
+-- turn when its lease runs out. `carry` (App:drain, the tick): a list of
+-- done items of the previous call, marked in the claim's own transaction
+-- (one commit per batch instead of two); this call's done items are left
+-- in it for the next (the caller marks what is left at the end).
+function App:process(n, carry)
   n = n or self.drain_batch
   if self.handler_timeout > 0 then
     n = math.max(1, math.min(n, math.floor(self.lease_s / self.handler_timeout)))
@@ -434,11 +439,28 @@ function App:process(n)
   -- claim allows one more than max_attempts so that an event whose last
   -- attempt ended that way comes back here, to be dead-lettered like one
   -- whose handler raised (counted, logged) instead of silently in the store.
-  local items, err = self.store:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
-  if not items then return nil, err end
+  local st = self.store
+  local items, err
+  if carry and #carry > 0 and type(st.transaction) == "function" then
+    local ok, terr = pcall(st.transaction, st, function(s)
+      mark_in(s, carry, store_now(self))
+      items, err = s:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
+      if not items then error(err, 0) end
+    end)
+    -- either way they are dealt with: marked, or left claimed (their lease
+    -- runs out and they run again, as after a crash)
+    for i = #carry, 1, -1 do carry[i] = nil end
+    if not ok then
+      log.limited("webhook.done_failed", "error", "webhook.done_failed", { error = tostring(terr) })
+      return nil, terr
+    end
+  else
+    items, err = st:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
+    if not items then return nil, err end
+  end
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
-  local done_items = {}
+  local done_items = carry or {}
   for _, item in ipairs(items) do
     if (item.attempts or 0) >= self.max_attempts then
       self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
@@ -454,8 +476,17 @@ function App:process(n)
     if self:settle(item, ok, herr, false, done_items) then done = done + 1 else failed = failed + 1 end
     ::continue::
   end
-  self:mark_done(done_items)
+  if not carry then self:mark_done(done_items) end
   return done, failed
+end
+
+-- Marks items done inside a transaction of s (raises on a store error; a
+-- lost claim is left to the runner that has the event now).
+mark_in = function(s, items, t)
+  for _, item in ipairs(items) do
+    local r, e, kind = s:inbox_done(item.id, t, item.claim)
+    if r == nil and kind ~= "lost" then error(e, 0) end
+  end
 end
 
 -- Marks the events of one claimed batch done in one write transaction (one
@@ -469,12 +500,7 @@ function App:mark_done(items)
   local t = store_now(self)
   local st = self.store
   if #items > 1 and type(st.transaction) == "function" then
-    local ok, err = pcall(st.transaction, st, function(s)
-      for _, item in ipairs(items) do
-        local r, e, kind = s:inbox_done(item.id, t, item.claim)
-        if r == nil and kind ~= "lost" then error(e, 0) end
-      end
-    end)
+    local ok, err = pcall(st.transaction, st, function(s) mark_in(s, items, t) end)
     if ok then return end
     log.limited("webhook.done_failed", "error", "webhook.done_failed", { error = tostring(err) })
     return
@@ -485,11 +511,13 @@ end
 --- Process due events until none are left (or `limit` rounds).
 function App:drain(limit)
   local total_done, total_failed = 0, 0
+  local carry = {}
   for _ = 1, limit or 1000 do
-    local d, f = self:process(self.drain_batch)
+    local d, f = self:process(self.drain_batch, carry)
     if not d or d + f == 0 then break end
     total_done, total_failed = total_done + d, total_failed + f
   end
+  self:mark_done(carry)
   return total_done, total_failed
 end
 
@@ -518,12 +546,14 @@ function App:run_tick()
     d:set("tick:" .. self.number, 1)
   end
   local started = monotonic()
+  local carry = {}
   local ok, err = pcall(function()
     repeat
-      local done, failed = self:process(self.drain_batch)
+      local done, failed = self:process(self.drain_batch, carry)
       if not done then error(failed) end
     until done + failed == 0 or monotonic() - started >= self.tick_budget
   end)
+  self:mark_done(carry) -- (empty unless the budget ran out or a handler raised)
   if not ok then -- (every tick while the store is unavailable: a sample)
     log.limited("webhook.tick_failed", "error", "webhook.tick_failed", { error = tostring(err) })
   end
