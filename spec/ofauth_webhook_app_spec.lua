@@ -87,6 +87,32 @@ describe("webhook app (background processing, real store)", function()
     other:close()
   end)
 
+  it("hands back unrun the events of a batch whose lease runs short (no attempt counted)", function()
+    -- lease 1 s (safety margin 0.05 s), handler_timeout 0.4 s, handlers of
+    -- 0.2 s: once less than 0.4 s of the lease is left, the rest go back
+    local app = new_app({ lease_s = 1, handler_timeout = 0.4 })
+    local mono = require("oflua.core").monotonic
+    app:on("connection.created", function()
+      local stop = mono() + 0.2
+      while mono() < stop do end -- luacheck: ignore 542 (busy on purpose)
+    end)
+    for i = 1, 5 do assert.equal(200, (deliver(app, event("connection.created", i), "msg_rel" .. i))) end
+    local done, failed = app:process(10)
+    assert.equal(0, failed)
+    local stats = st:inbox_stats()
+    local released = metrics.value("ofauth_webhook_released_total")
+    assert.is_true(done >= 1 and done <= 4, "ran " .. done)
+    assert.equal(5 - done, released)
+    assert.equal(done, stats.done)
+    assert.equal(released, stats.pending) -- handed back, due at once
+    assert.equal(0, stats.claimed)
+    for i = 1, 5 do assert.equal(0, st:inbox_get("svix:msg_rel" .. i).attempts) end
+    assert.equal(0, metrics.value("ofauth_webhook_handler_timeouts_total"))
+    local d2 = app:drain()
+    assert.equal(released, d2)
+    assert.equal(5, st:inbox_stats().done)
+  end)
+
   it("is the default: answers once stored, handlers run from the tick it carries", function()
     local app = new_app()
     assert.equal("background", app.process_mode)

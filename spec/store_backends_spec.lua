@@ -117,6 +117,31 @@ for _, be in ipairs(backends.all()) do
       end)
     end)
 
+    describe("inbox_release", function()
+      it("hands a claimed event back unrun: due now, attempts kept, fenced by its claim", function()
+        local s = open(be.new(), store.keygen())
+        assert(s:inbox_add("r1", "p", 10))
+        local got = assert(s:inbox_claim(1, 60, 10))
+        assert.is_true(s:inbox_release("r1", 20, got[1].claim))
+        local e = s:inbox_get("r1")
+        assert.same({ "pending", 0, 20 }, { e.state, e.attempts, e.next_attempt_at })
+        -- an expired lease taken over counts an attempt; releasing keeps it
+        got = assert(s:inbox_claim(1, 5, 20))
+        local again = assert(s:inbox_claim(1, 60, 30)) -- the 5 s lease ran out
+        assert.equal(1, again[1].attempts)
+        local ok, _, kind = s:inbox_release("r1", 31, got[1].claim) -- the first claim is gone
+        assert.is_nil(ok)
+        assert.equal("lost", kind)
+        assert.equal("claimed", s:inbox_get("r1").state)
+        assert.is_true(s:inbox_release("r1", 32, again[1].claim))
+        e = s:inbox_get("r1")
+        assert.same({ "pending", 1, 32 }, { e.state, e.attempts, e.next_attempt_at })
+        assert.is_false(s:inbox_release("nope"))
+        assert.has_error(function() s:inbox_release("r1", nil, "not a token") end)
+        s:close()
+      end)
+    end)
+
     describe("inbox_list", function()
       it("pages through events by state with a cursor", function()
         local s = open(be.new(), store.keygen())

@@ -58,6 +58,8 @@
  *                            the committer's next batch, not waited for)
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts, claim}}
  *   s:inbox_done(id[, now[, claim]]) -> true | false | nil, err, "lost"
+ *   s:inbox_release(id[, now[, claim]]) -> true | false | nil, err, "lost"
+ *                            (back to pending unrun: due now, no attempt)
  *   s:inbox_fail(id, reason[, max_attempts=5[, now[, delay_s[, claim]]]])
  *                       -> "pending", next_attempt_at | "dead" | nil, err, "lost"
  *   s:inbox_retry(id[, now]) -> true | false  (back to pending, attempts 0)
@@ -1532,7 +1534,7 @@ static int event_index(lua_State *L, store_handle *s, const char *eid, size_t el
 }
 
 /* Shared by done/retry: find the event, set its state. */
-static int inbox_move(lua_State *L, const char *state, int reset_attempts, int token_arg) {
+static int inbox_move(lua_State *L, const char *state, int reset, int token_arg) {
   store_handle *s = check_open(L, 1);
   size_t elen;
   const char *eid = check_id(L, 2, &elen, "event id");
@@ -1543,7 +1545,7 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts, int t
   unsigned char idx[IDX_LEN];
   if (event_index(L, s, eid, elen, idx) != 0) return push_err(L, "db", "oflua.store: HMAC failed");
   /* One statement in the common case (the hot path of every delivery). */
-  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset_attempts, now, fp);
+  int rc = s->be->inbox_mark(s->c, s->ns, idx, s->kid, state, reset, now, fp);
   if (rc < 0) return push_be(L, s, rc);
   if (rc == 1) {
     lua_pushboolean(L, 1);
@@ -1567,8 +1569,8 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts, int t
     rows_clear(r);
     return push_lost(L);
   }
-  rc = s->be->inbox_set(s->c, e->id, state, reset_attempts ? 0 : e->attempts,
-                        reset_attempts ? now : e->next_at, cb(NULL, 0), now);
+  rc = s->be->inbox_set(s->c, e->id, state, reset == STORE_MARK_RETRY ? 0 : e->attempts,
+                        reset != STORE_MARK_KEEP ? now : e->next_at, cb(NULL, 0), now);
   if (rc >= 0) rc = s->be->tx_commit(s->c);
   else s->be->tx_rollback(s->c);
   rows_clear(r);
@@ -1581,7 +1583,7 @@ static int inbox_move(lua_State *L, const char *state, int reset_attempts, int t
  * With claim (an inbox_claim item's token) only while that claim still
  * holds the event: else nil, err, "lost" and nothing changes. */
 static int store_inbox_done(lua_State *L) {
-  return inbox_move(L, "done", 0, 4);
+  return inbox_move(L, "done", STORE_MARK_KEEP, 4);
 }
 
 /* s:inbox_done_grouped(event_id[, now[, claim]]) -> true | nil, err, kind
@@ -1596,7 +1598,7 @@ static int store_inbox_done_grouped(lua_State *L) {
   store_handle *s = check_open(L, 1);
   if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) {
     lua_settop(L, 4);
-    return inbox_move(L, "done", 0, 4);
+    return inbox_move(L, "done", STORE_MARK_KEEP, 4);
   }
   size_t elen;
   const char *eid = check_id(L, 2, &elen, "event id");
@@ -1642,7 +1644,15 @@ static int store_inbox_done_grouped_entry(lua_State *L) {
 /* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
  * attempts reset (for a dead, failed or done event). */
 static int store_inbox_retry(lua_State *L) {
-  return inbox_move(L, "pending", 1, 0);
+  return inbox_move(L, "pending", STORE_MARK_RETRY, 0);
+}
+
+/* s:inbox_release(event_id[, now[, claim]]) -> true | false (unknown id) |
+ * nil, err, "lost": hands a claimed event back unrun: pending, due now,
+ * attempts as they were (no attempt is counted: its handlers did not run).
+ * With claim, only while that claim still holds the event. */
+static int store_inbox_release(lua_State *L) {
+  return inbox_move(L, "pending", STORE_MARK_RELEASE, 4);
 }
 
 /* s:inbox_fail(event_id, reason[, max_attempts=5[, now[, delay_s]]])
@@ -1975,6 +1985,7 @@ int luaopen_oflua_store(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"inbox_add_grouped", store_inbox_add_grouped_entry},
       {"inbox_done_grouped", store_inbox_done_grouped_entry},
+      {"inbox_release", store_inbox_release},
       {"group_stats", store_group_stats_lua},
       {"close", store_close},
       {NULL, NULL}};

@@ -50,6 +50,7 @@ typedef struct {
 } store_fence;
 
 enum { STORE_EDB = -1, STORE_EUNAVAIL = -2 };
+enum { STORE_MARK_KEEP = 0, STORE_MARK_RETRY = 1, STORE_MARK_RELEASE = 2 };
 
 typedef struct {
   unsigned char *p;
@@ -176,10 +177,12 @@ typedef struct store_backend {
    * current key id: 1 found, 0 absent (*meta_kid set in both cases). */
   int (*inbox_find)(store_conn *c, const char *ns, const unsigned char *idx, int64_t *meta_kid,
                     store_event *row);
-  /* The fast path of done/retry, one statement: sets the state of the event
-   * with this index (with reset: attempts 0, due now) if the row and the
-   * store are both under key id kid. 1 updated, 0 not (absent, or another
-   * key id: the caller looks closer through inbox_find). */
+  /* The fast path of done/retry/release, one statement: sets the state of
+   * the event with this index if the row and the store are both under key
+   * id kid; reset: STORE_MARK_KEEP (attempts and due time kept),
+   * STORE_MARK_RETRY (attempts 0, due now) or STORE_MARK_RELEASE (due now,
+   * attempts kept). 1 updated, 0 not (absent, or another key id: the
+   * caller looks closer through inbox_find). */
   int (*inbox_mark)(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
                     const char *state, int reset, double now, const store_fence *fence);
   /* Sets state, attempts, next_at, updated_at and (if rbox.p) the reason. */

@@ -103,7 +103,7 @@ static uint64_t mark_done(store_group *g, group_item **items, int n) {
   int rc = g->be->tx_begin(c, 0);
   for (int i = 0; rc >= 0 && i < n; i++) {
     const group_item *it = items[i];
-    rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", 0, it->ev.now,
+    rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", STORE_MARK_KEEP, it->ev.now,
                            it->has_fence ? &it->fence : NULL);
     if (rc == 1) applied++;
   }

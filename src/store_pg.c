@@ -135,7 +135,7 @@ static const char *const SQL[ST_COUNT] = {
                   " updated_at = $6::float8 WHERE id = $1::bigint",
     [ST_IN_MARK] = "UPDATE oflua_inbox SET state = $4::text,"
                    " attempts = CASE WHEN $5::int = 1 THEN 0 ELSE attempts END,"
-                   " next_at = CASE WHEN $5::int = 1 THEN $6::float8 ELSE next_at END,"
+                   " next_at = CASE WHEN $5::int <> 0 THEN $6::float8 ELSE next_at END,"
                    " updated_at = $6::float8 WHERE ns = $1::text AND eidx = $2::bytea"
                    " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint"
                    " AND ($7::int = 0 OR (state = 'claimed' AND attempts = $8::bigint"
@@ -966,7 +966,7 @@ static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   p_bytes(&p, idx, STORE_IDX_LEN);
   p_int(&p, kid);
   p_text(&p, state);
-  p_int(&p, reset != 0);
+  p_int(&p, reset); /* STORE_MARK_* */
   p_real(&p, now);
   p_int(&p, fence != NULL);
   p_int(&p, fence ? fence->attempts : 0);

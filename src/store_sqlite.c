@@ -133,8 +133,8 @@ static const char *const SQL[ST_COUNT] = {
     [ST_IN_SET] = "UPDATE oflua_inbox SET state = ?2, attempts = ?3, next_at = ?4,"
                   " rbox = coalesce(?5, rbox), updated_at = ?6 WHERE id = ?1",
     [ST_IN_MARK] = "UPDATE oflua_inbox SET state = ?4,"
-                   " attempts = CASE WHEN ?5 THEN 0 ELSE attempts END,"
-                   " next_at = CASE WHEN ?5 THEN ?6 ELSE next_at END, updated_at = ?6"
+                   " attempts = CASE WHEN ?5 = 1 THEN 0 ELSE attempts END,"
+                   " next_at = CASE WHEN ?5 <> 0 THEN ?6 ELSE next_at END, updated_at = ?6"
                    " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3"
                    " AND (?7 = 0 OR (state = 'claimed' AND attempts = ?8 AND next_at = ?9))",
     [ST_IN_LIST] = "SELECT id, kid, ebox, pbox, attempts, state, rbox, next_at, created_at,"
@@ -895,7 +895,7 @@ static int sq_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   sqlite3_bind_blob(st, 2, idx, STORE_IDX_LEN, SQLITE_STATIC);
   sqlite3_bind_int64(st, 3, kid);
   sqlite3_bind_text(st, 4, state, -1, SQLITE_STATIC);
-  sqlite3_bind_int(st, 5, reset != 0);
+  sqlite3_bind_int(st, 5, reset); /* STORE_MARK_* */
   sqlite3_bind_double(st, 6, now);
   sqlite3_bind_int(st, 7, fence != NULL);
   sqlite3_bind_int64(st, 8, fence ? fence->attempts : 0);

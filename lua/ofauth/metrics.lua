@@ -36,6 +36,8 @@ M.help = {
   ofauth_webhook_handler_failures_total = { "counter", "Webhook handler errors (event retried)" },
   ofauth_webhook_dead_lettered_total = { "counter", "Webhook events dead-lettered" },
   ofauth_webhook_processed_total = { "counter", "Webhook events whose handlers succeeded" },
+  ofauth_webhook_released_total = { "counter",
+    "Claimed webhook events handed back unrun (the lease ran short; no attempt counted)" },
   ofauth_webhook_handler_timeouts_total = { "counter", "Webhook handlers stopped at handler_timeout" },
   ofauth_webhook_inbox_pruned_total = { "counter", "Done inbox rows pruned after the retention period" },
   ofauth_log_suppressed_total = { "counter", "Log lines suppressed by the rate limit, by event" },
@@ -177,6 +179,7 @@ function M.webhook_rejected(reason) M.inc("ofauth_webhook_rejected_total", { "re
 function M.handler_failure() M.inc("ofauth_webhook_handler_failures_total") end
 function M.dead_lettered() M.inc("ofauth_webhook_dead_lettered_total") end
 function M.processed() M.inc("ofauth_webhook_processed_total") end
+function M.released(n) if n > 0 then M.inc("ofauth_webhook_released_total", nil, n) end end
 function M.handler_timeout() M.inc("ofauth_webhook_handler_timeouts_total") end
 function M.pruned(n) if n > 0 then M.inc("ofauth_webhook_inbox_pruned_total", nil, n) end end
 function M.log_suppressed(event) M.inc("ofauth_log_suppressed_total", { "event", event }) end

@@ -56,7 +56,7 @@ App.defaults = {
   max_attempts = 5, -- handler attempts (failures and lease expiries) before dead-lettering
   lease_s = 300, -- how long one runner owns a claimed event (crash recovery delay)
   handler_timeout = 30, -- seconds per handler run; 0: no limit
-  drain_batch = 8, -- due events claimed at once (fewer when lease_s / handler_timeout is smaller)
+  drain_batch = 64, -- due events claimed at once (those left when the lease runs short go back)
   drain_every = 50, -- inline mode: also drain every N deliveries (other workers' retries)
   tick_interval = 1, -- seconds between two ticks (app:handler() tells oflua.server)
   tick_budget = 10, -- seconds of handler work one tick starts at most (then prune, next tick)
@@ -72,6 +72,9 @@ App.defaults = {
 -- script, so the k-th app of one VM is the k-th of every other (the tick VM's
 -- included). Used to tell workers that the tick runs this app.
 local app_count = 0
+-- Inline mode: the most events a delivery's worker runs for others before
+-- answering (the periodic drain of retries), whatever drain_batch is.
+local INLINE_DRAIN = 8
 local TICK_DICT = "oflua.webhook_app"
 
 local function reply(status, tbl, extra)
@@ -293,7 +296,7 @@ function App:receive(method, raw_body, headers)
       local t = now(self)
       if (self.next_due and t >= self.next_due) or self.deliveries % self.drain_every == 0 then
         self.next_due = nil
-        self:process(self.drain_batch)
+        self:process(math.min(self.drain_batch, INLINE_DRAIN))
       end
     end)
     if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
@@ -423,17 +426,16 @@ local mark_in
 
 --- Claim up to n due events from the inbox and run their handlers.
 -- Returns the number processed successfully and the number that failed.
--- No more events are claimed at once than fit in one lease with their
--- handler_timeout each, so a claimed event is never still waiting for its
--- turn when its lease runs out. `carry` (App:drain, the tick): a list of
+-- Each handler gets its full handler_timeout within the lease: an event
+-- whose turn comes with less than that left (handlers before it were slow)
+-- is handed back unrun with the rest of the batch (st:inbox_release:
+-- pending, due at once, no attempt counted), so a claimed event is never
+-- still waiting for its turn when its lease runs out. `carry` (App:drain, the tick): a list of
 -- done items of the previous call, marked in the claim's own transaction
 -- (one commit per batch instead of two); this call's done items are left
 -- in it for the next (the caller marks what is left at the end).
 function App:process(n, carry)
   n = n or self.drain_batch
-  if self.handler_timeout > 0 then
-    n = math.max(1, math.min(n, math.floor(self.lease_s / self.handler_timeout)))
-  end
   -- A lease that ran out counts as a failed attempt (the handler hung, or its
   -- process died): the store adds it when it hands the event out again. The
   -- claim allows one more than max_attempts so that an event whose last
@@ -461,7 +463,8 @@ function App:process(n, carry)
   local lease_end = monotonic() + self.lease_s
   local done, failed = 0, 0
   local done_items = carry or {}
-  for _, item in ipairs(items) do
+  local full = self.handler_timeout
+  for i, item in ipairs(items) do
     if (item.attempts or 0) >= self.max_attempts then
       self:settle(item, false, ("lease expired on attempt %d of %d (the handler hung or its process died)")
         :format(item.attempts, self.max_attempts), true)
@@ -470,14 +473,33 @@ function App:process(n, carry)
     end
     -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
     local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
-    local limit = self.handler_timeout > 0 and math.min(self.handler_timeout, left) or left
-    if limit <= 0 then break end -- only with handler_timeout = 0: leave the rest to expire
+    local limit = full > 0 and math.min(full, left) or left
+    -- (the first of a batch runs even when the lease is shorter than
+    -- handler_timeout: it gets what the lease allows)
+    if limit <= 0 or (i > 1 and limit < full) then
+      self:release(items, i)
+      break
+    end
     local ok, herr = self:run(item, limit)
     if self:settle(item, ok, herr, false, done_items) then done = done + 1 else failed = failed + 1 end
     ::continue::
   end
   if not carry then self:mark_done(done_items) end
   return done, failed
+end
+
+-- Hands items[from..] back unrun (App:process ran out of lease for them).
+-- One that cannot be released stays claimed: its lease runs out and it
+-- comes back with an attempt counted, as after a crash.
+function App:release(items, from)
+  local st, t = self.store, store_now(self)
+  for j = from, #items do
+    local ok, err, kind = st:inbox_release(items[j].id, t, items[j].claim)
+    if ok == nil and kind ~= "lost" then
+      log.limited("webhook.release_failed", "error", "webhook.release_failed", { error = tostring(err) })
+    end
+  end
+  if self.metrics.released then self.metrics.released(#items - from + 1) end
 end
 
 -- Marks items done inside a transaction of s (raises on a store error; a
