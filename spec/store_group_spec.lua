@@ -83,6 +83,26 @@ for _, be in ipairs(backends.all()) do
       assert.has_error(function() st:inbox_done_grouped(nil) end)
     end)
 
+    it("claims on the committer's connection and marks the previous batch done first (inbox_claim_grouped)", function()
+      for i = 1, 4 do assert.is_true(st:inbox_add_grouped("c" .. i, "p" .. i)) end
+      local first = assert(st:inbox_claim_grouped(2, 60))
+      assert.equal(2, #first)
+      assert.same({ "c1", "c2" }, { first[1].id, first[2].id })
+      assert.equal("p1", first[1].payload)
+      -- c1 succeeded; c2's claim is stale (a token that never held it)
+      local done = { first[1], { id = "c2", claim = "0:1" }, { id = "gone" } }
+      local second = assert(st:inbox_claim_grouped(10, 60, nil, 5, done))
+      assert.same({ "c3", "c4" }, { second[1].id, second[2].id })
+      assert.equal("done", st:inbox_get("c1").state)
+      assert.equal("claimed", st:inbox_get("c2").state)
+      -- nothing due: the marks are still written
+      assert.same({}, assert(st:inbox_claim_grouped(10, 60, nil, 5, second)))
+      assert.equal(3, st:inbox_stats().done)
+      assert.has_error(function() st:inbox_claim_grouped(1, 60, nil, 5, { "c1" }) end)
+      assert.has_error(function() st:inbox_claim_grouped(1, 60, nil, 5, { { id = "c1", claim = "x" } }) end)
+      assert.has_error(function() st:inbox_claim_grouped(1, 60, nil, 5, "c1") end)
+    end)
+
     it("checks its arguments", function()
       assert.has_error(function() st:inbox_add_grouped(nil, "x") end)
       assert.has_error(function() st:inbox_add_grouped("id", {}) end)

@@ -1074,9 +1074,8 @@ static void push_token(lua_State *L, int64_t attempts, double lease_end) {
 }
 
 /* The optional claim token at arg: 1 (fence filled), 0 (none given). */
-static int opt_token(lua_State *L, int arg, store_fence *fence) {
-  if (lua_isnoneornil(L, arg)) return 0;
-  const char *t = luaL_checkstring(L, arg);
+/* Parses a claim token ("attempts:lease_end"); 1, or 0 when it is not one. */
+static int parse_token(const char *t, store_fence *fence) {
   char *end = NULL;
   errno = 0;
   long long a = strtoll(t, &end, 10);
@@ -1086,8 +1085,14 @@ static int opt_token(lua_State *L, int arg, store_fence *fence) {
     fence->lease_end = strtod(d, &end);
     ok = end != d && *end == '\0' && isfinite(fence->lease_end);
   }
-  luaL_argcheck(L, ok, arg, "not a claim token (the claim field of an inbox_claim item)");
   fence->attempts = (int64_t)a;
+  return ok;
+}
+
+static int opt_token(lua_State *L, int arg, store_fence *fence) {
+  if (lua_isnoneornil(L, arg)) return 0;
+  luaL_argcheck(L, parse_token(luaL_checkstring(L, arg), fence), arg,
+                "not a claim token (the claim field of an inbox_claim item)");
   return 1;
 }
 
@@ -1398,13 +1403,111 @@ static int store_group_stats_lua(lua_State *L) {
   return 1;
 }
 
+/* The database part of a claim, on connection c (the handle's, or the
+ * group committer's under its lock): no Lua calls here (nothing may raise
+ * while that lock is held). 0 and r filled, or an error in *e (r cleared). */
+typedef struct {
+  int what; /* CLAIM_* */
+  int rc;
+  int64_t id, kid;
+  char err[sizeof ((store_conn *)0)->err];
+} claim_err;
+enum { CLAIM_OK, CLAIM_BE, CLAIM_OTHER_KID, CLAIM_TAMPERED, CLAIM_SEAL };
+
+static int claim_fail(store_conn *c, const store_backend *be, rows_t *r, claim_err *e, int what,
+                      int rc, int64_t id, int64_t kid) {
+  e->what = what;
+  e->rc = rc;
+  e->id = id;
+  e->kid = kid;
+  snprintf(e->err, sizeof e->err, "%s", c->err);
+  if (be->tx_depth(c) > 0) be->tx_rollback(c);
+  rows_clear(r);
+  return -1;
+}
+
+static int event_index(lua_State *L, store_handle *s, const char *eid, size_t elen,
+                       unsigned char idx[IDX_LEN]) {
+  store_aad a;
+  (void)L;
+  return store_blind(s->keys.index, aad(&a, s, D_IN_INDEX, eid, elen), idx);
+}
+
+/* inbox_claim_grouped's done list, checked and blinded before any lock. */
+typedef struct {
+  unsigned char idx[IDX_LEN];
+  store_fence fence;
+  int fenced;
+} claim_done;
+
+static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lease, double now,
+                    lua_Integer max, const claim_done *done, int ndone, claim_err *e) {
+  const store_backend *be = s->be;
+  int rc;
+  if (ndone > 0) { /* the previous batch's done marks, in the claim's transaction */
+    rc = be->tx_begin(c, 0);
+    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    for (int i = 0; i < ndone; i++) {
+      /* 0 (gone, rekeyed, or its claim lost to another runner): left as is */
+      rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
+                          done[i].fenced ? &done[i].fence : NULL);
+      if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    }
+  }
+  /* SQLite: a claim's transaction takes the database's one write lock.
+   * Look first, in a plain read (WAL: no lock taken), whether anything is
+   * due at all: the tick and the inline app's periodic drains mostly find
+   * nothing, and then they neither wait for the group committer's lock nor
+   * hold it up. (PostgreSQL has row locks: no need, and a round trip.) */
+  if (ndone == 0 && be->tx_depth(c) == 0 && strcmp(be->name, "sqlite") == 0) {
+    rc = be->inbox_due(c, s->ns, now, 1, r->ev, &r->n);
+    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    int any = r->n > 0;
+    rows_clear(r);
+    if (!any) return 0;
+  }
+  if (ndone == 0) {
+    rc = be->tx_begin(c, 0);
+    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+  }
+  rc = be->inbox_due(c, s->ns, now, n, r->ev, &r->n);
+  if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+  store_aad a;
+  unsigned char rbox[sizeof LEASE_EXPIRED - 1 + BOX_OVERHEAD];
+  for (int i = 0; i < r->n; i++) {
+    store_event *ev = &r->ev[i];
+    size_t elen, plen;
+    if (ev->kid != s->kid) return claim_fail(c, be, r, e, CLAIM_OTHER_KID, 0, ev->id, ev->kid);
+    int expired = strcmp(ev->state, "claimed") == 0;
+    if (open_in_place(s->keys.aead, &ev->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) != 0 ||
+        elen > MAX_KEY ||
+        open_in_place(s->keys.aead, &ev->pbox,
+                      aad(&a, s, D_IN_PAYLOAD, ev->ebox.p + NONCE_LEN, elen), &plen) != 0)
+      return claim_fail(c, be, r, e, CLAIM_TAMPERED, 0, ev->id, 0);
+    if (expired) {
+      ev->attempts++;
+      if (store_seal(s, s->keys.aead, LEASE_EXPIRED, sizeof LEASE_EXPIRED - 1,
+                     aad(&a, s, D_IN_REASON, ev->ebox.p + NONCE_LEN, elen), rbox) != 0)
+        return claim_fail(c, be, r, e, CLAIM_SEAL, 0, 0, 0);
+    }
+    int dead = expired && ev->attempts >= max;
+    rc = be->inbox_set(c, ev->id, dead ? "dead" : "claimed", ev->attempts, dead ? now : now + lease,
+                       expired ? cb(rbox, sizeof rbox) : cb(NULL, 0), now);
+    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    snprintf(ev->state, sizeof ev->state, "%s", dead ? "dead" : "claimed");
+  }
+  rc = be->tx_commit(c);
+  if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+  return 0;
+}
+
 /* s:inbox_claim(n, lease_s[, now[, max_attempts]]) -> {{id, payload, attempts}, ...} | nil, err
  * Hands out up to n due events (oldest due first) and leases them for
  * lease_s seconds; an event whose lease expired is handed out again and the
  * expiry counts as a failed attempt (so an event that crashes its worker
  * ends dead after max_attempts instead of looping). On PostgreSQL rows
  * another claimer holds are skipped (FOR UPDATE SKIP LOCKED). */
-static int store_inbox_claim(lua_State *L) {
+static int inbox_claim(lua_State *L, int grouped) {
   store_handle *s = check_open(L, 1);
   lua_Integer n = luaL_checkinteger(L, 2);
   luaL_argcheck(L, n >= 1 && n <= MAX_CLAIM, 2, "n must be within [1, 10000]");
@@ -1413,94 +1516,96 @@ static int store_inbox_claim(lua_State *L) {
   double now = opt_now(L, 4);
   lua_Integer max = luaL_optinteger(L, 5, 5);
   luaL_argcheck(L, max >= 1, 5, "max_attempts must be at least 1");
+  /* grouped: done items of the previous batch, {{id =, claim =}, ...} */
+  int ndone = 0;
+  claim_done *done = NULL;
+  if (grouped && !lua_isnoneornil(L, 6)) {
+    luaL_checktype(L, 6, LUA_TTABLE);
+    lua_Unsigned m = lua_rawlen(L, 6);
+    luaL_argcheck(L, m <= MAX_CLAIM, 6, "at most 10000 done items");
+    ndone = (int)m;
+  }
   READY(L, s);
+  if (ndone > 0) {
+    done = lua_newuserdatauv(L, (size_t)ndone * sizeof *done, 0);
+    for (int i = 0; i < ndone; i++) {
+      lua_rawgeti(L, 6, i + 1);
+      if (!lua_istable(L, -1)) luaL_argerror(L, 6, "done items must be inbox_claim items");
+      lua_getfield(L, -1, "id");
+      size_t elen;
+      const char *eid = lua_tolstring(L, -1, &elen);
+      if (eid == NULL || elen > MAX_KEY) luaL_argerror(L, 6, "a done item has no valid id");
+      if (event_index(L, s, eid, elen, done[i].idx) != 0)
+        return push_err(L, "db", "oflua.store: HMAC failed");
+      lua_getfield(L, -2, "claim");
+      done[i].fenced = lua_type(L, -1) == LUA_TSTRING;
+      if (!lua_isnil(L, -1) && (!done[i].fenced || !parse_token(lua_tostring(L, -1), &done[i].fence)))
+        luaL_argerror(L, 6, "a done item's claim is not a claim token");
+      lua_pop(L, 3);
+    }
+  }
   rows_t *r = rows_new(L, (int)n, 0);
+  claim_err e = {0};
   int rc;
-  /* SQLite: a claim's transaction takes the database's one write lock.
-   * Look first, in a plain read (WAL: no lock taken), whether anything is
-   * due at all: the tick and the inline app's periodic drains mostly find
-   * nothing, and then they neither wait for the group committer's lock nor
-   * hold it up. (PostgreSQL has row locks: no need, and a round trip.) */
-  if (s->be->tx_depth(s->c) == 0 && strcmp(s->be->name, "sqlite") == 0) {
-    rc = s->be->inbox_due(s->c, s->ns, now, 1, r->ev, &r->n);
-    if (rc < 0) return push_be(L, s, rc);
-    int any = r->n > 0;
-    rows_clear(r);
-    if (!any) {
-      lua_newtable(L);
-      return 1;
-    }
+  /* Grouped, on SQLite, outside a transaction of the caller's: on the group
+   * committer's connection, between its batches. That file has one writer
+   * then, whose page cache no other connection's commit invalidates (each
+   * connection's cache is dropped whenever another one wrote). */
+  if (grouped && strcmp(s->be->name, "sqlite") == 0 && s->be->tx_depth(s->c) == 0 &&
+      !(s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0)) {
+    int g = handle_group(L, s);
+    if (g < 0) return -g;
+    char err[300];
+    store_conn *c = store_group_lock_conn(s->group, err, sizeof err);
+    if (c == NULL) return push_err(L, "unavailable", "oflua.store: %s", err);
+    rc = claim_db(s, c, r, (int)n, (double)lease, now, max, done, ndone, &e);
+    store_group_unlock_conn(s->group);
+  } else {
+    rc = claim_db(s, s->c, r, (int)n, (double)lease, now, max, done, ndone, &e);
   }
-  rc = s->be->tx_begin(s->c, 0);
-  if (rc < 0) return push_be(L, s, rc);
-  rc = s->be->inbox_due(s->c, s->ns, now, (int)n, r->ev, &r->n);
-  if (rc < 0) goto db_fail;
-  store_aad a;
-  unsigned char rbox[sizeof LEASE_EXPIRED - 1 + BOX_OVERHEAD];
-  for (int i = 0; i < r->n; i++) {
-    store_event *e = &r->ev[i];
-    size_t elen, plen;
-    if (e->kid != s->kid) {
-      s->be->tx_rollback(s->c);
-      int64_t id = e->id, kid = e->kid;
-      rows_clear(r);
-      return push_other_kid(L, s, "oflua_inbox", id, kid);
-    }
-    int expired = strcmp(e->state, "claimed") == 0;
-    if (open_in_place(s->keys.aead, &e->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) != 0 ||
-        elen > MAX_KEY ||
-        open_in_place(s->keys.aead, &e->pbox, aad(&a, s, D_IN_PAYLOAD, e->ebox.p + NONCE_LEN, elen),
-                      &plen) != 0) {
-      s->be->tx_rollback(s->c);
-      int64_t id = e->id;
-      rows_clear(r);
-      return push_tampered(L, "oflua_inbox", id);
-    }
-    if (expired) {
-      e->attempts++;
-      if (store_seal(s, s->keys.aead, LEASE_EXPIRED, sizeof LEASE_EXPIRED - 1,
-                     aad(&a, s, D_IN_REASON, e->ebox.p + NONCE_LEN, elen), rbox) != 0) {
-        s->be->tx_rollback(s->c);
-        rows_clear(r);
-        return push_err(L, "db", "oflua.store: encryption failed");
-      }
-    }
-    int dead = expired && e->attempts >= max;
-    rc = s->be->inbox_set(s->c, e->id, dead ? "dead" : "claimed", e->attempts,
-                          dead ? now : now + lease,
-                          expired ? cb(rbox, sizeof rbox) : cb(NULL, 0), now);
-    if (rc < 0) goto db_fail;
-    snprintf(e->state, sizeof e->state, "%s", dead ? "dead" : "claimed");
-  }
-  rc = s->be->tx_commit(s->c);
   if (rc < 0) {
-    rows_clear(r);
-    return push_be(L, s, rc);
+    switch (e.what) {
+    case CLAIM_OTHER_KID: return push_other_kid(L, s, "oflua_inbox", e.id, e.kid);
+    case CLAIM_TAMPERED: return push_tampered(L, "oflua_inbox", e.id);
+    case CLAIM_SEAL: return push_err(L, "db", "oflua.store: encryption failed");
+    default:
+      return push_err(L, e.rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s", e.err);
+    }
   }
   /* Committed: now build the Lua values. */
   lua_createtable(L, r->n, 0);
   int out = 0;
   for (int i = 0; i < r->n; i++) {
-    store_event *e = &r->ev[i];
-    if (strcmp(e->state, "dead") == 0) continue;
+    store_event *ev = &r->ev[i];
+    if (strcmp(ev->state, "dead") == 0) continue;
     lua_createtable(L, 0, 3);
-    push_plain(L, &e->ebox);
+    push_plain(L, &ev->ebox);
     lua_setfield(L, -2, "id");
-    push_plain(L, &e->pbox);
+    push_plain(L, &ev->pbox);
     lua_setfield(L, -2, "payload");
-    lua_pushinteger(L, (lua_Integer)e->attempts);
+    lua_pushinteger(L, (lua_Integer)ev->attempts);
     lua_setfield(L, -2, "attempts");
-    push_token(L, e->attempts, now + lease);
+    push_token(L, ev->attempts, now + lease);
     lua_setfield(L, -2, "claim");
     lua_rawseti(L, -2, ++out);
   }
   rows_clear(r);
   return 1;
+}
 
-db_fail:
-  s->be->tx_rollback(s->c);
-  rows_clear(r);
-  return push_be(L, s, rc);
+static int store_inbox_claim(lua_State *L) {
+  return inbox_claim(L, 0);
+}
+
+/* s:inbox_claim_grouped(n, lease_s[, now[, max_attempts[, done]]]) -> as
+ * inbox_claim, after marking done (in the same transaction) the items of
+ * `done` (inbox_claim items whose handlers succeeded; one whose claim was
+ * lost, or that is gone, is left as it is). On SQLite it runs on the group
+ * committer's connection between two of its batches, so the database keeps
+ * one writing connection; elsewhere, or inside s:transaction, on the
+ * handle's. */
+static int store_inbox_claim_grouped(lua_State *L) {
+  return inbox_claim(L, 1);
 }
 
 /* Finds event idx inside the open transaction; 1 found, 0 absent, or pushes
@@ -1526,12 +1631,6 @@ static int find_locked(lua_State *L, store_handle *s, const unsigned char *idx, 
   return rc;
 }
 
-static int event_index(lua_State *L, store_handle *s, const char *eid, size_t elen,
-                       unsigned char idx[IDX_LEN]) {
-  store_aad a;
-  (void)L;
-  return store_blind(s->keys.index, aad(&a, s, D_IN_INDEX, eid, elen), idx);
-}
 
 /* Shared by done/retry: find the event, set its state. */
 static int inbox_move(lua_State *L, const char *state, int reset, int token_arg) {
@@ -1954,10 +2053,12 @@ static const luaL_Reg blocking[] = {{"get", store_get},
                                     {"inbox_dead", store_inbox_dead},
                                     {"inbox_stats", store_inbox_stats},
                                     {"inbox_prune", store_inbox_prune},
+                                    {"inbox_release", store_inbox_release},
+                                    {"inbox_claim_grouped", store_inbox_claim_grouped},
                                     {"open", store_open},
                                     {"open_env", store_open_env},
                                     {NULL, NULL}};
-#define FIRST_MODULE_FN 18 /* blocking[18..]: module functions, not methods */
+#define FIRST_MODULE_FN 20 /* blocking[20..]: module functions, not methods */
 
 static int blocking_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -1985,7 +2086,7 @@ int luaopen_oflua_store(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"inbox_add_grouped", store_inbox_add_grouped_entry},
       {"inbox_done_grouped", store_inbox_done_grouped_entry},
-      {"inbox_release", store_inbox_release},
+
       {"group_stats", store_group_stats_lua},
       {"close", store_close},
       {NULL, NULL}};

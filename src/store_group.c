@@ -32,6 +32,7 @@ struct store_group {
   pid_t pid;
   char ns[STORE_MAX_NS + 1];
   pthread_mutex_t mu;
+  pthread_mutex_t conn_mu; /* conn: the committer's batches, or a caller's claim */
   pthread_cond_t work; /* the committer waits for rows or the last unref */
   pthread_cond_t done; /* blocking callers wait for their item */
   int refs;
@@ -57,6 +58,7 @@ static void group_free(store_group *g) {
     g->be->close(g->conn);
   }
   pthread_mutex_destroy(&g->mu);
+  pthread_mutex_destroy(&g->conn_mu);
   pthread_cond_destroy(&g->work);
   pthread_cond_destroy(&g->done);
   if (g->db != NULL) {
@@ -204,8 +206,10 @@ static void *committer(void *arg) {
     g->depth -= (size_t)n;
     g->qbytes -= bytes;
     pthread_mutex_unlock(&g->mu);
+    pthread_mutex_lock(&g->conn_mu);
     commit_batch(g, n);
     if (g->conn != NULL && g->be->after_batch != NULL) g->be->after_batch(g->conn);
+    pthread_mutex_unlock(&g->conn_mu);
     pthread_mutex_lock(&g->mu);
   }
   group_free(g);
@@ -234,10 +238,12 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   g->pid = getpid();
   snprintf(g->ns, sizeof g->ns, "%s", ns);
   int mu = pthread_mutex_init(&g->mu, NULL) == 0;
+  int cm = pthread_mutex_init(&g->conn_mu, NULL) == 0;
   int c1 = pthread_cond_init(&g->work, NULL) == 0;
   int c2 = pthread_cond_init(&g->done, NULL) == 0;
-  if (g->db == NULL || g->sync == NULL || !mu || !c1 || !c2) {
+  if (g->db == NULL || g->sync == NULL || !mu || !cm || !c1 || !c2) {
     if (mu) pthread_mutex_destroy(&g->mu);
+    if (cm) pthread_mutex_destroy(&g->conn_mu);
     if (c1) pthread_cond_destroy(&g->work);
     if (c2) pthread_cond_destroy(&g->done);
     free(g->db);
@@ -330,6 +336,21 @@ int store_group_submit(store_group *g, group_item *it) {
   pthread_cond_signal(&g->work);
   pthread_mutex_unlock(&g->mu);
   return 0;
+}
+
+store_conn *store_group_lock_conn(store_group *g, char *err, size_t errlen) {
+  pthread_mutex_lock(&g->conn_mu);
+  if (g->conn == NULL) g->conn = g->be->open(&g->opts, err, errlen);
+  if (g->conn == NULL) {
+    pthread_mutex_unlock(&g->conn_mu);
+    return NULL;
+  }
+  return g->conn;
+}
+
+void store_group_unlock_conn(store_group *g) {
+  while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
+  pthread_mutex_unlock(&g->conn_mu);
 }
 
 void store_group_wait(store_group *g, group_item *it) {

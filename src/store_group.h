@@ -74,5 +74,11 @@ int store_group_submit(store_group *g, group_item *it);
 /* Blocks until the committer has completed it (complete == NULL items). */
 void store_group_wait(store_group *g, group_item *it);
 void store_group_stats_get(store_group *g, store_group_stats *st);
+/* The committer's connection, for a caller's own statement between two
+ * batches (opened if needed): the committer waits meanwhile. NULL and err
+ * when it cannot be opened (nothing held). Unlock soon, with no
+ * transaction left open (one still open is rolled back). */
+store_conn *store_group_lock_conn(store_group *g, char *err, size_t errlen);
+void store_group_unlock_conn(store_group *g);
 
 #endif

@@ -174,7 +174,18 @@ end
 function M.retry(reason) M.inc("ofauth_retries_total", { "reason", reason }) end
 function M.rate_limited() M.inc("ofauth_rate_limited_total") end
 function M.session_expired() M.inc("ofauth_session_expired_total") end
-function M.webhook(result) M.inc("ofauth_webhook_deliveries_total", { "result", result }) end
+-- (a few fixed results, counted on every delivery: their keys are built once)
+local webhook_keys, n_webhook_keys = {}, 0
+function M.webhook(result)
+  local k = webhook_keys[result]
+  if not k then
+    k = key("ofauth_webhook_deliveries_total", { "result", result })
+    if n_webhook_keys < 64 then
+      webhook_keys[result], n_webhook_keys = k, n_webhook_keys + 1
+    end
+  end
+  M.dict:incr(k, 1)
+end
 function M.webhook_rejected(reason) M.inc("ofauth_webhook_rejected_total", { "reason", reason }) end
 function M.handler_failure() M.inc("ofauth_webhook_handler_failures_total") end
 function M.dead_lettered() M.inc("ofauth_webhook_dead_lettered_total") end

@@ -77,6 +77,8 @@ local app_count = 0
 local INLINE_DRAIN = 8
 local TICK_DICT = "oflua.webhook_app"
 
+local ACCEPTED = cjson.encode({ status = "accepted" }) -- the answer to every new delivery
+
 local function reply(status, tbl, extra)
   local h = { ["content-type"] = "application/json" }
   for k, v in pairs(extra or {}) do h[k] = v end
@@ -301,7 +303,7 @@ function App:receive(method, raw_body, headers)
     end)
     if not ok then log.error("webhook.process_failed", { error = tostring(perr) }) end
   end
-  return reply(200, { status = "accepted" })
+  return 200, ACCEPTED, { ["content-type"] = "application/json" }
 end
 
 --- The tick function for oflua.server: runs due handlers (background mode,
@@ -443,7 +445,22 @@ function App:process(n, carry)
   -- whose handler raised (counted, logged) instead of silently in the store.
   local st = self.store
   local items, err
-  if carry and #carry > 0 and type(st.transaction) == "function" then
+  if self.group_commit and st.inbox_claim_grouped then
+    -- With group commit the tick writes nothing on its own connection: the
+    -- previous batch's done marks and this claim are one transaction on the
+    -- store's committer connection, between two of its batches (SQLite: one
+    -- writing connection, whose page cache no other commit invalidates)
+    items, err = st:inbox_claim_grouped(n, self.lease_s, store_now(self), self.max_attempts + 1, carry)
+    if carry then
+      -- either way they are dealt with: marked, or left claimed (their lease
+      -- runs out and they run again, as after a crash)
+      for i = #carry, 1, -1 do carry[i] = nil end
+    end
+    if not items then
+      log.limited("webhook.claim_failed", "error", "webhook.claim_failed", { error = tostring(err) })
+      return nil, err
+    end
+  elseif carry and #carry > 0 and type(st.transaction) == "function" then
     local ok, terr = pcall(st.transaction, st, function(s)
       mark_in(s, carry, store_now(self))
       items, err = s:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
