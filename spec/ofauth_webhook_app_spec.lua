@@ -113,6 +113,19 @@ describe("webhook app (background processing, real store)", function()
     assert.equal(5, st:inbox_stats().done)
   end)
 
+  it("claims one at a time when the lease is shorter than handler_timeout", function()
+    local app = new_app({ lease_s = 10, handler_timeout = 30 })
+    local runs = 0
+    app:on("connection.created", function() runs = runs + 1 end)
+    for i = 1, 3 do assert.equal(200, (deliver(app, event("connection.created", i), "msg_one" .. i))) end
+    assert.equal(1, (app:process(10)))
+    assert.equal(1, runs)
+    local stats = st:inbox_stats()
+    assert.same({ 1, 2, 0 }, { stats.done, stats.pending, stats.claimed })
+    assert.equal(0, metrics.value("ofauth_webhook_released_total")) -- nothing claimed to hand back
+    assert.equal(2, (app:drain()))
+  end)
+
   it("is the default: answers once stored, handlers run from the tick it carries", function()
     local app = new_app()
     assert.equal("background", app.process_mode)

@@ -137,6 +137,10 @@ for _, be in ipairs(backends.all()) do
         e = s:inbox_get("r1")
         assert.same({ "pending", 1, 32 }, { e.state, e.attempts, e.next_attempt_at })
         assert.is_false(s:inbox_release("nope"))
+        assert(s:inbox_add("r2", "p", 10))
+        assert.is_true(s:inbox_done("r2", 11))
+        assert.is_false(s:inbox_release("r2", 40)) -- only a claimed event goes back
+        assert.equal("done", s:inbox_get("r2").state)
         assert.has_error(function() s:inbox_release("r1", nil, "not a token") end)
         s:close()
       end)

@@ -678,8 +678,12 @@ void srv_release_vm(worker *w) {
   /* The worker thread sleeps: wake it for work, or when a job parked here
    * meanwhile is due before its sleep ends (its time limit is kept there). */
   int due_sooner = w->parked_soonest > 0 && (w->wake_at == 0 || w->parked_soonest < w->wake_at);
+  /* (an untimed sleep with parked jobs: it slept while lent, when deadlines
+   * are not watched; once awake it sleeps until the next one) */
+  int unwatched = w->wake_at == 0 && w->nparked > 0;
   w->parked_soonest = 0;
-  if (w->waiting && (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner))
+  if (w->waiting &&
+      (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner || unwatched))
     pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }

@@ -1414,14 +1414,16 @@ typedef struct {
 } claim_err;
 enum { CLAIM_OK, CLAIM_BE, CLAIM_OTHER_KID, CLAIM_TAMPERED, CLAIM_SEAL };
 
-static int claim_fail(store_conn *c, const store_backend *be, rows_t *r, claim_err *e, int what,
-                      int rc, int64_t id, int64_t kid) {
+/* Rolls back what claim_db began (depth above base: not a transaction of
+ * the caller's that it runs inside). */
+static int claim_fail(store_conn *c, const store_backend *be, int base, rows_t *r, claim_err *e,
+                      int what, int rc, int64_t id, int64_t kid) {
   e->what = what;
   e->rc = rc;
   e->id = id;
   e->kid = kid;
   snprintf(e->err, sizeof e->err, "%s", c->err);
-  if (be->tx_depth(c) > 0) be->tx_rollback(c);
+  if (be->tx_depth(c) > base) be->tx_rollback(c);
   rows_clear(r);
   return -1;
 }
@@ -1443,15 +1445,15 @@ typedef struct {
 static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lease, double now,
                     lua_Integer max, const claim_done *done, int ndone, claim_err *e) {
   const store_backend *be = s->be;
-  int rc;
+  int rc, base = be->tx_depth(c);
   if (ndone > 0) { /* the previous batch's done marks, in the claim's transaction */
     rc = be->tx_begin(c, 0);
-    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     for (int i = 0; i < ndone; i++) {
       /* 0 (gone, rekeyed, or its claim lost to another runner): left as is */
       rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
                           done[i].fenced ? &done[i].fence : NULL);
-      if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+      if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     }
   }
   /* SQLite: a claim's transaction takes the database's one write lock.
@@ -1461,43 +1463,43 @@ static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lea
    * hold it up. (PostgreSQL has row locks: no need, and a round trip.) */
   if (ndone == 0 && be->tx_depth(c) == 0 && strcmp(be->name, "sqlite") == 0) {
     rc = be->inbox_due(c, s->ns, now, 1, r->ev, &r->n);
-    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     int any = r->n > 0;
     rows_clear(r);
     if (!any) return 0;
   }
   if (ndone == 0) {
     rc = be->tx_begin(c, 0);
-    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
   }
   rc = be->inbox_due(c, s->ns, now, n, r->ev, &r->n);
-  if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+  if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
   store_aad a;
   unsigned char rbox[sizeof LEASE_EXPIRED - 1 + BOX_OVERHEAD];
   for (int i = 0; i < r->n; i++) {
     store_event *ev = &r->ev[i];
     size_t elen, plen;
-    if (ev->kid != s->kid) return claim_fail(c, be, r, e, CLAIM_OTHER_KID, 0, ev->id, ev->kid);
+    if (ev->kid != s->kid) return claim_fail(c, be, base, r, e, CLAIM_OTHER_KID, 0, ev->id, ev->kid);
     int expired = strcmp(ev->state, "claimed") == 0;
     if (open_in_place(s->keys.aead, &ev->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) != 0 ||
         elen > MAX_KEY ||
         open_in_place(s->keys.aead, &ev->pbox,
                       aad(&a, s, D_IN_PAYLOAD, ev->ebox.p + NONCE_LEN, elen), &plen) != 0)
-      return claim_fail(c, be, r, e, CLAIM_TAMPERED, 0, ev->id, 0);
+      return claim_fail(c, be, base, r, e, CLAIM_TAMPERED, 0, ev->id, 0);
     if (expired) {
       ev->attempts++;
       if (store_seal(s, s->keys.aead, LEASE_EXPIRED, sizeof LEASE_EXPIRED - 1,
                      aad(&a, s, D_IN_REASON, ev->ebox.p + NONCE_LEN, elen), rbox) != 0)
-        return claim_fail(c, be, r, e, CLAIM_SEAL, 0, 0, 0);
+        return claim_fail(c, be, base, r, e, CLAIM_SEAL, 0, 0, 0);
     }
     int dead = expired && ev->attempts >= max;
     rc = be->inbox_set(c, ev->id, dead ? "dead" : "claimed", ev->attempts, dead ? now : now + lease,
                        expired ? cb(rbox, sizeof rbox) : cb(NULL, 0), now);
-    if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+    if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     snprintf(ev->state, sizeof ev->state, "%s", dead ? "dead" : "claimed");
   }
   rc = be->tx_commit(c);
-  if (rc < 0) return claim_fail(c, be, r, e, CLAIM_BE, rc, 0, 0);
+  if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
   return 0;
 }
 
@@ -1663,6 +1665,12 @@ static int inbox_move(lua_State *L, const char *state, int reset, int token_arg)
     return 1;
   }
   store_event *e = &r->ev[0];
+  if (reset == STORE_MARK_RELEASE && strcmp(e->state, "claimed") != 0) {
+    s->be->tx_rollback(s->c); /* only a claimed event goes back unrun */
+    rows_clear(r);
+    lua_pushboolean(L, 0);
+    return 1;
+  }
   if (fp != NULL && !fence_holds(e, fp)) {
     s->be->tx_rollback(s->c);
     rows_clear(r);
@@ -1746,10 +1754,11 @@ static int store_inbox_retry(lua_State *L) {
   return inbox_move(L, "pending", STORE_MARK_RETRY, 0);
 }
 
-/* s:inbox_release(event_id[, now[, claim]]) -> true | false (unknown id) |
- * nil, err, "lost": hands a claimed event back unrun: pending, due now,
- * attempts as they were (no attempt is counted: its handlers did not run).
- * With claim, only while that claim still holds the event. */
+/* s:inbox_release(event_id[, now[, claim]]) -> true | false (unknown id, or
+ * not claimed) | nil, err, "lost": hands a claimed event back unrun:
+ * pending, due now, attempts as they were (no attempt is counted: its
+ * handlers did not run). With claim, only while that claim still holds the
+ * event. */
 static int store_inbox_release(lua_State *L) {
   return inbox_move(L, "pending", STORE_MARK_RELEASE, 4);
 }

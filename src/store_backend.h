@@ -50,6 +50,7 @@ typedef struct {
 } store_fence;
 
 enum { STORE_EDB = -1, STORE_EUNAVAIL = -2 };
+/* (the values appear in the backends' SQL: keep them) */
 enum { STORE_MARK_KEEP = 0, STORE_MARK_RETRY = 1, STORE_MARK_RELEASE = 2 };
 
 typedef struct {

@@ -139,7 +139,8 @@ static const char *const SQL[ST_COUNT] = {
                    " updated_at = $6::float8 WHERE ns = $1::text AND eidx = $2::bytea"
                    " AND kid = $3::bigint AND " KID_GUARD " = $3::bigint"
                    " AND ($7::int = 0 OR (state = 'claimed' AND attempts = $8::bigint"
-                   " AND next_at = $9::float8))",
+                   " AND next_at = $9::float8))"
+                   " AND ($5::int <> 2 OR state = 'claimed')", /* a release: claimed only */
     [ST_IN_LIST] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"
                    " AND state = $2::text AND id > $3::bigint ORDER BY id LIMIT $4::int",
     [ST_IN_LIST_ANY] = "SELECT " EVENT_COLS " FROM oflua_inbox WHERE ns = $1::text"

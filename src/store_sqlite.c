@@ -136,7 +136,8 @@ static const char *const SQL[ST_COUNT] = {
                    " attempts = CASE WHEN ?5 = 1 THEN 0 ELSE attempts END,"
                    " next_at = CASE WHEN ?5 <> 0 THEN ?6 ELSE next_at END, updated_at = ?6"
                    " WHERE ns = ?1 AND eidx = ?2 AND kid = ?3 AND " KID_GUARD " = ?3"
-                   " AND (?7 = 0 OR (state = 'claimed' AND attempts = ?8 AND next_at = ?9))",
+                   " AND (?7 = 0 OR (state = 'claimed' AND attempts = ?8 AND next_at = ?9))"
+                   " AND (?5 <> 2 OR state = 'claimed')", /* a release: claimed only */
     [ST_IN_LIST] = "SELECT id, kid, ebox, pbox, attempts, state, rbox, next_at, created_at,"
                    " updated_at, ns FROM oflua_inbox"
                    " WHERE ns = ?1 AND state = ?2 AND id > ?3 ORDER BY id LIMIT ?4",

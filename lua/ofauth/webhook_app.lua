@@ -438,6 +438,11 @@ local mark_in
 -- in it for the next (the caller marks what is left at the end).
 function App:process(n, carry)
   n = n or self.drain_batch
+  local margin = math.min(5, self.lease_s * 0.05) -- each run ends this long before the lease does
+  -- a lease shorter than handler_timeout (and its margin) leaves no full
+  -- handler_timeout to any run after the first: all the others would be
+  -- handed back every time, so one at a time then
+  if self.handler_timeout > 0 and self.lease_s - margin < self.handler_timeout then n = 1 end
   -- A lease that ran out counts as a failed attempt (the handler hung, or its
   -- process died): the store adds it when it hands the event out again. The
   -- claim allows one more than max_attempts so that an event whose last
@@ -451,28 +456,27 @@ function App:process(n, carry)
     -- store's committer connection, between two of its batches (SQLite: one
     -- writing connection, whose page cache no other commit invalidates)
     items, err = st:inbox_claim_grouped(n, self.lease_s, store_now(self), self.max_attempts + 1, carry)
-    if carry then
-      -- either way they are dealt with: marked, or left claimed (their lease
-      -- runs out and they run again, as after a crash)
-      for i = #carry, 1, -1 do carry[i] = nil end
-    end
     if not items then
+      -- the marks went with the failed transaction: on their own then (if
+      -- that fails too they stay claimed: their lease runs out and they run
+      -- again, as after a crash)
       log.limited("webhook.claim_failed", "error", "webhook.claim_failed", { error = tostring(err) })
-      return nil, err
+      if carry then self:mark_done(carry) end
     end
+    if carry then for i = #carry, 1, -1 do carry[i] = nil end end
+    if not items then return nil, err end
   elseif carry and #carry > 0 and type(st.transaction) == "function" then
     local ok, terr = pcall(st.transaction, st, function(s)
       mark_in(s, carry, store_now(self))
       items, err = s:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
       if not items then error(err, 0) end
     end)
-    -- either way they are dealt with: marked, or left claimed (their lease
-    -- runs out and they run again, as after a crash)
-    for i = #carry, 1, -1 do carry[i] = nil end
-    if not ok then
+    if not ok then -- as above: the marks on their own
       log.limited("webhook.done_failed", "error", "webhook.done_failed", { error = tostring(terr) })
-      return nil, terr
+      self:mark_done(carry)
     end
+    for i = #carry, 1, -1 do carry[i] = nil end
+    if not ok then return nil, terr end
   else
     items, err = st:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
     if not items then return nil, err end
@@ -489,7 +493,7 @@ function App:process(n, carry)
       goto continue
     end
     -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
-    local left = lease_end - monotonic() - math.min(5, self.lease_s * 0.05)
+    local left = lease_end - monotonic() - margin
     local limit = full > 0 and math.min(full, left) or left
     -- (the first of a batch runs even when the lease is shorter than
     -- handler_timeout: it gets what the lease allows)
