@@ -1358,16 +1358,24 @@ static int store_inbox_add_grouped(lua_State *L) {
 /* The committer thread does the writing: only a handle not ready yet (its
  * first use: opening, connecting) waits here, so only then is the handler
  * moved off an I/O thread. */
-static int grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status, (void)ctx;
-  return store_inbox_add_grouped(L);
+static int store_inbox_done_grouped(lua_State *L);
+
+static lua_CFunction grouped_fn(lua_KContext which) {
+  return which == 0 ? store_inbox_add_grouped : store_inbox_done_grouped;
 }
 
-static int store_inbox_add_grouped_entry(lua_State *L) {
+static int grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  return grouped_fn(ctx)(L);
+}
+
+/* s:inbox_add_grouped (upvalue 0) and s:inbox_done_grouped (1). */
+static int grouped_entry(lua_State *L) {
+  lua_KContext which = (lua_KContext)lua_tointeger(L, lua_upvalueindex(1));
   store_handle *s = check_open(L, 1);
   const oflua_wait_api *api = s->ready ? NULL : oflua__wait_api(L);
-  if (api != NULL) return api->offload(L, grouped_entry_k, 0);
-  return store_inbox_add_grouped(L);
+  if (api != NULL) return api->offload(L, grouped_entry_k, which);
+  return grouped_fn(which)(L);
 }
 
 /* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
@@ -1735,17 +1743,6 @@ static int store_inbox_done_grouped(lua_State *L) {
   return 1;
 }
 
-static int done_grouped_entry_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status, (void)ctx;
-  return store_inbox_done_grouped(L);
-}
-
-static int store_inbox_done_grouped_entry(lua_State *L) {
-  store_handle *s = check_open(L, 1);
-  const oflua_wait_api *api = s->ready ? NULL : oflua__wait_api(L);
-  if (api != NULL) return api->offload(L, done_grouped_entry_k, 0);
-  return store_inbox_done_grouped(L);
-}
 
 
 /* s:inbox_retry(event_id[, now]) -> true | false: back to pending, due now,
@@ -2093,9 +2090,6 @@ static void set_blocking(lua_State *L, int from, int to) {
 int luaopen_oflua_store(lua_State *L) {
   store_fork_watch();
   static const luaL_Reg methods[] = {
-      {"inbox_add_grouped", store_inbox_add_grouped_entry},
-      {"inbox_done_grouped", store_inbox_done_grouped_entry},
-
       {"group_stats", store_group_stats_lua},
       {"close", store_close},
       {NULL, NULL}};
@@ -2112,6 +2106,12 @@ int luaopen_oflua_store(lua_State *L) {
     luaL_setfuncs(L, meta, 0);
     luaL_newlib(L, methods);
     set_blocking(L, 0, FIRST_MODULE_FN);
+    static const char *const grouped[] = {"inbox_add_grouped", "inbox_done_grouped"};
+    for (int i = 0; i < 2; i++) {
+      lua_pushinteger(L, i);
+      lua_pushcclosure(L, grouped_entry, 1);
+      lua_setfield(L, -2, grouped[i]);
+    }
     lua_setfield(L, -2, "__index");
   }
   lua_pop(L, 1);
