@@ -432,10 +432,11 @@ local mark_in
 -- whose turn comes with less than that left (handlers before it were slow)
 -- is handed back unrun with the rest of the batch (st:inbox_release:
 -- pending, due at once, no attempt counted), so a claimed event is never
--- still waiting for its turn when its lease runs out. `carry` (App:drain, the tick): a list of
--- done items of the previous call, marked in the claim's own transaction
--- (one commit per batch instead of two); this call's done items are left
--- in it for the next (the caller marks what is left at the end).
+-- still waiting for its turn when its lease runs out.
+-- `carry` (App:drain, the tick): a list of done items of the previous call,
+-- marked in the claim's own transaction (one commit per batch instead of
+-- two); this call's done items are left in it for the next (the caller
+-- marks what is left at the end).
 function App:process(n, carry)
   n = n or self.drain_batch
   local margin = math.min(5, self.lease_s * 0.05) -- each run ends this long before the lease does
