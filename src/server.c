@@ -1391,16 +1391,12 @@ static int server_listen(lua_State *L) {
   s->port = di != NULL ? di->port : (int)o.port;
   snprintf(s->url, sizeof s->url, ipv6 ? "http://[%s]:%d" : "http://%s:%d", o.host, s->port);
 
-  sigset_t all;
-  sigfillset(&all);
-  pthread_sigmask(SIG_BLOCK, &all, &old);
-  int rc = pthread_create(&s->monitor, NULL, monitor_main, s);
+  int rc = oflua__thread_start(&s->monitor, monitor_main, s);
   if (rc == 0) s->monitor_started = 1;
   if (rc == 0 && s->tickL != NULL) {
-    rc = pthread_create(&s->tick_thread, NULL, srv_tick_main, s);
+    rc = oflua__thread_start(&s->tick_thread, srv_tick_main, s);
     if (rc == 0) s->tick_started = 1;
   }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
   if (rc != 0) return listen_fail(L, u, o.handle_signals, "cannot start the monitor or tick thread");
 
   if (o.handle_signals) {

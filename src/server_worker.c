@@ -285,16 +285,7 @@ static void timer_init(void) {
   pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
   pthread_cond_init(&timer_cv, &ca);
   pthread_condattr_destroy(&ca);
-  sigset_t block, old;
-  sigfillset(&block);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
-  pthread_t t;
-  pthread_attr_t at;
-  pthread_attr_init(&at);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-  timer_ok = pthread_create(&t, &at, timer_main, NULL) == 0;
-  pthread_attr_destroy(&at);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  timer_ok = oflua__thread_start(NULL, timer_main, NULL) == 0;
 }
 
 void oflua_wait_timer(oflua_waiter *w, double seconds) {
@@ -835,20 +826,14 @@ static void *worker_main(void *arg) {
 }
 
 int srv_workers_start(server *s, char *err, size_t errlen) {
-  sigset_t block, old;
-  sigfillset(&block);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
-  int rc = 0;
   for (int i = 0; i < s->nworkers; i++) {
-    if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0) {
+    if (oflua__thread_start(&s->workers[i].thread, worker_main, &s->workers[i]) != 0) {
       snprintf(err, errlen, "cannot start worker thread %d", i + 1);
-      rc = -1;
-      break;
+      return -1;
     }
     s->workers[i].started = 1;
   }
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  return rc;
+  return 0;
 }
 
 int srv_workers_stop(server *s, double deadline) {

@@ -1469,7 +1469,7 @@ static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lea
    * due at all: the tick and the inline app's periodic drains mostly find
    * nothing, and then they neither wait for the group committer's lock nor
    * hold it up. (PostgreSQL has row locks: no need, and a round trip.) */
-  if (ndone == 0 && be->tx_depth(c) == 0 && strcmp(be->name, "sqlite") == 0) {
+  if (ndone == 0 && be->tx_depth(c) == 0 && be->single_writer) {
     rc = be->inbox_due(c, s->ns, now, 1, r->ev, &r->n);
     if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     int any = r->n > 0;
@@ -1561,7 +1561,7 @@ static int inbox_claim(lua_State *L, int grouped) {
    * committer's connection, between its batches. That file has one writer
    * then, whose page cache no other connection's commit invalidates (each
    * connection's cache is dropped whenever another one wrote). */
-  if (grouped && strcmp(s->be->name, "sqlite") == 0 && s->be->tx_depth(s->c) == 0 &&
+  if (grouped && s->be->single_writer && s->be->tx_depth(s->c) == 0 &&
       !(s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0)) {
     int g = handle_group(L, s);
     if (g < 0) return -g;

@@ -117,6 +117,10 @@ typedef struct {
 
 typedef struct store_backend {
   const char *name; /* "sqlite" | "postgresql" */
+  /* One write lock for the whole database (SQLite), rather than row locks
+   * (PostgreSQL): claims look before they write, and the group committer's
+   * connection serves the tick's claims too (store_api.c). */
+  int single_writer;
 
   /* Opens a connection (PostgreSQL: connects lazily, on first use); NULL
    * with a message in err on failure. */

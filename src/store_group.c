@@ -17,7 +17,6 @@
 #include "store_group.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -260,17 +259,7 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   g->opts.bg_checkpoint = 1; /* no checkpoint pause inside a batch's commit */
   g->refs = 1;
   /* The committer takes no signals (the process's handlers run elsewhere). */
-  sigset_t block, old;
-  sigfillset(&block);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
-  pthread_t t;
-  pthread_attr_t at;
-  pthread_attr_init(&at);
-  pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-  int ok = pthread_create(&t, &at, committer, g) == 0;
-  pthread_attr_destroy(&at);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (!ok) {
+  if (oflua__thread_start(NULL, committer, g) != 0) {
     g->refs = 0;
     group_free(g);
     snprintf(err, errlen, "cannot start the group-commit thread");

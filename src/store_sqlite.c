@@ -13,7 +13,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,12 +354,7 @@ static int ckpt_start(sq_conn *q, const char *path) {
     free(k);
     return -1;
   }
-  sigset_t block, old; /* the thread takes no signals */
-  sigfillset(&block);
-  pthread_sigmask(SIG_BLOCK, &block, &old);
-  int rc = pthread_create(&k->thread, NULL, ckpt_main, k);
-  pthread_sigmask(SIG_SETMASK, &old, NULL);
-  if (rc != 0) {
+  if (oflua__thread_start(&k->thread, ckpt_main, k) != 0) { /* (takes no signals) */
     pthread_cond_destroy(&k->cv);
     pthread_mutex_destroy(&k->mu);
     free(k->path);
@@ -984,6 +978,7 @@ static void sq_rekey_after(store_conn *c, int ok) {
 
 const store_backend store_sqlite_backend = {
     .name = "sqlite",
+    .single_writer = 1,
     .open = sq_open,
     .close = sq_close,
     .after_batch = sq_after_batch,

@@ -5,6 +5,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,4 +154,18 @@ int oflua__random_bytes(void *buf, size_t len) {
     len -= (size_t)n;
   }
   return 0;
+}
+
+int oflua__thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
+  sigset_t block, old;
+  sigfillset(&block);
+  pthread_sigmask(SIG_BLOCK, &block, &old);
+  pthread_t own;
+  pthread_attr_t at;
+  int rc = pthread_attr_init(&at);
+  if (rc == 0 && t == NULL) rc = pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+  if (rc == 0) rc = pthread_create(t != NULL ? t : &own, &at, fn, arg);
+  pthread_attr_destroy(&at);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  return rc;
 }

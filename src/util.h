@@ -43,4 +43,10 @@ int oflua__random_bytes(void *buf, size_t len);
 /* strerror(err) into buf (thread-safe); returns buf. */
 const char *oflua__strerror(int err, char *buf, size_t len);
 
+/* pthread_create(t, fn, arg) with every signal blocked in the new thread
+ * (the process's handlers run on the threads that expect them); t NULL: the
+ * thread is detached. 0 or an errno value. */
+#include <pthread.h>
+int oflua__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+
 #endif
