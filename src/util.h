@@ -1,7 +1,8 @@
 /*
  * util.h: the one copy of the small helpers every C file of liboflua needs
  * (clocks, sleeping, hex digits, HTTP token/value validators, byte
- * duplication, SipHash, random bytes, thread-safe strerror). Plain C:
+ * duplication, SipHash, random bytes, thread-safe strerror, starting a
+ * thread with signals blocked). Plain C:
  * nothing here touches Lua, so any file (and any thread) may use it.
  * Compiled into the binary, liboflua and each side object that needs it.
  * The hex and base64 codecs are crypto_codec.c's (one copy, shared by
