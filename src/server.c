@@ -471,9 +471,6 @@ static enum MHD_Result reject(server *s, struct MHD_Connection *conn, atomic_lon
 
 /* Copies what the handler needs out of MHD's connection memory. */
 static int build_request(job *r, struct MHD_Connection *conn, const char *method) {
-  head_scan h;
-  memset(&h, 0, sizeof h);
-  MHD_get_connection_values_n(conn, MHD_HEADER_KIND, scan_header, &h);
   char addr[INET6_ADDRSTRLEN] = "";
   const union MHD_ConnectionInfo *ci =
       MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -486,8 +483,9 @@ static int build_request(job *r, struct MHD_Connection *conn, const char *method
       inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, addr,
                 sizeof addr);
   }
-  size_t mlen = strlen(method), alen = strlen(addr), count = h.count;
-  size_t total = count * sizeof(oflua_header) + h.bytes + mlen + alen + 2;
+  /* the head is as on_head measured it (copy_header stops at count) */
+  size_t mlen = strlen(method), alen = strlen(addr), count = r->head_count;
+  size_t total = count * sizeof(oflua_header) + r->head_bytes + mlen + alen + 2;
   r->mem = malloc(total);
   if (r->mem == NULL) return -1;
   head_scan c;
@@ -525,6 +523,8 @@ static enum MHD_Result on_head(server *s, struct MHD_Connection *conn, job *r,
   if (ulen + h.bytes > s->max_header)
     return reject(s, conn, &s->n_bad_requests, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
                   s->r431);
+  r->head_count = h.count;
+  r->head_bytes = h.bytes;
   unsigned long long len = 0;
   if (h.nul || h.bad_name || line_has_nul(r, version) || h.n_cl > 1 || h.n_te > 1 || (h.n_cl > 0 && h.n_te > 0) || h.te_not_chunked ||
       (h.n_cl == 1 && !valid_content_length(h.cl, &len)) || path_has_nul(r->uri) ||

@@ -93,6 +93,7 @@ struct job {
   oflua_http_request req;
   oflua_http_response resp;
   char *mem; /* headers array and strings */
+  size_t head_count, head_bytes; /* the head's headers, as on_head counted them */
   char *body;
   size_t body_len, body_cap, reserved;
   size_t body_want; /* announced Content-Length (0: chunked) */

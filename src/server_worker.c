@@ -647,11 +647,17 @@ static void continue_job(worker *w, job *j) {
 }
 
 worker *srv_borrow_vm(server *s) {
+  /* Each I/O thread starts its search at a VM of its own, so that a VM
+   * mostly runs on one thread: its memory stays in that thread's malloc
+   * arena and cache instead of being freed across threads. */
+  static atomic_uint next_slot;
+  static _Thread_local unsigned slot = UINT_MAX;
+  if (slot == UINT_MAX) slot = atomic_fetch_add(&next_slot, 1) % 1024u;
   worker *found = NULL;
   pthread_mutex_lock(&s->qmu);
   if (s->qhead == NULL && !s->qstop)
-    for (int i = 0; i < s->nworkers; i++) {
-      worker *w = &s->workers[i];
+    for (int k = 0; k < s->nworkers; k++) {
+      worker *w = &s->workers[(int)((slot + (unsigned)k) % (unsigned)s->nworkers)];
       if (!w->busy && w->pending == NULL && w->ready == NULL) {
         w->busy = 1;
         found = w;

@@ -5,9 +5,11 @@
 -- where the API sends or expects them (API objects are kept as sent).
 local M = {}
 
+local clock = require("oflua.core").now
+
 --- `opts.now` when given (specs pass a fixed clock), else the wall clock.
 function M.now_of(opts)
-  return (opts and opts.now) or require("oflua.core").now()
+  return (opts and opts.now) or clock()
 end
 
 --- Days since 1970-01-01 of a civil date (proleptic Gregorian), without
