@@ -21,6 +21,13 @@
  * Returns NULL (reason in errbuf) on failure. */
 lua_State *oflua__state_new(const char *lua_dir, char *errbuf, size_t errlen);
 
+/* A bare Lua state with oflua's allocator (vm_alloc.c: small blocks cached
+ * per state), the panic and warning functions luaL_newstate installs; NULL
+ * when out of memory. oflua__state_new makes its states with it. Close them
+ * with oflua__state_close (lua_close, then the cache). */
+lua_State *oflua__state_alloc(void);
+void oflua__state_close(lua_State *L);
+
 /* The directory that state was made with (never NULL). */
 const char *oflua__state_lua_dir(lua_State *L);
 

@@ -271,7 +271,7 @@ static int setup_state(lua_State *L) {
 
 lua_State *oflua__state_new(const char *lua_dir, char *errbuf, size_t errlen) {
   if (lua_dir == NULL) lua_dir = oflua__default_lua_dir();
-  lua_State *L = luaL_newstate();
+  lua_State *L = oflua__state_alloc();
   if (L == NULL) {
     oflua__errf(errbuf, errlen, "cannot create Lua state: out of memory");
     return NULL;
@@ -280,7 +280,7 @@ lua_State *oflua__state_new(const char *lua_dir, char *errbuf, size_t errlen) {
   lua_pushstring(L, lua_dir);
   if (lua_pcall(L, 1, 0, 0) != LUA_OK) {
     oflua__errf(errbuf, errlen, "cannot set up Lua state: %s", lua_tostring(L, -1));
-    lua_close(L);
+    oflua__state_close(L);
     return NULL;
   }
   return L;
@@ -500,6 +500,6 @@ struct lua_State *oflua_lua_state(oflua_runtime *rt) { return rt != NULL ? rt->L
 
 void oflua_close(oflua_runtime *rt) {
   if (rt == NULL) return;
-  if (rt->L != NULL) lua_close(rt->L);
+  if (rt->L != NULL) oflua__state_close(rt->L);
   free(rt);
 }

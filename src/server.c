@@ -923,7 +923,7 @@ static void server_free(server *s) {
     pthread_cond_destroy(&s->monitor_cv);
   }
   for (int i = 0; i < s->nworkers; i++)
-    if (s->workers[i].L != NULL) lua_close(s->workers[i].L); /* never started */
+    if (s->workers[i].L != NULL) oflua__state_close(s->workers[i].L); /* never started */
   free(s->workers);
   free(s);
 }
@@ -1244,7 +1244,7 @@ static lua_State *load_vm(lua_State *L, const listen_opts *o, int id, char *err,
   lua_pushlightuserdata(V, &c);
   if (lua_pcall(V, 1, 4, 0) != LUA_OK) {
     oflua__filter_error(V, err, errlen);
-    lua_close(V);
+    oflua__state_close(V);
     return NULL;
   }
   /* stack: [1] handler, [2] shutdown hook or nil, [3] tick or nil, [4] interval */
@@ -1333,7 +1333,7 @@ static int server_listen(lua_State *L) {
     s->tickL = load_vm(L, &o, 0, err, sizeof err);
     if (s->tickL != NULL && !lua_isfunction(s->tickL, 3)) {
       snprintf(err, sizeof err, "%s: tick is not a function in every VM", o.script);
-      lua_close(s->tickL);
+      oflua__state_close(s->tickL);
       s->tickL = NULL;
     }
     if (s->tickL != NULL) {

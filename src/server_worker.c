@@ -876,7 +876,7 @@ int srv_workers_stop(server *s, double deadline) {
     w->started = 0;
     if (w->L == NULL) continue;
     shutdown_vm(w->L, w->id);
-    lua_close(w->L);
+    oflua__state_close(w->L);
     w->L = NULL;
   }
   return 0;
@@ -948,7 +948,7 @@ int srv_tick_stop(server *s, double deadline) {
   }
   if (s->tickL != NULL) {
     shutdown_vm(s->tickL, 0);
-    lua_close(s->tickL);
+    oflua__state_close(s->tickL);
     s->tickL = NULL;
     pthread_cond_destroy(&s->tick_cv);
     pthread_mutex_destroy(&s->tick_mu);
