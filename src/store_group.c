@@ -17,6 +17,7 @@
 #include "store_group.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,7 @@ struct store_group {
   store_open_opts opts;
   int64_t kid;
   pid_t pid;
+  unsigned gen; /* fork_gen when made */
   char ns[STORE_MAX_NS + 1];
   pthread_mutex_t mu;
   pthread_mutex_t conn_mu; /* conn: the committer's batches, or a caller's claim */
@@ -48,8 +50,16 @@ struct store_group {
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static store_group *reg_head = NULL;
 /* The process the registry's groups (and their committer threads) belong
- * to: a child of fork() has none of the threads, so it starts afresh. */
+ * to: a child of fork() has none of the threads, so it starts afresh. A
+ * fork handler counts forks (fork_gen), so that the check on every insert
+ * makes no getpid() system call; should registering it fail, getpid() it is. */
 static pid_t reg_pid = 0;
+static atomic_uint fork_gen;
+static unsigned reg_gen;
+static int atfork_ok;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+static void on_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
+static void atfork_init(void) { atfork_ok = pthread_atfork(NULL, NULL, on_fork_child) == 0; }
 
 static void group_free(store_group *g) {
   if (g->conn != NULL) {
@@ -235,6 +245,7 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   g->sync = dup_str(o->sync != NULL ? o->sync : "NORMAL");
   g->kid = kid;
   g->pid = getpid();
+  g->gen = atomic_load(&fork_gen);
   snprintf(g->ns, sizeof g->ns, "%s", ns);
   int mu = pthread_mutex_init(&g->mu, NULL) == 0;
   int cm = pthread_mutex_init(&g->conn_mu, NULL) == 0;
@@ -271,10 +282,13 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
 store_group *store_group_get(const store_backend *be, const store_open_opts *o, const char *ns,
                              int64_t kid, char *err, size_t errlen) {
   const char *db = o->url != NULL ? o->url : o->path;
+  pthread_once(&atfork_once, atfork_init);
   pthread_mutex_lock(&reg_mu);
-  if (reg_pid != getpid()) { /* first use, or a forked child: the parent's groups are not ours */
+  /* first use, or a forked child: the parent's groups are not ours */
+  if (reg_pid != getpid() || reg_gen != atomic_load(&fork_gen)) {
     reg_head = NULL;
     reg_pid = getpid();
+    reg_gen = atomic_load(&fork_gen);
   }
   for (store_group *g = reg_head; g != NULL; g = g->next) {
     if (g->be != be || g->kid != kid || strcmp(g->db, db) != 0 || strcmp(g->ns, ns) != 0)
@@ -297,6 +311,7 @@ store_group *store_group_get(const store_backend *be, const store_open_opts *o, 
 }
 
 int store_group_ours(const store_group *g) {
+  if (atfork_ok) return g->gen == atomic_load_explicit(&fork_gen, memory_order_relaxed);
   return g->pid == getpid();
 }
 
