@@ -103,6 +103,32 @@ for _, be in ipairs(backends.all()) do
       assert.has_error(function() st:inbox_claim_grouped(1, 60, nil, 5, "c1") end)
     end)
 
+    it("takes a prepared server answer, used only by a parked server handler", function()
+      local answer = require("oflua.server").answer(200, '{"ok":true}', { ["content-type"] = "application/json" })
+      assert.equal("oflua.server.answer (200)", tostring(answer))
+      -- outside oflua.server the caller blocks: the answer has no request to go to
+      assert.is_true(st:inbox_add_grouped("with-answer", "x", nil, nil, answer))
+      assert.is_false(st:inbox_add_grouped("with-answer", "x", nil, nil, answer))
+      assert.has_error(function() st:inbox_add_grouped("id", "x", nil, nil, "200") end)
+      assert.has_error(function() st:inbox_add_grouped("id", "x", nil, nil, {}) end)
+      assert.is_nil(st:inbox_get("id"))
+    end)
+
+    if be.name == "sqlite" then
+      it("checkpoints the WAL in the background, not in the committer", function()
+        -- over 1,000 WAL pages: each grouped call here is a commit of its own
+        local big = ("p"):rep(3000)
+        for i = 1, 500 do assert.is_true(st:inbox_add_grouped("ck" .. i, big)) end
+        -- the checkpointer's passes count only when they did checkpoint (a
+        -- connection that had not read the database was not in WAL mode yet
+        -- and its passes did nothing)
+        assert.is_true(require("spec.helper").eventually(function()
+          return st:group_stats().checkpoints > 0
+        end, 10))
+        assert.equal(500, st:inbox_stats().total)
+      end)
+    end
+
     it("checks its arguments", function()
       assert.has_error(function() st:inbox_add_grouped(nil, "x") end)
       assert.has_error(function() st:inbox_add_grouped("id", {}) end)

@@ -93,6 +93,13 @@ typedef struct oflua_wait_api {
   void (*timer)(struct oflua_waiter *w, double seconds);
   int (*can_park)(lua_State *L);
   int (*offload)(lua_State *L, lua_KFunction k, lua_KContext ctx);
+  /* prepared answers (server.answer): answer_ref(L, idx) takes a reference
+   * to the one at idx (NULL if idx is not one), answer_unref drops it;
+   * complete_answer(w, a) is complete(w) that also answers the parked
+   * handler's request with a at once (a NULL: complete) */
+  void *(*answer_ref)(lua_State *L, int idx);
+  void (*answer_unref)(void *a);
+  void (*complete_answer)(struct oflua_waiter *w, void *a);
 } oflua_wait_api;
 #define OFLUA_REG_WAIT_API "oflua.wait_api"
 

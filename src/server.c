@@ -230,6 +230,7 @@ void srv_job_unref(job *r) {
   if (atomic_fetch_sub(&r->refs, 1) != 1) return;
   body_release(r);
   if (r->mr != NULL && r->mr_owned) MHD_destroy_response(r->mr);
+  if (r->prep != NULL) srv_prepared_unref(r->prep);
   oflua_http_response_free(&r->resp);
   free(r->mem);
   free(r);
@@ -296,6 +297,111 @@ int srv_answer(job *r, unsigned status, struct MHD_Response *mr, int owned) {
   return 1;
 }
 
+/* ---- prepared answers (server.answer) -------------------------------------- */
+
+#define ANSWER_MT "oflua.server.answer"
+
+struct srv_prepared {
+  atomic_int refs;
+  unsigned status;
+  struct MHD_Response *mr; /* shared: never changed once made (MHD counts its own uses) */
+};
+
+void *srv_prepared_ref(lua_State *L, int idx) {
+  srv_prepared **ud = luaL_testudata(L, idx, ANSWER_MT);
+  if (ud == NULL || *ud == NULL) return NULL;
+  atomic_fetch_add(&(*ud)->refs, 1);
+  return *ud;
+}
+
+void srv_prepared_unref(void *ptr) {
+  srv_prepared *p = ptr;
+  if (p == NULL || atomic_fetch_sub(&p->refs, 1) != 1) return;
+  MHD_destroy_response(p->mr); /* freed once no connection still sends it */
+  free(p);
+}
+
+void srv_answer_early(job *r, void *ptr) {
+  srv_prepared *p = ptr;
+  server *s = r->srv;
+  if (atomic_load(&s->stopping)) return; /* answers then say Connection: close */
+  pthread_mutex_lock(&s->mu);
+  /* only a suspended connection (not while its handler still runs on an I/O
+   * thread, which queues what it answers itself), answered by nobody yet */
+  int ok = !r->answered && !r->inline_run && r->queued_inflight && r->prep == NULL;
+  if (ok) {
+    atomic_fetch_add(&p->refs, 1);
+    r->prep = p;
+  }
+  pthread_mutex_unlock(&s->mu);
+  if (!ok) return;
+  if (srv_answer(r, p->status, p->mr, 0)) {
+    atomic_fetch_add(&s->n_answered_early, 1);
+    return;
+  }
+  /* the monitor answered meanwhile (503): the handler is dropped as usual */
+  pthread_mutex_lock(&s->mu);
+  r->prep = NULL;
+  pthread_mutex_unlock(&s->mu);
+  srv_prepared_unref(p);
+}
+
+static int answer_take(lua_State *L) {
+  srv_take_response(L, 1, (oflua_http_response *)lua_touserdata(L, 4));
+  return 0;
+}
+
+/* server.answer(status[, body[, headers]]) -> a prepared answer: checked as
+ * a handler's return values are, made into a response once. Given to
+ * s:inbox_add_grouped (oflua.store), it answers the request as soon as the
+ * row is committed, before the handler resumes. */
+static int server_answer(lua_State *L) {
+  luaL_checkinteger(L, 1);
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TSTRING);
+  if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  oflua_http_response resp;
+  memset(&resp, 0, sizeof resp);
+  lua_pushcfunction(L, answer_take);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_pushlightuserdata(L, &resp);
+  if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+    oflua_http_response_free(&resp);
+    return lua_error(L); /* the message of srv_take_response */
+  }
+  srv_prepared **ud = lua_newuserdatauv(L, sizeof *ud, 0);
+  *ud = NULL;
+  luaL_setmetatable(L, ANSWER_MT);
+  srv_prepared *p = calloc(1, sizeof *p);
+  struct MHD_Response *mr = p != NULL ? srv_build_response(NULL, &resp, 0) : NULL;
+  unsigned status = (unsigned)resp.status;
+  oflua_http_response_free(&resp);
+  if (mr == NULL) {
+    free(p);
+    return luaL_error(L, "out of memory");
+  }
+  atomic_init(&p->refs, 1);
+  p->status = status;
+  p->mr = mr;
+  *ud = p;
+  return 1;
+}
+
+static int answer_gc(lua_State *L) {
+  srv_prepared **ud = luaL_checkudata(L, 1, ANSWER_MT);
+  srv_prepared_unref(*ud);
+  *ud = NULL;
+  return 0;
+}
+
+static int answer_tostring(lua_State *L) {
+  srv_prepared **ud = luaL_checkudata(L, 1, ANSWER_MT);
+  lua_pushfstring(L, "oflua.server.answer (%d)", *ud != NULL ? (int)(*ud)->status : 0);
+  return 1;
+}
+
 void srv_answer_status(job *r, unsigned status) {
   server *s = r->srv;
   srv_answer(r, status, status == 503 ? s->r503 : s->r500, 0);
@@ -320,7 +426,7 @@ struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, in
     if (MHD_add_response_header(mr, resp->headers[i].name, resp->headers[i].value) != MHD_YES)
       srv_log("warn", "header_refused", worker_id, "header", resp->headers[i].name, NULL, NULL);
   }
-  if (atomic_load(&s->stopping)) MHD_add_response_header(mr, "Connection", "close");
+  if (s != NULL && atomic_load(&s->stopping)) MHD_add_response_header(mr, "Connection", "close");
   return mr;
 }
 
@@ -1028,6 +1134,7 @@ static int srv_stats(lua_State *L) {
                   {"too_large", &s->n_too_large},
                   {"body_budget_exhausted", &s->n_budget},
                   {"handler_timeouts", &s->n_handler_timeouts},
+                  {"answered_early", &s->n_answered_early},
                   {"mhd_warnings", &s->n_mhd_warnings}};
   for (size_t i = 0; i < sizeof counters / sizeof counters[0]; i++) {
     lua_pushinteger(L, (lua_Integer)atomic_load(counters[i].v));
@@ -1428,6 +1535,7 @@ int luaopen_oflua_server(lua_State *L) {
                                    {"shared", srv_shared},
                                    {"sleep", srv_sleep},
                                    {"worker_id", server_worker_id},
+                                   {"answer", server_answer},
                                    {NULL, NULL}};
   if (luaL_newmetatable(L, SERVER_MT)) {
     luaL_newlib(L, srv_methods);
@@ -1438,6 +1546,15 @@ int luaopen_oflua_server(lua_State *L) {
     lua_setfield(L, -2, "__close");
     lua_pushcfunction(L, srv_tostring);
     lua_setfield(L, -2, "__tostring");
+  }
+  lua_pop(L, 1);
+  if (luaL_newmetatable(L, ANSWER_MT)) {
+    lua_pushcfunction(L, answer_gc);
+    lua_setfield(L, -2, "__gc");
+    lua_pushcfunction(L, answer_tostring);
+    lua_setfield(L, -2, "__tostring");
+    lua_pushliteral(L, "oflua.server.answer");
+    lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
   srv_shared_methods(L);

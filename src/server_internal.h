@@ -88,6 +88,7 @@ struct job {
   unsigned status; /* 0 with mr NULL: close without an answer */
   struct MHD_Response *mr;
   int mr_owned;
+  struct srv_prepared *prep; /* the prepared answer sent (srv_answer_early): one reference */
   double deadline; /* monotonic: the answer is due (handler_timeout) */
   /* request, and the handler's response */
   oflua_http_request req;
@@ -176,7 +177,7 @@ struct server {
   pthread_cond_t monitor_cv;
   /* counters (srv:stats()) */
   atomic_long n_head_timeouts, n_body_timeouts, n_bad_requests, n_too_large, n_budget,
-      n_handler_timeouts, n_mhd_warnings, n_requests;
+      n_handler_timeouts, n_mhd_warnings, n_requests, n_answered_early;
   /* Background VM running the script's tick() every tick_interval seconds
    * (loaded from the same script as the workers, on its own thread). */
   lua_State *tickL;
@@ -225,6 +226,18 @@ void srv_answer_status(job *j, unsigned status); /* a static 500/503 */
 void srv_job_unref(job *j);
 /* Builds the MHD response for a handler's answer (worker thread). */
 struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, int worker_id);
+
+/* Prepared answers (server.answer): an MHD response made once and sent to
+ * many requests, with a reference count (Lua's, each queued store item's,
+ * each job that sent it). */
+typedef struct srv_prepared srv_prepared;
+void *srv_prepared_ref(lua_State *L, int idx); /* NULL unless idx is one */
+void srv_prepared_unref(void *p);
+/* Answers the parked job r with p now, when its connection is suspended and
+ * nothing answered it yet (else nothing happens: its handler answers when it
+ * resumes). The caller keeps r alive (server_worker.c: under wait_mu, with
+ * r registered on its waiter). */
+void srv_answer_early(job *r, void *p);
 
 /* server_dispatch.c */
 void srv_push_request(lua_State *L, const oflua_http_request *r);

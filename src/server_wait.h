@@ -55,6 +55,13 @@ typedef struct oflua_waiter oflua_waiter;
 
 oflua_waiter *oflua_wait_begin(lua_State *L, void (*release)(void *ud), void *ud);
 void oflua_wait_complete(oflua_waiter *w);
+/* oflua_wait_complete that, when the handler is parked (its connection
+ * suspended) and nothing answered it yet, first answers its request with
+ * `answer` (a prepared answer, server.answer: see oflua__wait_api's
+ * answer_ref). The handler still resumes; what it then returns is dropped.
+ * Else (the wait ended before the park, the handler runs inline or blocks)
+ * it is oflua_wait_complete. */
+void oflua_wait_complete_answer(oflua_waiter *w, void *answer);
 int oflua_wait_park(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext ctx);
 
 /* Call before blocking the thread (a C call that may take long and cannot

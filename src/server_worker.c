@@ -229,6 +229,24 @@ void oflua_wait_complete(oflua_waiter *w) {
   if (f) waiter_free(w);
 }
 
+void oflua_wait_complete_answer(oflua_waiter *w, void *answer) {
+  int f;
+  pthread_mutex_lock(&wait_mu);
+  w->done = 1;
+  job *j = w->job;
+  w->job = NULL;
+  if (j != NULL) {
+    /* under wait_mu: j (registered here) and its server stay alive */
+    if (answer != NULL) srv_answer_early(j, answer);
+    push_ready(j);
+  } else {
+    pthread_cond_broadcast(&wait_cv);
+  }
+  waiter_unref_locked(w, &f);
+  pthread_mutex_unlock(&wait_mu);
+  if (f) waiter_free(w);
+}
+
 int oflua_wait_can_park(lua_State *L) {
   worker *w = tls_worker;
   return w != NULL && w->cur != NULL && L == w->cur_co && w->cur->waiter == NULL &&
@@ -573,6 +591,16 @@ static int job_answered(job *j) {
   return a;
 }
 
+/* Answered, and not with a prepared answer (srv_answer_early): nothing
+ * wants the handler's rest (a 503 went out: its time ran out, the server
+ * stops). A handler answered early still runs to its end. */
+static int job_dropped(job *j) {
+  pthread_mutex_lock(&j->srv->mu);
+  int d = j->answered && j->prep == NULL;
+  pthread_mutex_unlock(&j->srv->mu);
+  return d;
+}
+
 static void start_job(worker *w, job *j) {
   if (!j->inline_run && job_answered(j)) { /* answered (503) while it waited */
     srv_job_unref(j);
@@ -611,7 +639,7 @@ static void start_job(worker *w, job *j) {
 
 static void resume_job(worker *w, job *j) {
   parked_remove(w, j);
-  if (job_answered(j)) { /* timed out while parked (monitor answered) */
+  if (job_dropped(j)) { /* timed out while parked (monitor answered) */
     job_done(w, j, 0);
     return;
   }
@@ -634,7 +662,7 @@ static void resume_job(worker *w, job *j) {
 /* A handler moved off an I/O thread (its slice ran out or it offloaded
  * before a blocking call): resume it here. */
 static void continue_job(worker *w, job *j) {
-  if (job_answered(j)) {
+  if (job_dropped(j)) {
     job_done(w, j, 0);
     return;
   }
@@ -709,8 +737,11 @@ int oflua_wait_offload(lua_State *L, lua_KFunction k, lua_KContext ctx) {
   return offload(L, k, ctx);
 }
 
-static const oflua_wait_api wait_api = {oflua_wait_begin, oflua_wait_complete, oflua_wait_park,
-                                         oflua_wait_timer, oflua_wait_can_park, offload};
+static const oflua_wait_api wait_api = {oflua_wait_begin,   oflua_wait_complete,
+                                         oflua_wait_park,    oflua_wait_timer,
+                                         oflua_wait_can_park, offload,
+                                         srv_prepared_ref,   srv_prepared_unref,
+                                         oflua_wait_complete_answer};
 
 void srv_install_wait_api(lua_State *V) {
   lua_pushlightuserdata(V, (void *)&wait_api);

@@ -1234,21 +1234,30 @@ static int store_inbox_add_many(lua_State *L) {
 }
 
 /* ---- group commit ------------------------------------------------------------
- * s:inbox_add_grouped(id, payload[, now[, lease_s]]) is inbox_add whose
+ * s:inbox_add_grouped(id, payload[, now[, lease_s[, answer]]]) is inbox_add whose
  * write transaction is shared with the other deliveries that arrive at the
  * same time (store_group.c). The row is sealed here, in the caller's thread;
  * then the caller waits for the committer: an oflua.server handler parks
  * (its worker serves other requests meanwhile, server_wait.h), anything else
- * blocks. The answer comes only after the batch holding the row committed. */
+ * blocks. The answer comes only after the batch holding the row committed.
+ * `answer` (server.answer, parked handlers only): the server sends it to the
+ * client as soon as the row is committed as new, without waiting for the
+ * handler to resume (a hop through its worker thread less on the path of
+ * the answer); the handler's own answer is then dropped. */
 
-/* The completion of a parked handler: wake it through the server. */
+/* The completion of a parked handler: wake it through the server, which
+ * first sends its prepared answer (if it gave one) when the row is new. */
 static void grouped_complete(group_item *it) {
   const oflua_wait_api *api = it->aux;
-  api->complete((struct oflua_waiter *)it->token);
+  void *a = it->rc == 0 && it->inserted ? it->answer : NULL;
+  if (a != NULL) api->complete_answer((struct oflua_waiter *)it->token, a);
+  else api->complete((struct oflua_waiter *)it->token);
 }
 
 static void grouped_release(void *ud) {
-  free(ud);
+  group_item *it = ud;
+  if (it->answer != NULL) ((const oflua_wait_api *)it->aux)->answer_unref(it->answer);
+  free(it);
 }
 
 /* Pushes the results of a completed item (it still owned by the caller). */
@@ -1306,9 +1315,13 @@ static int store_inbox_add_grouped(lua_State *L) {
   const char *payload = luaL_checklstring(L, 3, &plen);
   double now = opt_now(L, 4);
   lua_Number lease = opt_lease(L, 5);
+  if (!lua_isnoneornil(L, 6) && luaL_testudata(L, 6, "oflua.server.answer") == NULL)
+    luaL_typeerror(L, 6, "oflua.server answer (server.answer) or nil");
   if (plen > MAX_VALUE - BOX_OVERHEAD)
     return push_err(L, "invalid", "oflua.store: payload too large");
-  lua_settop(L, 3);
+  lua_settop(L, 6);
+  lua_replace(L, 4); /* [4]: the answer, or nil */
+  lua_settop(L, 4);
   READY(L, s);
   /* oflua.server's park/resume functions, from the registry of a server VM
    * (internal.h; NULL elsewhere): the store cannot link against the server's
@@ -1344,10 +1357,11 @@ static int store_inbox_add_grouped(lua_State *L) {
     free(it);
     return grouped_results(L, s, r, ins, err, lease > 0 ? now + (double)lease : 0);
   }
+  it->aux = api;
+  it->answer = api->answer_ref(L, 4); /* NULL without one */
   struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
   it->complete = grouped_complete;
   it->token = w;
-  it->aux = api;
   if (store_group_submit(s->group, it) != 0) {
     it->rc = 1;
     api->complete(w);
@@ -1379,7 +1393,7 @@ static int grouped_entry(lua_State *L) {
 }
 
 /* s:group_stats() -> {batches, rows, max_batch, errors, rejected, queue_depth,
- * peak_depth, done_marked, done_missed, hist = {n1, n2, n4, ..., n256}} of the group commit on this
+ * peak_depth, done_marked, done_missed, checkpoints, hist = {n1, n2, n4, ..., n256}} of the group commit on this
  * handle's database (process-wide: every handle on it); zeros before the
  * handle's first inbox_add_grouped. */
 static int store_group_stats_lua(lua_State *L) {
@@ -1387,7 +1401,7 @@ static int store_group_stats_lua(lua_State *L) {
   store_group_stats st;
   memset(&st, 0, sizeof st);
   if (s->group != NULL && store_group_ours(s->group)) store_group_stats_get(s->group, &st);
-  lua_createtable(L, 0, 9);
+  lua_createtable(L, 0, 13);
 #define F(name, v)                        \
   lua_pushinteger(L, (lua_Integer)(v)); \
   lua_setfield(L, -2, name)
@@ -1401,6 +1415,7 @@ static int store_group_stats_lua(lua_State *L) {
   F("peak_depth", st.peak_depth);
   F("done_marked", st.done_marked);
   F("done_missed", st.done_missed);
+  F("checkpoints", st.checkpoints);
 #undef F
   lua_createtable(L, GROUP_HIST, 0);
   for (int i = 0; i < GROUP_HIST; i++) {

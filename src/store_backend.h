@@ -129,6 +129,9 @@ typedef struct store_backend {
   /* Optional (NULL): called by the group committer between two batches,
    * with no transaction open (SQLite: the rest of a background checkpoint). */
   void (*after_batch)(store_conn *c);
+  /* Optional (NULL: 0): background checkpoint passes done for this
+   * connection (SQLite's checkpointer thread, bg_checkpoint). */
+  long (*bg_checkpoints)(store_conn *c);
   /* Library and server version text for info(), into buf. */
   void (*version)(store_conn *c, char *buf, size_t len);
 

@@ -368,4 +368,8 @@ void store_group_stats_get(store_group *g, store_group_stats *st) {
   *st = g->st;
   st->depth = g->depth;
   pthread_mutex_unlock(&g->mu);
+  pthread_mutex_lock(&g->conn_mu);
+  if (g->conn != NULL && g->be->bg_checkpoints != NULL)
+    st->checkpoints = (uint64_t)g->be->bg_checkpoints(g->conn);
+  pthread_mutex_unlock(&g->conn_mu);
 }

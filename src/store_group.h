@@ -48,6 +48,7 @@ struct group_item {
   void (*complete)(group_item *it);
   void *token;
   const void *aux;
+  void *answer; /* the caller's: sent once the row is committed as new (store_api.c) */
   int done; /* blocking callers: under the group's lock */
   int rc;   /* 0, STORE_EDB or STORE_EUNAVAIL */
   int inserted;
@@ -58,6 +59,7 @@ struct group_item {
 typedef struct {
   uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
   uint64_t done_marked, done_missed; /* done items: applied; failed or not applied */
+  uint64_t checkpoints; /* background checkpoint passes on the committer's database */
   uint64_t hist[GROUP_HIST];
 } store_group_stats;
 

@@ -16,12 +16,14 @@
  * Every small block is allocated at its class's full size, so any block on
  * a list fits any request of the class. Larger blocks go to realloc/free.
  * A state made here must be closed with oflua__state_close (frees the lists
- * and the cache itself after lua_close). Under AddressSanitizer the cache is
+ * and the cache itself after lua_close); one closed by lua_close alone keeps
+ * its cache, reachable, until the process ends. Under AddressSanitizer the cache is
  * off, so that a use after free of a Lua object is still caught.
  */
 #include "internal.h"
 
 #include <lauxlib.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,10 +49,17 @@ typedef struct va_block {
 } va_block;
 
 typedef struct vm_alloc {
+  struct vm_alloc *prev, *next; /* the live caches (below) */
   va_block *free[VA_CLASSES];
   unsigned count[VA_CLASSES];
   int warn_on, warn_cont; /* the warning system: on; inside a message in pieces */
 } vm_alloc;
+
+/* Every cache whose state was not closed by oflua__state_close. A state
+ * closed by lua_close alone (os.exit(code, true) does that, then exits)
+ * leaves its cache here until the process ends. */
+static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
+static vm_alloc *live_head = NULL;
 
 /* the class of a block of n bytes (1..VA_MAX_SMALL), or -1 */
 static int class_of(size_t n) {
@@ -136,6 +145,11 @@ lua_State *oflua__state_alloc(void) {
   }
   lua_atpanic(L, va_panic);
   lua_setwarnf(L, va_warn, a);
+  pthread_mutex_lock(&live_mu);
+  a->next = live_head;
+  if (live_head != NULL) live_head->prev = a;
+  live_head = a;
+  pthread_mutex_unlock(&live_mu);
   return L;
 }
 
@@ -146,6 +160,11 @@ void oflua__state_close(lua_State *L) {
   lua_close(L);
   if (f != va_alloc) return; /* not one of ours */
   vm_alloc *a = ud;
+  pthread_mutex_lock(&live_mu);
+  if (a->prev != NULL) a->prev->next = a->next;
+  else live_head = a->next;
+  if (a->next != NULL) a->next->prev = a->prev;
+  pthread_mutex_unlock(&live_mu);
   for (int c = 0; c < VA_CLASSES; c++)
     while (a->free[c] != NULL) {
       va_block *b = a->free[c];

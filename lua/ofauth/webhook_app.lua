@@ -201,6 +201,23 @@ local function worker_id()
   return ok2 and id or nil
 end
 
+-- The answer to a new delivery as a prepared server answer (server.answer),
+-- made once per app in an oflua.server worker VM (false elsewhere). Given
+-- to s:inbox_add_grouped, it lets the server answer as soon as the row is
+-- committed, without waiting for this handler to resume on its worker.
+local function early_answer(self)
+  if self.early == nil then
+    self.early = false
+    if worker_id() then
+      local ok, server = pcall(require, "oflua.server")
+      if ok and type(server) == "table" and server.answer then
+        self.early = server.answer(200, ACCEPTED, { ["content-type"] = "application/json" })
+      end
+    end
+  end
+  return self.early or nil
+end
+
 local function tick_dict()
   local ok, server = pcall(require, "oflua.server")
   if not ok or type(server) ~= "table" or not server.shared then return nil end
@@ -266,9 +283,16 @@ function App:receive(method, raw_body, headers)
   -- write), so no other runner takes it while its handlers run here.
   local inline = self.process_mode == "inline" or self:_tick_missing()
   local key = meta.idempotency_key
-  local add = self.group_commit and self.store.inbox_add_grouped or self.store.inbox_add
-  local inserted, err, kind = add(self.store, key, pack(stored, raw_body), store_now(self),
-    inline and self.lease_s or nil)
+  local inserted, err, kind
+  if self.group_commit then
+    -- background: a new delivery is answered by the server once committed
+    -- (what this function then returns is dropped; the counters still count)
+    inserted, err, kind = self.store:inbox_add_grouped(key, pack(stored, raw_body), store_now(self),
+      inline and self.lease_s or nil, not inline and early_answer(self) or nil)
+  else
+    inserted, err, kind = self.store:inbox_add(key, pack(stored, raw_body), store_now(self),
+      inline and self.lease_s or nil)
+  end
   -- a new event inserted claimed comes with its claim token (err's place)
   local claim = inserted and err or nil
   if inserted == nil then
