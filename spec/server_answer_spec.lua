@@ -98,7 +98,68 @@ describe("s:inbox_add_grouped with an answer, in a server handler", function()
       assert.is_true(res.response.status == 200 or res.response.status == 201)
       if res.response.status == 200 then new = new + 1 end
     end
+    assert.is_true(new > 0, "no request on a kept-alive connection was answered early")
     assert.equal(new, srv:stats().answered_early - before)
     assert.equal(40 + 60, st:inbox_stats().total)
+  end)
+end)
+
+describe("a handler answered early", function()
+  local dir
+  setup(function() dir = h.tmpdir() end)
+  teardown(function() os.execute("rm -rf " .. h.shq(dir)) end)
+
+  -- a server whose handler, answered early, goes on for `rest` seconds
+  local function start(name, rest, opts)
+    local key = store.keygen()
+    local script = h.write_file(dir .. "/" .. name .. ".lua", ([[
+      local server = require("oflua.server")
+      local st = assert(require("oflua.store").open({ path = %q, key = %q }))
+      local early = server.answer(200, "early")
+      return function(req)
+        st:inbox_add_grouped(req.headers["x-id"], "p", nil, nil, early)
+        server.sleep(%s)
+        server.shared(%q):incr("ended")
+        return 201, "late"
+      end
+    ]]):format(dir .. "/" .. name .. ".db", key, rest, name))
+    local o = { script = script, workers = 2 }
+    for k, v in pairs(opts or {}) do o[k] = v end
+    return assert(server.listen(o))
+  end
+
+  local function send(srv, n, prefix)
+    local reqs = {}
+    for i = 1, n do
+      reqs[i] = { method = "POST", url = srv:url() .. "/", body = "x", headers = { ["x-id"] = prefix .. i } }
+    end
+    local early = 0
+    for _, res in ipairs(http.request_many(reqs)) do
+      assert.is_nil(res.error)
+      if res.response.status == 200 then early = early + 1 end
+    end
+    return early
+  end
+
+  it("runs to its end before stop() returns (within the grace)", function()
+    local srv = start("stop", 0.3)
+    local early = send(srv, 8, "s")
+    assert.is_true(early > 0)
+    srv:stop(5)
+    -- every handler ended, none was cut as timed out
+    assert.equal(8, server.shared("stop"):get("ended"))
+    assert.equal(0, srv:stats().handler_timeouts)
+  end)
+
+  it("past handler_timeout is cut, but not counted as a request timed out", function()
+    local srv = start("cut", 0.8, { handler_timeout = 0.3 })
+    local early = send(srv, 4, "c")
+    assert.is_true(early > 0)
+    local st = srv:stats()
+    -- only the handlers that answered themselves (after 0.8 s > 0.3 s) timed out
+    assert.equal(4 - early, st.handler_timeouts)
+    assert.equal(early, st.answered_early)
+    srv:stop(1)
+    assert.is_nil(server.shared("cut"):get("ended"))
   end)
 end)

@@ -335,10 +335,12 @@ void srv_answer_early(job *r, void *ptr) {
   }
   pthread_mutex_unlock(&s->mu);
   if (!ok) return;
+  atomic_fetch_add(&s->early_running, 1); /* before the answer: stop() waits for it */
   if (srv_answer(r, p->status, p->mr, 0)) {
     atomic_fetch_add(&s->n_answered_early, 1);
     return;
   }
+  atomic_fetch_sub(&s->early_running, 1);
   /* the monitor answered meanwhile (503): the handler is dropped as usual */
   pthread_mutex_lock(&s->mu);
   r->prep = NULL;
@@ -360,6 +362,9 @@ static int server_answer(lua_State *L) {
   if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TSTRING);
   if (!lua_isnoneornil(L, 3)) luaL_checktype(L, 3, LUA_TTABLE);
   lua_settop(L, 3);
+  srv_prepared **ud = lua_newuserdatauv(L, sizeof *ud, 0); /* [4] (may raise: nothing to free) */
+  *ud = NULL;
+  luaL_setmetatable(L, ANSWER_MT);
   oflua_http_response resp;
   memset(&resp, 0, sizeof resp);
   lua_pushcfunction(L, answer_take);
@@ -371,9 +376,6 @@ static int server_answer(lua_State *L) {
     oflua_http_response_free(&resp);
     return lua_error(L); /* the message of srv_take_response */
   }
-  srv_prepared **ud = lua_newuserdatauv(L, sizeof *ud, 0);
-  *ud = NULL;
-  luaL_setmetatable(L, ANSWER_MT);
   srv_prepared *p = calloc(1, sizeof *p);
   struct MHD_Response *mr = p != NULL ? srv_build_response(NULL, &resp, 0) : NULL;
   unsigned status = (unsigned)resp.status;
@@ -942,7 +944,10 @@ static void server_stop(server *s, double grace) {
   MHD_socket lsock = MHD_INVALID_SOCKET;
   if (s->daemon != NULL) {
     lsock = MHD_quiesce_daemon(s->daemon);
-    while (atomic_load(&s->inflight) > 0 && oflua__mono_now() < deadline) oflua__sleep(0.005);
+    /* (a handler answered early is no longer in flight but still runs) */
+    while ((atomic_load(&s->inflight) > 0 || atomic_load(&s->early_running) > 0) &&
+           oflua__mono_now() < deadline)
+      oflua__sleep(0.005);
     /* grace is over: handlers still running are cut, requests left get 503 */
     atomic_store(&s->abort_handlers, 1);
     pthread_mutex_lock(&s->mu);

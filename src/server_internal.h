@@ -178,6 +178,7 @@ struct server {
   /* counters (srv:stats()) */
   atomic_long n_head_timeouts, n_body_timeouts, n_bad_requests, n_too_large, n_budget,
       n_handler_timeouts, n_mhd_warnings, n_requests, n_answered_early;
+  atomic_long early_running; /* handlers answered early that have not ended (stop waits) */
   /* Background VM running the script's tick() every tick_interval seconds
    * (loaded from the same script as the workers, on its own thread). */
   lua_State *tickL;

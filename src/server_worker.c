@@ -473,6 +473,9 @@ static void job_done(worker *w, job *j, int co_ok) {
     pthread_mutex_unlock(&wait_mu);
     waiter_unref(wt);
   }
+  /* (detached from its waiter: no early answer can come any more; one that
+   * came was set under wait_mu, taken above or before the resume) */
+  if (j->prep != NULL) atomic_fetch_sub(&w->srv->early_running, 1);
   if (j->co != NULL) co_release(w, j->co, j->co_ref, co_ok);
   j->co = NULL;
   w->cur = NULL;
@@ -489,9 +492,13 @@ static void parked_remove(worker *w, job *j) {
 }
 
 static void abandon(worker *w, job *j, const char *why) {
-  atomic_fetch_add(&w->srv->n_handler_timeouts, 1);
-  srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
-  srv_answer_status(j, 503);
+  if (j->prep != NULL) { /* its client has its answer: only the rest is cut */
+    srv_log("warn", "handler_cut_after_answer", w->id, "reason", why, NULL, NULL);
+  } else {
+    atomic_fetch_add(&w->srv->n_handler_timeouts, 1);
+    srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
+    srv_answer_status(j, 503);
+  }
   job_done(w, j, 0);
 }
 
@@ -552,6 +559,9 @@ static void after_resume(worker *w, job *j, int st, int nres) {
     oflua_http_response *resp = &j->resp;
     if (resp->status == DROP_STATUS) {
       srv_answer(j, 0, NULL, 0);
+    } else if (j->prep != NULL) {
+      /* answered early (srv_answer_early, before the resume that led
+       * here): what the handler returned is dropped unbuilt */
     } else {
       struct MHD_Response *mr = srv_build_response(w->srv, resp, w->id);
       if (mr == NULL) srv_answer_status(j, 500);

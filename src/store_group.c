@@ -218,8 +218,10 @@ static void *committer(void *arg) {
     pthread_mutex_lock(&g->conn_mu);
     commit_batch(g, n);
     if (g->conn != NULL && g->be->after_batch != NULL) g->be->after_batch(g->conn);
+    long ckpts = g->conn != NULL && g->be->bg_checkpoints != NULL ? g->be->bg_checkpoints(g->conn) : 0;
     pthread_mutex_unlock(&g->conn_mu);
     pthread_mutex_lock(&g->mu);
+    g->st.checkpoints = (uint64_t)ckpts; /* (read by stats without the connection's lock) */
   }
   group_free(g);
   return NULL;
@@ -368,8 +370,4 @@ void store_group_stats_get(store_group *g, store_group_stats *st) {
   *st = g->st;
   st->depth = g->depth;
   pthread_mutex_unlock(&g->mu);
-  pthread_mutex_lock(&g->conn_mu);
-  if (g->conn != NULL && g->be->bg_checkpoints != NULL)
-    st->checkpoints = (uint64_t)g->be->bg_checkpoints(g->conn);
-  pthread_mutex_unlock(&g->conn_mu);
 }

@@ -290,6 +290,7 @@ static void *ckpt_main(void *arg) {
     if (db == NULL &&
         (sqlite3_open_v2(k->path, &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL) !=
              SQLITE_OK ||
+         sqlite3_busy_timeout(db, 100) != SQLITE_OK ||
          sqlite3_exec(db, "PRAGMA schema_version", NULL, NULL, NULL) != SQLITE_OK)) {
       sqlite3_close(db); /* (NULL or a failed handle) retried at the next signal */
       db = NULL;
