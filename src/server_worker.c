@@ -431,7 +431,9 @@ static int new_coroutine(lua_State *L) {
 static int co_body_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   job *j = (job *)ctx;
-  srv_take_response(L, lua_gettop(L) - 2, &j->resp);
+  /* answered early (set before the resume that led here): what the handler
+   * returns has nowhere to go, so it is not converted */
+  if (j->prep == NULL) srv_take_response(L, lua_gettop(L) - 2, &j->resp);
   return 0;
 }
 
