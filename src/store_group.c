@@ -58,8 +58,17 @@ static atomic_uint fork_gen;
 static unsigned reg_gen;
 static int atfork_ok;
 static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
-static void on_fork_child(void) { atomic_fetch_add(&fork_gen, 1); }
-static void atfork_init(void) { atfork_ok = pthread_atfork(NULL, NULL, on_fork_child) == 0; }
+/* The registry's lock is held across fork() (no fork in the middle of a
+ * registry change: the child's copy would stay locked for good). */
+static void on_fork_prepare(void) { pthread_mutex_lock(&reg_mu); }
+static void on_fork_parent(void) { pthread_mutex_unlock(&reg_mu); }
+static void on_fork_child(void) {
+  atomic_fetch_add(&fork_gen, 1);
+  pthread_mutex_unlock(&reg_mu);
+}
+static void atfork_init(void) {
+  atfork_ok = pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child) == 0;
+}
 
 static void group_free(store_group *g) {
   if (g->conn != NULL) {
