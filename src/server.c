@@ -35,7 +35,7 @@
  *  - The monitor thread also answers 503 for requests whose handler is
  *    past handler_timeout but cannot be interrupted (stuck in a C call),
  *    also when it runs inline on an I/O thread (written to the socket).
- *  - srv:stop(grace) asks the tick to stop, quiesces the listen socket,
+ *  - srv:stop(grace) asks the tick to stop, refuses new connections (on_accept),
  *    waits (at most grace seconds) for requests in flight, answers 503 to
  *    those left, stops MHD, waits for the tick (until the same deadline),
  *    then stops the workers (handlers still running are cut) and runs each
@@ -933,6 +933,14 @@ static void answer_all(server *s) {
   }
 }
 
+/* MHD's accept policy: once the server stops, a new connection is closed
+ * as soon as it is accepted (stop() drains the ones it has). */
+static enum MHD_Result on_accept(void *cls, const struct sockaddr *addr, socklen_t addrlen) {
+  (void)addr;
+  (void)addrlen;
+  return atomic_load(&((server *)cls)->stopping) ? MHD_NO : MHD_YES;
+}
+
 static void server_stop(server *s, double grace) {
   if (s->stopped) return;
   atomic_store(&s->stopping, 1);
@@ -941,9 +949,13 @@ static void server_stop(server *s, double grace) {
   /* the tick finishes the one in progress while requests drain; it is
    * waited for (until the same deadline) once they are answered */
   srv_tick_signal(s);
-  MHD_socket lsock = MHD_INVALID_SOCKET;
   if (s->daemon != NULL) {
-    lsock = MHD_quiesce_daemon(s->daemon);
+    /* No MHD_quiesce_daemon: with epoll and its own threads MHD 0.9.75 can
+     * race itself removing the listen socket from a worker's epoll set and
+     * abort the process (MHD_PANIC "Failed to remove listen FD from epoll
+     * set", seen when a server stops right after it started). New
+     * connections are refused by on_accept instead (accepted, closed at
+     * once), and MHD_stop_daemon closes the listen socket. */
     /* (a handler answered early is no longer in flight but still runs) */
     while ((atomic_load(&s->inflight) > 0 || atomic_load(&s->early_running) > 0) &&
            oflua__mono_now() < deadline)
@@ -981,7 +993,6 @@ static void server_stop(server *s, double grace) {
       MHD_stop_daemon(s->daemon); /* joins the I/O threads */
       s->daemon = NULL;
     }
-    if (lsock != MHD_INVALID_SOCKET) close(lsock);
   }
   if (srv_tick_stop(s, deadline) != 0) stuck = 1;
   if (s->monitor_started) {
@@ -1479,7 +1490,7 @@ static int server_listen(lua_State *L) {
   size_t pool = s->max_header + 16384;
   unsigned timeout = (unsigned)ceil(o.timeout_s);
   s->daemon = MHD_start_daemon(
-      flags, (uint16_t)o.port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
+      flags, (uint16_t)o.port, on_accept, s, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, on_mhd_log,
       s, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_URI_LOG_CALLBACK, on_uri, s,
       MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_NOTIFY_CONNECTION, on_connection,
       s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, pool, MHD_OPTION_CONNECTION_TIMEOUT, timeout,

@@ -98,7 +98,10 @@ static void *va_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   }
   int nc = class_of(nsize);
   if (ptr == NULL) return take(a, nc, nsize);
-  if (oc < 0 && nc < 0) return realloc(ptr, nsize);
+  if (oc < 0 && nc < 0) {
+    void *r = realloc(ptr, nsize);
+    return r != NULL || nsize > osize ? r : ptr; /* a shrink never fails */
+  }
   if (oc == nc) return ptr; /* the block is its class's full size */
   void *q = take(a, nc, nsize);
   if (q == NULL) return nsize <= osize ? ptr : NULL; /* a shrink never fails: ptr is big enough */
