@@ -61,6 +61,13 @@ typedef struct vm_alloc {
 static pthread_mutex_t live_mu = PTHREAD_MUTEX_INITIALIZER;
 static vm_alloc *live_head = NULL;
 
+/* live_mu is held across fork(), so that a child never inherits it locked
+ * (another thread making or closing a state at that moment). */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void live_lock(void) { pthread_mutex_lock(&live_mu); }
+static void live_unlock(void) { pthread_mutex_unlock(&live_mu); }
+static void fork_init(void) { (void)pthread_atfork(live_lock, live_unlock, live_unlock); }
+
 /* the class of a block of n bytes (1..VA_MAX_SMALL), or -1 */
 static int class_of(size_t n) {
   return VA_CACHE && n > 0 && n <= VA_MAX_SMALL ? (int)((n - 1) / VA_STEP) : -1;
@@ -139,6 +146,7 @@ static void va_warn(void *ud, const char *msg, int tocont) {
 }
 
 lua_State *oflua__state_alloc(void) {
+  pthread_once(&fork_once, fork_init); /* (if it cannot register: as before) */
   vm_alloc *a = calloc(1, sizeof *a);
   if (a == NULL) return NULL;
   lua_State *L = lua_newstate(va_alloc, a);
