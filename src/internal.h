@@ -102,6 +102,8 @@ typedef struct oflua_wait_api {
   void (*complete_answer)(struct oflua_waiter *w, void *a);
 } oflua_wait_api;
 #define OFLUA_REG_WAIT_API "oflua.wait_api"
+/* The metatable of server.answer's prepared answers (checked by the store). */
+#define OFLUA_ANSWER_MT "oflua.server.answer"
 
 static inline const oflua_wait_api *oflua__wait_api(lua_State *L) {
   lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_WAIT_API);

@@ -299,7 +299,7 @@ int srv_answer(job *r, unsigned status, struct MHD_Response *mr, int owned) {
 
 /* ---- prepared answers (server.answer) -------------------------------------- */
 
-#define ANSWER_MT "oflua.server.answer"
+#define ANSWER_MT OFLUA_ANSWER_MT
 
 struct srv_prepared {
   atomic_int refs;
@@ -1569,8 +1569,6 @@ int luaopen_oflua_server(lua_State *L) {
     lua_setfield(L, -2, "__gc");
     lua_pushcfunction(L, answer_tostring);
     lua_setfield(L, -2, "__tostring");
-    lua_pushliteral(L, "oflua.server.answer");
-    lua_setfield(L, -2, "__name");
   }
   lua_pop(L, 1);
   srv_shared_methods(L);

@@ -559,11 +559,11 @@ static void after_resume(worker *w, job *j, int st, int nres) {
   if (st == LUA_OK) {
     lua_settop(co, 0);
     oflua_http_response *resp = &j->resp;
-    if (resp->status == DROP_STATUS) {
-      srv_answer(j, 0, NULL, 0);
-    } else if (j->prep != NULL) {
+    if (j->prep != NULL) {
       /* answered early (srv_answer_early, before the resume that led
-       * here): what the handler returned is dropped unbuilt */
+       * here): co_body_k left resp empty (its status reads as DROP_STATUS) */
+    } else if (resp->status == DROP_STATUS) {
+      srv_answer(j, 0, NULL, 0);
     } else {
       struct MHD_Response *mr = srv_build_response(w->srv, resp, w->id);
       if (mr == NULL) srv_answer_status(j, 500);

@@ -1315,7 +1315,7 @@ static int store_inbox_add_grouped(lua_State *L) {
   const char *payload = luaL_checklstring(L, 3, &plen);
   double now = opt_now(L, 4);
   lua_Number lease = opt_lease(L, 5);
-  if (!lua_isnoneornil(L, 6) && luaL_testudata(L, 6, "oflua.server.answer") == NULL)
+  if (!lua_isnoneornil(L, 6) && luaL_testudata(L, 6, OFLUA_ANSWER_MT) == NULL)
     luaL_typeerror(L, 6, "oflua.server answer (server.answer) or nil");
   if (plen > MAX_VALUE - BOX_OVERHEAD)
     return push_err(L, "invalid", "oflua.store: payload too large");

@@ -296,7 +296,6 @@ static void *ckpt_main(void *arg) {
       db = NULL;
     }
     if (db != NULL) {
-      sqlite3_busy_timeout(db, 100);
       int log_frames = -1; /* -1: the connection is not in WAL mode (nothing done) */
       if (sqlite3_wal_checkpoint_v2(db, NULL, SQLITE_CHECKPOINT_PASSIVE, &log_frames, NULL) ==
               SQLITE_OK &&
