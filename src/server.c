@@ -813,6 +813,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 /* ---- the monitor thread ------------------------------------------------------ */
 
 static void *monitor_main(void *arg) {
+  oflua__thread_name("oflua-monitor");
   server *s = arg;
   pthread_mutex_lock(&s->conn_mu);
   while (!s->monitor_stop) {
@@ -1365,7 +1366,7 @@ static lua_State *load_vm(lua_State *L, const listen_opts *o, int id, char *err,
   load_ctx c = {L, o->args_idx, o->script, id};
   lua_pushcfunction(V, srv_load_worker);
   lua_pushlightuserdata(V, &c);
-  if (lua_pcall(V, 1, 4, 0) != LUA_OK) {
+  if (lua_pcall(V, 1, 5, 0) != LUA_OK) {
     oflua__filter_error(V, err, errlen);
     oflua__state_close(V);
     return NULL;
@@ -1447,8 +1448,10 @@ static int server_listen(lua_State *L) {
     w->id = i + 1;
     w->L = load_vm(L, &o, w->id, err, sizeof err);
     if (w->L == NULL) break;
-    if (i == 0 && lua_isfunction(w->L, 3))
+    if (i == 0 && lua_isfunction(w->L, 3)) {
       s->tick_interval = lua_isnil(w->L, 4) ? 1.0 : (double)lua_tonumber(w->L, 4);
+      s->tick_nice = lua_isnil(w->L, 5) ? SRV_TICK_NICE : (int)lua_tointeger(w->L, 5);
+    }
     lua_settop(w->L, 2);
   }
   if (err[0] == '\0' && s->tick_interval > 0) {

@@ -92,7 +92,8 @@ int srv_load_worker(lua_State *L) {
     lua_pushnil(L);
     lua_pushnil(L);
     lua_pushnil(L);
-    return 4;
+    lua_pushnil(L);
+    return 5;
   }
   if (t != LUA_TTABLE)
     return luaL_error(L, "%s must return a handler function, a router or {handler = fn}, not a %s",
@@ -102,13 +103,15 @@ int srv_load_worker(lua_State *L) {
     lua_pushnil(L);
     lua_pushnil(L);
     lua_pushnil(L);
-    return 4;
+    lua_pushnil(L);
+    return 5;
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "handler");
   lua_getfield(L, 1, "shutdown");
   lua_getfield(L, 1, "tick");
   lua_getfield(L, 1, "tick_interval");
+  lua_getfield(L, 1, "tick_nice");
   int ht = lua_type(L, 2);
   if (ht != LUA_TFUNCTION && ht != LUA_TTABLE)
     return luaL_error(L, "%s: the returned table has no handle method and no handler field",
@@ -123,8 +126,13 @@ int srv_load_worker(lua_State *L) {
       return luaL_error(L, "%s: tick_interval must be a number of seconds in [0.01, 86400]",
                         c->script);
   }
+  if (!lua_isnil(L, 6)) {
+    lua_Integer nv = 0;
+    if (!lua_isinteger(L, 6) || (nv = lua_tointeger(L, 6)) < 0 || nv > 19)
+      return luaL_error(L, "%s: tick_nice must be an integer in [0, 19]", c->script);
+  }
   lua_remove(L, 1);
-  return 4;
+  return 5;
 }
 
 static int run_shutdown(lua_State *L) {
@@ -275,6 +283,7 @@ static pthread_once_t timer_once = PTHREAD_ONCE_INIT;
 static int timer_ok = 0;
 
 static void *timer_main(void *arg) {
+  oflua__thread_name("oflua-timer");
   (void)arg;
   pthread_mutex_lock(&timer_mu);
   for (;;) {
@@ -761,6 +770,7 @@ void srv_install_wait_api(lua_State *V) {
 }
 
 static void *worker_main(void *arg) {
+  oflua__thread_name("oflua-worker");
   worker *w = arg;
   server *s = w->srv;
   tls_worker = w;
@@ -928,7 +938,12 @@ int srv_workers_stop(server *s, double deadline) {
 /* ---- tick ---------------------------------------------------------------- */
 
 void *srv_tick_main(void *arg) {
+  oflua__thread_name("oflua-tick");
   server *s = arg;
+  /* Background work yields to requests: with the CPU busy, the tick runs
+   * on what the workers and I/O threads leave (Linux: a thread's own nice
+   * value; best effort). */
+  if (s->tick_nice > 0) oflua__thread_nice(s->tick_nice);
   lua_State *L = s->tickL; /* stack: [1] handler, [2] shutdown, [3] tick */
   pthread_mutex_lock(&s->tick_mu);
   for (;;) {

@@ -47,16 +47,22 @@
  *   s:inbox_add_many(list[, now[, lease_s]]) -> {true | false, ...} | nil, err
  *                            list: {{id =, payload =}, ...} (at most 1000),
  *                            one transaction: all rows or none
- *   s:inbox_add_grouped(id, payload[, now[, lease_s]]) -> as inbox_add; the
- *                            insert shares one transaction with concurrent
- *                            callers (group commit, store_group.c); kind
- *                            "busy" when the queue is full (4096 rows)
+ *   s:inbox_add_grouped(id, payload[, now[, lease_s[, answer[, handoff]]]])
+ *                            -> as inbox_add; the insert shares one
+ *                            transaction with concurrent callers (group
+ *                            commit, store_group.c); kind "busy" when the
+ *                            queue is full (4096 rows); handoff: the new row
+ *                            goes, claimed, to this process's next
+ *                            inbox_claim_grouped (true, no claim token)
  *   s:group_stats() -> {batches, rows, max_batch, errors, failed_rows,
  *                       rejected, queue_depth, peak_depth, done_marked,
  *                       done_missed, hist}
  *   s:inbox_done_grouped(id[, now[, claim]]) -> true (queued: marked done in
  *                            the committer's next batch, not waited for)
  *   s:inbox_claim(n, lease_s[, now[, max_attempts=5]]) -> {{id, payload, attempts, claim}}
+ *   s:inbox_claim_grouped(n, lease_s[, now[, max_attempts[, done]]]) -> as
+ *                            inbox_claim, handoff rows first, each with
+ *                            lease_left
  *   s:inbox_done(id[, now[, claim]]) -> true | false | nil, err, "lost"
  *   s:inbox_release(id[, now[, claim]]) -> true | false | nil, err, "lost"
  *                            (back to pending unrun: due now, no attempt)
@@ -92,6 +98,11 @@
 #define REKEY_MT "oflua.store.rekey"
 #define SMALL_BOX 4096
 #define MAX_CLAIM 10000
+/* A grouped claim reads the inbox at least this often while handoff rows
+ * keep coming (retries and rows inserted pending are not starved). */
+#define CLAIM_READ_EVERY_S 1.0
+/* Handoff rows whose lease ran out, handed back by one grouped claim, at most. */
+#define CLAIM_EXPIRED_MAX 256
 #define MAX_BATCH 1000
 #define SCAN_BATCH 64
 #define BACKOFF_CAP_S 3600.0
@@ -1308,8 +1319,13 @@ static int handle_group(lua_State *L, store_handle *s) {
 
 static int store_inbox_add_grouped(lua_State *L) {
   store_handle *s = check_open(L, 1);
-  /* A private in-memory database cannot be shared with a committer. */
-  if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) return store_inbox_add(L);
+  /* A private in-memory database cannot be shared with a committer (nor
+   * hand rows off: inserted pending then, for the inbox's claims). */
+  if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) {
+    if (lua_toboolean(L, 7)) lua_settop(L, 4);
+    else lua_settop(L, 5);
+    return store_inbox_add(L);
+  }
   size_t elen, plen;
   const char *eid = check_id(L, 2, &elen, "event id");
   const char *payload = luaL_checklstring(L, 3, &plen);
@@ -1317,6 +1333,12 @@ static int store_inbox_add_grouped(lua_State *L) {
   lua_Number lease = opt_lease(L, 5);
   if (!lua_isnoneornil(L, 6) && luaL_testudata(L, 6, OFLUA_ANSWER_MT) == NULL)
     luaL_typeerror(L, 6, "oflua.server answer (server.answer) or nil");
+  int handoff = 0;
+  if (!lua_isnoneornil(L, 7)) {
+    luaL_checktype(L, 7, LUA_TBOOLEAN);
+    handoff = lua_toboolean(L, 7);
+  }
+  luaL_argcheck(L, !handoff || lease > 0, 7, "a handoff needs lease_s (the claim's lease)");
   if (plen > MAX_VALUE - BOX_OVERHEAD)
     return push_err(L, "invalid", "oflua.store: payload too large");
   lua_settop(L, 6);
@@ -1343,9 +1365,12 @@ static int store_inbox_add_grouped(lua_State *L) {
   }
   it->ev.ebox = cb(it->data, eb);
   it->ev.pbox = cb(it->data + eb, pb);
-  it->ev.state = lease > 0 ? "claimed" : "pending";
-  it->ev.next_at = lease > 0 ? now + (double)lease : now;
+  /* a handoff row is made claimed by the committer, if its list has room */
+  it->ev.state = lease > 0 && !handoff ? "claimed" : "pending";
+  it->ev.next_at = lease > 0 && !handoff ? now + (double)lease : now;
   it->ev.now = now;
+  it->handoff = handoff;
+  it->lease = (double)lease;
   it->bytes = eb + pb + sizeof *it;
   if (api == NULL) { /* not a server VM: block this thread */
     int rc = store_group_submit(s->group, it);
@@ -1355,7 +1380,7 @@ static int store_inbox_add_grouped(lua_State *L) {
     char err[sizeof it->err];
     memcpy(err, it->err, sizeof err);
     free(it);
-    return grouped_results(L, s, r, ins, err, lease > 0 ? now + (double)lease : 0);
+    return grouped_results(L, s, r, ins, err, lease > 0 && !handoff ? now + (double)lease : 0);
   }
   it->aux = api;
   it->answer = api->answer_ref(L, 4); /* NULL without one */
@@ -1401,7 +1426,7 @@ static int store_group_stats_lua(lua_State *L) {
   store_group_stats st;
   memset(&st, 0, sizeof st);
   if (s->group != NULL && store_group_ours(s->group)) store_group_stats_get(s->group, &st);
-  lua_createtable(L, 0, 13);
+  lua_createtable(L, 0, 19);
 #define F(name, v)                        \
   lua_pushinteger(L, (lua_Integer)(v)); \
   lua_setfield(L, -2, name)
@@ -1416,6 +1441,12 @@ static int store_group_stats_lua(lua_State *L) {
   F("done_marked", st.done_marked);
   F("done_missed", st.done_missed);
   F("checkpoints", st.checkpoints);
+  F("handoff", st.ready_in);
+  F("handoff_taken", st.ready_taken);
+  F("handoff_expired", st.ready_expired);
+  F("handoff_released", st.ready_released);
+  F("handoff_full", st.ready_full);
+  F("handoff_depth", st.ready_depth);
 #undef F
   lua_createtable(L, GROUP_HIST, 0);
   for (int i = 0; i < GROUP_HIST; i++) {
@@ -1463,6 +1494,7 @@ typedef struct {
   unsigned char idx[IDX_LEN];
   store_fence fence;
   int fenced;
+  int release; /* a handoff row whose lease ran out unrun: back to pending instead */
 } claim_done;
 
 static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lease, double now,
@@ -1474,7 +1506,8 @@ static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lea
     if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     for (int i = 0; i < ndone; i++) {
       /* 0 (gone, rekeyed, or its claim lost to another runner): left as is */
-      rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
+      rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, done[i].release ? "pending" : "done",
+                          done[i].release ? STORE_MARK_RELEASE : STORE_MARK_KEEP, now,
                           done[i].fenced ? &done[i].fence : NULL);
       if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     }
@@ -1520,10 +1553,101 @@ static int claim_db(store_handle *s, store_conn *c, rows_t *r, int n, double lea
                        expired ? cb(rbox, sizeof rbox) : cb(NULL, 0), now);
     if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
     snprintf(ev->state, sizeof ev->state, "%s", dead ? "dead" : "claimed");
+    ev->next_at = now + lease; /* (the lease end: the claim token's) */
   }
   rc = be->tx_commit(c);
   if (rc < 0) return claim_fail(c, be, base, r, e, CLAIM_BE, rc, 0, 0);
   return 0;
+}
+
+/* The claimed rows of r (committed), as inbox_claim's result; clears r.
+ * grouped: each with lease_left (a handoff row's lease began at its insert). */
+static int push_claimed(lua_State *L, rows_t *r, double now, int grouped) {
+  lua_createtable(L, r->n, 0);
+  int out = 0;
+  for (int i = 0; i < r->n; i++) {
+    store_event *ev = &r->ev[i];
+    if (strcmp(ev->state, "dead") == 0) continue;
+    lua_createtable(L, 0, 5);
+    push_plain(L, &ev->ebox);
+    lua_setfield(L, -2, "id");
+    push_plain(L, &ev->pbox);
+    lua_setfield(L, -2, "payload");
+    lua_pushinteger(L, (lua_Integer)ev->attempts);
+    lua_setfield(L, -2, "attempts");
+    push_token(L, ev->attempts, ev->next_at);
+    lua_setfield(L, -2, "claim");
+    if (grouped) {
+      lua_pushnumber(L, ev->next_at - now);
+      lua_setfield(L, -2, "lease_left");
+    }
+    lua_rawseti(L, -2, ++out);
+  }
+  rows_clear(r);
+  return 1;
+}
+
+/* inbox_claim_grouped's done marks, queued for the committer's next batch
+ * (all of them, or none: -1, and the claim's own transaction marks them). */
+static int submit_done(store_handle *s, const claim_done *done, int ndone, double now) {
+  group_item *head = NULL;
+  for (int i = ndone - 1; i >= 0; i--) {
+    group_item *it = calloc(1, sizeof *it);
+    if (it == NULL) goto fail;
+    memcpy(it->ev.idx, done[i].idx, sizeof it->ev.idx);
+    it->kind = GROUP_DONE;
+    it->has_fence = done[i].fenced;
+    if (done[i].fenced) it->fence = done[i].fence;
+    it->ev.now = now;
+    it->bytes = sizeof *it;
+    it->next = head;
+    head = it;
+  }
+  if (store_group_submit_all(s->group, head, ndone) == 0) return 0;
+fail:
+  while (head != NULL) {
+    group_item *next = head->next;
+    free(head);
+    head = next;
+  }
+  return -1;
+}
+
+/* Handoff rows (store_group.c's ready list) into r->ev[r->n..]: up to max,
+ * opened like claimed rows (it was this handle's key that sealed them). 0,
+ * or -1 when one does not open (dropped; the others are kept). */
+static int take_ready(store_handle *s, rows_t *r, int max, double now) {
+  group_ready *got[64];
+  int bad = 0;
+  while (max > 0) {
+    int k = store_group_take_ready(s->group, max < 64 ? max : 64, now, got);
+    if (k == 0) break;
+    max -= k;
+    for (int i = 0; i < k; i++) {
+      group_ready *g = got[i];
+      store_event *ev = &r->ev[r->n];
+      memset(ev, 0, sizeof *ev);
+      size_t elen, plen;
+      store_aad a;
+      int ok = store_bytes_set(&ev->ebox, g->data, g->elen) == 0 &&
+               store_bytes_set(&ev->pbox, g->data + g->elen, g->plen) == 0 &&
+               open_in_place(s->keys.aead, &ev->ebox, aad(&a, s, D_IN_ID, NULL, 0), &elen) == 0 &&
+               elen <= MAX_KEY &&
+               open_in_place(s->keys.aead, &ev->pbox,
+                             aad(&a, s, D_IN_PAYLOAD, ev->ebox.p + NONCE_LEN, elen), &plen) == 0;
+      if (ok) {
+        ev->kid = s->kid;
+        ev->next_at = g->lease_end;
+        snprintf(ev->state, sizeof ev->state, "claimed");
+        r->n++;
+      } else {
+        store_event_clear(ev);
+        bad = 1;
+      }
+      free(g);
+    }
+  }
+  return bad ? -1 : 0;
 }
 
 /* s:inbox_claim(n, lease_s[, now[, max_attempts]]) -> {{id, payload, attempts}, ...} | nil, err
@@ -1551,8 +1675,13 @@ static int inbox_claim(lua_State *L, int grouped) {
     ndone = (int)m;
   }
   READY(L, s);
-  if (ndone > 0) {
-    done = lua_newuserdatauv(L, (size_t)ndone * sizeof *done, 0);
+  int shared = grouped && s->be->tx_depth(s->c) == 0 &&
+               !(s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0);
+  /* (room for the releases of handoff rows whose lease ran out) */
+  int room = ndone + (shared ? CLAIM_EXPIRED_MAX : 0);
+  if (room > 0) {
+    done = lua_newuserdatauv(L, (size_t)room * sizeof *done, 0);
+    memset(done, 0, (size_t)room * sizeof *done);
     for (int i = 0; i < ndone; i++) {
       lua_rawgeti(L, 6, i + 1);
       if (!lua_istable(L, -1)) luaL_argerror(L, 6, "done items must be inbox_claim items");
@@ -1572,14 +1701,43 @@ static int inbox_claim(lua_State *L, int grouped) {
   rows_t *r = rows_new(L, (int)n, 0);
   claim_err e = {0};
   int rc;
+  if (shared) {
+    int g = handle_group(L, s);
+    if (g < 0) return -g;
+  }
+  /* Handoff rows first, without reading the inbox (their done marks go to
+   * the committer's queue), as long as its own claims ran within the last
+   * CLAIM_READ_EVERY_S: retries and rows inserted pending are not starved. */
+  if (shared && store_group_has_ready(s->group) &&
+      oflua__mono_now() - s->claim_sql_at < CLAIM_READ_EVERY_S && submit_done(s, done, ndone, now) == 0) {
+    if (take_ready(s, r, (int)n, now) != 0 && r->n == 0)
+      return push_err(L, "db", "oflua.store: a handed-off inbox row does not open");
+    if (r->n > 0) return push_claimed(L, r, now, 1);
+    ndone = 0; /* (queued) */
+  }
+  /* Handoff rows whose lease ran out before anyone took them: handed back
+   * in the claim's transaction (pending, due at once: this claim takes
+   * them, with no attempt counted for a run that never began). */
+  if (shared) {
+    group_ready *exp[64];
+    int k;
+    while (ndone < room && (k = store_group_take_expired(s->group, room - ndone < 64 ? room - ndone : 64,
+                                                          now, exp)) > 0)
+      for (int i = 0; i < k; i++) {
+        claim_done *d = &done[ndone++];
+        memcpy(d->idx, exp[i]->idx, sizeof d->idx);
+        d->fenced = 1;
+        d->fence.attempts = 0;
+        d->fence.lease_end = exp[i]->lease_end;
+        d->release = 1;
+        free(exp[i]);
+      }
+  }
   /* Grouped, on SQLite, outside a transaction of the caller's: on the group
    * committer's connection, between its batches. That file has one writer
    * then, whose page cache no other connection's commit invalidates (each
    * connection's cache is dropped whenever another one wrote). */
-  if (grouped && s->be->single_writer && s->be->tx_depth(s->c) == 0 &&
-      !(s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0)) {
-    int g = handle_group(L, s);
-    if (g < 0) return -g;
+  if (shared && s->be->single_writer) {
     char err[300];
     store_conn *c = store_group_lock_conn(s->group, err, sizeof err);
     if (c == NULL) return push_err(L, "unavailable", "oflua.store: %s", err);
@@ -1597,25 +1755,12 @@ static int inbox_claim(lua_State *L, int grouped) {
       return push_err(L, e.rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s", e.err);
     }
   }
-  /* Committed: now build the Lua values. */
-  lua_createtable(L, r->n, 0);
-  int out = 0;
-  for (int i = 0; i < r->n; i++) {
-    store_event *ev = &r->ev[i];
-    if (strcmp(ev->state, "dead") == 0) continue;
-    lua_createtable(L, 0, 3);
-    push_plain(L, &ev->ebox);
-    lua_setfield(L, -2, "id");
-    push_plain(L, &ev->pbox);
-    lua_setfield(L, -2, "payload");
-    lua_pushinteger(L, (lua_Integer)ev->attempts);
-    lua_setfield(L, -2, "attempts");
-    push_token(L, ev->attempts, now + lease);
-    lua_setfield(L, -2, "claim");
-    lua_rawseti(L, -2, ++out);
+  if (shared) {
+    s->claim_sql_at = oflua__mono_now();
+    /* room left: handoff rows (a failure to open one only drops it) */
+    if (r->n < (int)n) (void)take_ready(s, r, (int)n - r->n, now);
   }
-  rows_clear(r);
-  return 1;
+  return push_claimed(L, r, now, grouped);
 }
 
 static int store_inbox_claim(lua_State *L) {

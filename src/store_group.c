@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct store_group {
@@ -39,12 +40,22 @@ struct store_group {
   int refs;
   group_item *head, *tail;
   size_t depth, qbytes;
+  /* handoff rows committed claimed, for the next grouped claim */
+  group_ready *rhead, *rtail;
+  size_t rcount, rbytes;
+  int releasing; /* the committer is releasing the ready list (last unref) */
+  int waiters;   /* last unrefs waiting for that (the group outlives them) */
+  /* done items taken from the queue, not applied yet (the committer's own) */
+  group_item *dhead, *dtail;
+  int dcount;
+  double dfirst; /* monotonic time the oldest of them was taken */
   store_conn *conn; /* the committer's own */
   store_group_stats st;
   /* the committer's batch, reused */
   store_new_event ev[GROUP_BATCH_ROWS];
   int inserted[GROUP_BATCH_ROWS];
   group_item *batch[GROUP_BATCH_ROWS];
+  group_ready *pre[GROUP_BATCH_ROWS]; /* a handoff insert's ready row, made before the commit */
 };
 
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -70,7 +81,25 @@ static void atfork_init(void) {
   atfork_ok = pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child) == 0;
 }
 
+static void items_free(group_item *it) {
+  while (it != NULL) {
+    group_item *next = it->next;
+    free(it);
+    it = next;
+  }
+}
+
+static void ready_free_list(group_ready *r) {
+  while (r != NULL) {
+    group_ready *next = r->next;
+    free(r);
+    r = next;
+  }
+}
+
 static void group_free(store_group *g) {
+  ready_free_list(g->rhead);
+  items_free(g->dhead);
   if (g->conn != NULL) {
     while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
     g->be->close(g->conn);
@@ -93,7 +122,7 @@ static int try_retire(store_group *g) {
   int gone = 0;
   pthread_mutex_lock(&reg_mu);
   pthread_mutex_lock(&g->mu);
-  if (g->refs == 0 && g->head == NULL) {
+  if (g->refs == 0 && g->head == NULL && g->rhead == NULL && g->waiters == 0) {
     for (store_group **p = &reg_head; *p != NULL; p = &(*p)->next)
       if (*p == g) {
         *p = g->next;
@@ -114,35 +143,171 @@ static unsigned hist_bucket(int n) {
 
 static void complete_batch(store_group *g, int n, int rc, const char *err);
 
-/* The done items of a batch (moved to its end by commit_batch), in one
- * transaction of their own: a failure there must not fail the inserts.
- * Returns how many were applied. */
-static uint64_t mark_done(store_group *g, group_item **items, int n) {
+/* The oldest GROUP_DONE_BATCH done items taken so far (g->dhead), in one
+ * transaction of their own (a failure there must not fail inserts): done
+ * marks are applied together, once GROUP_DONE_BATCH of them wait, or
+ * GROUP_DONE_DELAY_S after the oldest was queued, or whenever no insert
+ * waits; one commit for many marks, and never so many at once that the
+ * next inserts wait long. Nobody waits for them: a mark lost to a crash
+ * leaves its event claimed until its lease runs out, and it runs again
+ * (at-least-once runs, as for a crash between a handler and its mark).
+ * Frees the items. */
+static void flush_done(store_group *g) {
   store_conn *c = g->conn;
   uint64_t applied = 0;
-  int rc = g->be->tx_begin(c, 0);
-  for (int i = 0; rc >= 0 && i < n; i++) {
-    const group_item *it = items[i];
+  int n = 0;
+  group_item *list = g->dhead, *last = NULL;
+  for (group_item *it = list; it != NULL && n < GROUP_DONE_BATCH; it = it->next) {
+    last = it;
+    n++;
+  }
+  g->dhead = last->next;
+  last->next = NULL;
+  if (g->dhead == NULL) g->dtail = NULL;
+  g->dcount -= n;
+  g->dfirst = oflua__mono_now(); /* (the rest: as if just queued) */
+  if (c == NULL) {
+    char err[256];
+    c = g->conn = g->be->open(&g->opts, err, sizeof err);
+  }
+  int rc = c != NULL ? g->be->tx_begin(c, 0) : STORE_EUNAVAIL;
+  for (const group_item *it = list; rc >= 0 && it != NULL; it = it->next) {
     rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", STORE_MARK_KEEP, it->ev.now,
                            it->has_fence ? &it->fence : NULL);
     if (rc == 1) applied++;
   }
-  if (rc >= 0 && g->be->tx_commit(c) >= 0) return applied;
-  while (g->be->tx_depth(c) > 0) g->be->tx_rollback(c);
-  return 0;
+  if (rc < 0 || g->be->tx_commit(c) < 0) {
+    applied = 0;
+    if (c != NULL)
+      while (g->be->tx_depth(c) > 0) g->be->tx_rollback(c);
+  }
+  items_free(list);
+  pthread_mutex_lock(&g->mu);
+  g->st.done_marked += applied;
+  g->st.done_missed += (uint64_t)n - applied;
+  pthread_mutex_unlock(&g->mu);
 }
 
-/* One batch: insert, then complete every item with its result; then mark
- * the batch's done items. */
+/* The batch's rows (g->ev) from its insert items. A handoff insert is
+ * inserted claimed, with its ready row made beforehand (nothing can fail
+ * once the row is committed), while the ready list has room; else pending,
+ * as any other (the inbox's claims find it). */
+static void prepare_handoff(store_group *g, int n) {
+  pthread_mutex_lock(&g->mu);
+  size_t room = g->rcount < GROUP_READY_ROWS ? GROUP_READY_ROWS - g->rcount : 0;
+  size_t broom = g->rbytes < GROUP_READY_BYTES ? GROUP_READY_BYTES - g->rbytes : 0;
+  pthread_mutex_unlock(&g->mu);
+  uint64_t full = 0;
+  for (int i = 0; i < n; i++) {
+    const group_item *it = g->batch[i];
+    g->ev[i] = it->ev;
+    g->pre[i] = NULL;
+    if (!it->handoff) continue;
+    size_t bytes = sizeof(group_ready) + it->ev.ebox.n + it->ev.pbox.n;
+    group_ready *r = room > 0 && bytes <= broom ? malloc(bytes) : NULL;
+    if (r == NULL) {
+      full++;
+      continue;
+    }
+    room--;
+    broom -= bytes;
+    r->next = NULL;
+    memcpy(r->idx, it->ev.idx, sizeof r->idx);
+    r->now = it->ev.now;
+    r->lease_end = it->ev.now + it->lease;
+    r->elen = it->ev.ebox.n;
+    r->plen = it->ev.pbox.n;
+    memcpy(r->data, it->ev.ebox.p, r->elen);
+    memcpy(r->data + r->elen, it->ev.pbox.p, r->plen);
+    g->pre[i] = r;
+    g->ev[i].state = "claimed";
+    g->ev[i].next_at = r->lease_end;
+  }
+  if (full > 0) {
+    pthread_mutex_lock(&g->mu);
+    g->st.ready_full += full;
+    pthread_mutex_unlock(&g->mu);
+  }
+}
+
+/* After the insert (rc): the new handoff rows go on the ready list; the
+ * others' ready rows (a duplicate, a failed batch) are dropped. */
+static void ready_add(store_group *g, int n, int rc) {
+  pthread_mutex_lock(&g->mu);
+  for (int i = 0; i < n; i++) {
+    group_ready *r = g->pre[i];
+    g->pre[i] = NULL;
+    if (r == NULL) continue;
+    if (rc < 0 || !g->inserted[i]) {
+      free(r);
+      continue;
+    }
+    if (g->rtail != NULL) g->rtail->next = r;
+    else g->rhead = r;
+    g->rtail = r;
+    g->rcount++;
+    g->rbytes += sizeof *r + r->elen + r->plen;
+    g->st.ready_in++;
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* The last handle went with rows still on the ready list: they are handed
+ * back to the inbox (pending, due at once, no attempt counted), so another
+ * process, or this one's next store, runs them without waiting for their
+ * lease. A row that cannot be released stays claimed until its lease runs
+ * out (as after a crash). Called by the committer, with no lock held. */
+static void release_ready(store_group *g) {
+  pthread_mutex_lock(&g->mu);
+  group_ready *list = g->rhead;
+  g->rhead = g->rtail = NULL;
+  g->rcount = 0;
+  g->rbytes = 0;
+  pthread_mutex_unlock(&g->mu);
+  uint64_t released = 0;
+  pthread_mutex_lock(&g->conn_mu);
+  char err[256];
+  if (g->conn == NULL) g->conn = g->be->open(&g->opts, err, sizeof err);
+  if (g->conn != NULL && g->be->tx_begin(g->conn, 0) >= 0) {
+    int rc = 0;
+    for (group_ready *r = list; rc >= 0 && r != NULL; r = r->next) {
+      store_fence f = {0, r->lease_end};
+      /* due from its insert's time on (the caller's clock, which may not be
+       * the wall clock): at once */
+      rc = g->be->inbox_mark(g->conn, g->ns, r->idx, g->kid, "pending", STORE_MARK_RELEASE, r->now,
+                             &f);
+      if (rc == 1) released++;
+    }
+    if (rc < 0 || g->be->tx_commit(g->conn) < 0) released = 0;
+    while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
+  }
+  pthread_mutex_unlock(&g->conn_mu);
+  ready_free_list(list);
+  pthread_mutex_lock(&g->mu);
+  g->st.ready_released += released;
+  g->releasing = 0;
+  pthread_cond_broadcast(&g->done);
+  pthread_mutex_unlock(&g->mu);
+}
+
+/* One batch: insert, then complete every item with its result. Its done
+ * items join those waiting (flush_done). */
 static void commit_batch(store_group *g, int n) {
   char err[256] = "";
   int rc = 0;
-  /* done items to the end, inserts keep their order */
-  int nins = 0, ndone = 0;
-  group_item *dones[GROUP_BATCH_ROWS];
+  int nins = 0;
   for (int i = 0; i < n; i++) {
-    if (g->batch[i]->kind == GROUP_DONE) dones[ndone++] = g->batch[i];
-    else g->batch[nins++] = g->batch[i];
+    group_item *it = g->batch[i];
+    if (it->kind != GROUP_DONE) {
+      g->batch[nins++] = it; /* inserts keep their order */
+      continue;
+    }
+    if (g->dcount == 0) g->dfirst = oflua__mono_now();
+    it->next = NULL;
+    if (g->dtail != NULL) g->dtail->next = it;
+    else g->dhead = it;
+    g->dtail = it;
+    g->dcount++;
   }
   n = nins;
   if (g->conn == NULL) {
@@ -150,22 +315,19 @@ static void commit_batch(store_group *g, int n) {
     if (g->conn == NULL) rc = STORE_EUNAVAIL;
   }
   if (rc == 0 && n > 0) {
-    for (int i = 0; i < n; i++) g->ev[i] = g->batch[i]->ev;
+    prepare_handoff(g, n);
     rc = g->be->inbox_add(g->conn, g->ns, g->kid, g->ev, n, g->inserted);
     if (rc < 0) {
       snprintf(err, sizeof err, "%s", g->conn->err);
       while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
     }
+    ready_add(g, n, rc);
   }
   if (n > 0) complete_batch(g, n, rc, err);
-  if (ndone == 0) return;
-  /* after the inserts' answers: nobody waits for these */
-  uint64_t marked = g->conn != NULL ? mark_done(g, dones, ndone) : 0;
-  for (int i = 0; i < ndone; i++) free(dones[i]);
-  pthread_mutex_lock(&g->mu);
-  g->st.done_marked += marked;
-  g->st.done_missed += (uint64_t)ndone - marked;
-  pthread_mutex_unlock(&g->mu);
+  /* after the inserts' answers */
+  if (g->dcount >= GROUP_DONE_BATCH ||
+      (g->dcount > 0 && oflua__mono_now() - g->dfirst >= GROUP_DONE_DELAY_S))
+    flush_done(g);
 }
 
 /* Records a committed (or failed) insert batch and completes its items. */
@@ -200,10 +362,28 @@ static void complete_batch(store_group *g, int n, int rc, const char *err) {
 }
 
 static void *committer(void *arg) {
+  oflua__thread_name("oflua-commit");
   store_group *g = arg;
   pthread_mutex_lock(&g->mu);
   for (;;) {
-    while (g->head == NULL && g->refs > 0) pthread_cond_wait(&g->work, &g->mu);
+    while (g->head == NULL && g->dcount == 0 &&
+           (g->refs > 0 || (g->rhead == NULL && g->waiters > 0)))
+      pthread_cond_wait(&g->work, &g->mu);
+    if (g->head == NULL && g->dcount > 0) { /* no insert waits: the marks now */
+      pthread_mutex_unlock(&g->mu);
+      pthread_mutex_lock(&g->conn_mu);
+      flush_done(g);
+      pthread_mutex_unlock(&g->conn_mu);
+      pthread_mutex_lock(&g->mu);
+      continue;
+    }
+    if (g->head == NULL && g->rhead != NULL) { /* the last handle went */
+      g->releasing = 1;
+      pthread_mutex_unlock(&g->mu);
+      release_ready(g);
+      pthread_mutex_lock(&g->mu);
+      continue;
+    }
     if (g->head == NULL) {
       pthread_mutex_unlock(&g->mu);
       if (try_retire(g)) break;
@@ -261,7 +441,13 @@ static store_group *group_new(const store_backend *be, const store_open_opts *o,
   int mu = pthread_mutex_init(&g->mu, NULL) == 0;
   int cm = pthread_mutex_init(&g->conn_mu, NULL) == 0;
   int c1 = pthread_cond_init(&g->work, NULL) == 0;
-  int c2 = pthread_cond_init(&g->done, NULL) == 0;
+  /* done: on the monotonic clock (store_group_unref waits on it, bounded) */
+  pthread_condattr_t ca;
+  int c2 = 0;
+  if (pthread_condattr_init(&ca) == 0) {
+    c2 = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&g->done, &ca) == 0;
+    pthread_condattr_destroy(&ca);
+  }
   if (g->db == NULL || g->sync == NULL || !mu || !cm || !c1 || !c2) {
     if (mu) pthread_mutex_destroy(&g->mu);
     if (cm) pthread_mutex_destroy(&g->conn_mu);
@@ -326,10 +512,92 @@ int store_group_ours(const store_group *g) {
   return g->pid == getpid();
 }
 
+/* The last unref of a group with handoff rows waits (at most
+ * GROUP_RELEASE_WAIT_S) for the committer to hand them back to the inbox,
+ * so that a process that exits right after closing its stores leaves none
+ * of them claimed. */
+#define GROUP_RELEASE_WAIT_S 5
 void store_group_unref(store_group *g) {
   pthread_mutex_lock(&g->mu);
-  if (--g->refs == 0) pthread_cond_signal(&g->work);
+  if (--g->refs == 0) {
+    pthread_cond_signal(&g->work);
+    if (g->rhead != NULL || g->releasing) {
+      struct timespec until;
+      clock_gettime(CLOCK_MONOTONIC, &until);
+      until.tv_sec += GROUP_RELEASE_WAIT_S;
+      g->waiters++;
+      while ((g->rhead != NULL || g->releasing) && g->refs == 0)
+        if (pthread_cond_timedwait(&g->done, &g->mu, &until) != 0) break;
+      g->waiters--;
+      pthread_cond_signal(&g->work); /* (the committer may retire it now) */
+    }
+  }
   pthread_mutex_unlock(&g->mu);
+}
+
+static group_ready *ready_pop(store_group *g) {
+  group_ready *r = g->rhead;
+  g->rhead = r->next;
+  if (g->rhead == NULL) g->rtail = NULL;
+  g->rcount--;
+  g->rbytes -= sizeof *r + r->elen + r->plen;
+  r->next = NULL;
+  return r;
+}
+
+int store_group_take_expired(store_group *g, int max, double now, group_ready **out) {
+  int n = 0;
+  pthread_mutex_lock(&g->mu);
+  while (n < max && g->rhead != NULL && g->rhead->lease_end <= now) {
+    out[n++] = ready_pop(g);
+    g->st.ready_expired++;
+  }
+  pthread_mutex_unlock(&g->mu);
+  return n;
+}
+
+int store_group_take_ready(store_group *g, int max, double now, group_ready **out) {
+  int n = 0;
+  pthread_mutex_lock(&g->mu);
+  while (n < max && g->rhead != NULL && g->rhead->lease_end > now) {
+    out[n++] = ready_pop(g);
+    g->st.ready_taken++;
+  }
+  pthread_mutex_unlock(&g->mu);
+  return n;
+}
+
+int store_group_has_ready(store_group *g) {
+  pthread_mutex_lock(&g->mu);
+  int any = g->rhead != NULL;
+  pthread_mutex_unlock(&g->mu);
+  return any;
+}
+
+int store_group_submit_all(store_group *g, group_item *head, int n) {
+  size_t bytes = 0;
+  group_item *last = NULL;
+  for (group_item *it = head; it != NULL; it = it->next) {
+    it->done = 0;
+    bytes += it->bytes;
+    last = it;
+  }
+  if (head == NULL) return 0;
+  pthread_mutex_lock(&g->mu);
+  if (g->depth + (size_t)n > GROUP_QUEUE_ROWS ||
+      (g->depth > 0 && g->qbytes + bytes > GROUP_QUEUE_BYTES)) {
+    pthread_mutex_unlock(&g->mu);
+    return -1;
+  }
+  if (g->tail != NULL) g->tail->next = head;
+  else g->head = head;
+  g->tail = last;
+  g->depth += (size_t)n;
+  g->qbytes += bytes;
+  if (g->depth > g->st.peak_depth) g->st.peak_depth = g->depth;
+  pthread_cond_signal(&g->work);
+  pthread_mutex_unlock(&g->mu);
+  return 0;
 }
 
 int store_group_submit(store_group *g, group_item *it) {
@@ -378,5 +646,6 @@ void store_group_stats_get(store_group *g, store_group_stats *st) {
   pthread_mutex_lock(&g->mu);
   *st = g->st;
   st->depth = g->depth;
+  st->ready_depth = g->rcount;
   pthread_mutex_unlock(&g->mu);
 }

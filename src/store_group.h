@@ -11,6 +11,14 @@
  * inbox_add (one transaction) and completes every item of the batch with its
  * own result, or all of them with the same error. No timer: what arrives
  * during one commit goes into the next.
+ *
+ * Handoff (the webhook app's background mode in a server with a tick): a
+ * new row can be inserted claimed and kept, sealed, on the group's ready
+ * list, from which this process's next grouped claim takes it without
+ * reading the inbox; its done mark comes back as a done item. The list is
+ * bounded (GROUP_READY_ROWS / GROUP_READY_BYTES: beyond, rows are inserted
+ * pending, for the inbox's own claims); rows still on it when the last
+ * handle goes are handed back to the inbox (pending, due at once).
  */
 #ifndef OFLUA_STORE_GROUP_H
 #define OFLUA_STORE_GROUP_H
@@ -25,6 +33,13 @@
 #define GROUP_QUEUE_ROWS 4096
 #define GROUP_QUEUE_BYTES ((size_t)64 << 20)
 #define GROUP_HIST 9 /* batch-size buckets: <=1, 2, 4, ..., 256 */
+/* Handoff rows held in memory for the next grouped claim, at most. */
+#define GROUP_READY_ROWS 4096
+/* Done marks are applied this many at once, or this long after the oldest
+ * was queued, or when no insert waits (store_group.c's flush_done). */
+#define GROUP_DONE_BATCH 64
+#define GROUP_DONE_DELAY_S 0.05
+#define GROUP_READY_BYTES ((size_t)32 << 20)
 enum { GROUP_INSERT = 0, GROUP_DONE = 1 };
 
 typedef struct store_group store_group;
@@ -33,11 +48,18 @@ typedef struct group_item group_item;
 struct group_item {
   group_item *next;
   /* 0: an insert (ev); 1: mark the event with index ev.idx done (fenced by
-   * fence when has_fence), in the next batch's transaction. A done item is
-   * the group's once submitted: nobody waits for it, the committer frees
-   * it (a failed one leaves the event claimed: its lease runs out and it
-   * runs again, as after a crash). */
+   * fence when has_fence), with other done marks in a transaction of their
+   * own (GROUP_DONE_BATCH at once). A done item is the group's once
+   * submitted: nobody waits for it, the committer frees it (a failed one
+   * leaves the event claimed: its lease runs out and it runs again, as
+   * after a crash). */
   int kind;
+  /* An insert handed off (s:inbox_add_grouped's handoff): inserted claimed
+   * for lease seconds when the group's ready list has room (else pending)
+   * and, once committed as new, put on that list for the next grouped
+   * claim in this process (store_group_take_ready). */
+  int handoff;
+  double lease;
   int has_fence;
   store_fence fence;
   store_new_event ev; /* points into data */
@@ -60,6 +82,11 @@ typedef struct {
   uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
   uint64_t done_marked, done_missed; /* done items: applied; failed or not applied */
   uint64_t checkpoints; /* background checkpoint passes on the committer's database */
+  /* handoff rows: put on the ready list, taken by claims, dropped (lease run
+   * out in memory: left to the inbox's own claims), released (pending again,
+   * when the last handle went), inserted pending for want of room */
+  uint64_t ready_in, ready_taken, ready_expired, ready_released, ready_full;
+  uint64_t ready_depth;
   uint64_t hist[GROUP_HIST];
 } store_group_stats;
 
@@ -76,6 +103,31 @@ int store_group_submit(store_group *g, group_item *it);
 /* Blocks until the committer has completed it (complete == NULL items). */
 void store_group_wait(store_group *g, group_item *it);
 void store_group_stats_get(store_group *g, store_group_stats *st);
+
+/* A handoff row on the ready list: claimed (attempts 0, lease end
+ * lease_end) by this process since its commit; ebox and pbox are the sealed
+ * id and payload, as stored. The taker owns it (free()). */
+typedef struct group_ready group_ready;
+struct group_ready {
+  group_ready *next;
+  unsigned char idx[STORE_IDX_LEN];
+  double now, lease_end; /* the insert's time; its claim's lease end */
+  size_t elen, plen;
+  unsigned char data[]; /* ebox, then pbox */
+};
+/* Up to max ready rows, oldest first, into out, as long as their lease
+ * has not run out by now. Returns how many; 0 at once when there are none,
+ * or when the oldest one's lease ran out (see store_group_take_expired). */
+int store_group_take_ready(store_group *g, int max, double now, group_ready **out);
+/* Up to max of the oldest ready rows whose lease ran out by now (the taker
+ * hands them back to the inbox, fenced by their claim, in the transaction
+ * of its next claim: no attempt is counted for a run that never began). */
+int store_group_take_expired(store_group *g, int max, double now, group_ready **out);
+/* Whether the ready list holds any row. */
+int store_group_has_ready(store_group *g);
+/* Queues a list of done items (kind GROUP_DONE) all at once: 0, or -1 when
+ * the queue has no room for all of them (none is queued). */
+int store_group_submit_all(store_group *g, group_item *head, int n);
 /* The committer's connection, for a caller's own statement between two
  * batches (opened if needed): the committer waits meanwhile. NULL and err
  * when it cannot be opened (nothing held). Unlock soon, with no

@@ -68,6 +68,7 @@ typedef struct {
   store_open_opts gopts;
   struct store_group *group;
   int64_t group_kid;
+  double claim_sql_at; /* monotonic time of this handle's last grouped claim that read the inbox */
 } store_handle;
 
 /* Length-prefixed concatenation: the AAD of a box and the input of a blind

@@ -274,6 +274,7 @@ static void col_ns(sqlite3_stmt *st, int i, char *ns) {
 /* ---- open and close -------------------------------------------------------- */
 
 static void *ckpt_main(void *arg) {
+  oflua__thread_name("oflua-ckpt");
   sq_ckpt *k = arg;
   sqlite3 *db = NULL;
   pthread_mutex_lock(&k->mu);

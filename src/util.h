@@ -49,5 +49,11 @@ const char *oflua__strerror(int err, char *buf, size_t len);
  * thread is detached. 0 or an errno value. */
 #include <pthread.h>
 int oflua__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
+/* Names the calling thread (at most 15 characters: what top -H and perf
+ * show); best effort. */
+void oflua__thread_name(const char *name);
+/* Lowers the calling thread's own priority to nice value n (Linux: nice is
+ * per thread); best effort, 0 or -1. */
+int oflua__thread_nice(int n);
 
 #endif

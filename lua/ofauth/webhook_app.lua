@@ -230,6 +230,8 @@ end
 -- app; when none has within tick_grace seconds of the app's creation (the
 -- script returned a router or a table without `tick`), the app says so once
 -- and runs handlers inline rather than leave events unprocessed.
+-- self.tick_here: a tick of this process runs this app (new events can be
+-- handed to it in memory: s:inbox_add_grouped's handoff).
 function App:_tick_missing()
   if self.tick_known then return false end
   local wid = worker_id()
@@ -240,6 +242,7 @@ function App:_tick_missing()
   local d = tick_dict()
   if d and d:get("tick:" .. self.number) then
     self.tick_known = true
+    self.tick_here = true
     return false
   end
   if monotonic() - self.created < self.tick_grace then return false end
@@ -287,8 +290,11 @@ function App:receive(method, raw_body, headers)
   if self.group_commit then
     -- background: a new delivery is answered by the server once committed
     -- (what this function then returns is dropped; the counters still count)
+    -- and, when this process's tick runs the app, handed to it claimed (its
+    -- next claim takes the event from memory instead of reading the inbox)
+    local handoff = not inline and self.tick_here or false
     inserted, err, kind = self.store:inbox_add_grouped(key, pack(stored, raw_body), store_now(self),
-      inline and self.lease_s or nil, not inline and early_answer(self) or nil)
+      (inline or handoff) and self.lease_s or nil, not inline and early_answer(self) or nil, handoff)
   else
     inserted, err, kind = self.store:inbox_add(key, pack(stored, raw_body), store_now(self),
       inline and self.lease_s or nil)
@@ -506,7 +512,12 @@ function App:process(n, carry)
     items, err = st:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
     if not items then return nil, err end
   end
-  local lease_end = monotonic() + self.lease_s
+  -- (a handed-off event's lease began at its insert: lease_left says what is left)
+  local lease_left = self.lease_s
+  for _, item in ipairs(items) do
+    if item.lease_left and item.lease_left < lease_left then lease_left = item.lease_left end
+  end
+  local lease_end = monotonic() + lease_left
   local done, failed = 0, 0
   local done_items = carry or {}
   local full = self.handler_timeout
