@@ -101,6 +101,9 @@ describe("webhook receiver killed under load", function()
     -- the deliveries went through the group commit, in batches of several
     assert.is_table(s1.group, "no group_stats before the kill")
     assert.is_true(s1.group.max_batch > 1, "no batch larger than one row: " .. cjson.encode(s1.group))
+    -- and new events went to the tick in memory (handoff): those not run yet
+    -- when the process dies are claimed rows, run after their lease runs out
+    assert.is_true(s1.group.handoff > 0, "no handoff to the tick: " .. cjson.encode(s1.group))
     assert.equal(0, s1.group.errors)
     assert.truthy(eventually(function() return not alive(pid) end, 10), "SIGKILL did not land")
     local acked = lines(acked_path)
@@ -144,7 +147,10 @@ describe("webhook receiver killed under load", function()
       assert.is_true(n >= 1, "no handler run for msg_crash_" .. i)
       reruns = reruns + (n - 1)
     end
-    assert.is_true(reruns <= 2 * 16, "too many handler re-runs: " .. reruns)
+    -- (a re-run is an event whose handler ran but whose done mark had not
+    -- committed: the marks the tick carries to its next claim, and those the
+    -- committer applies together, 64 at a time)
+    assert.is_true(reruns <= 2 * 64, "too many handler re-runs: " .. reruns)
     print(("\ncrash (%s): %d acked before SIGKILL in batches of up to %d rows (%d rows, %d commits), "
       .. "%d accepted after restart, %d handler re-runs"):format(be.name, #acked, s1.group.max_batch,
       s1.group.rows, s1.group.batches, s2.accepted or 0, reruns))

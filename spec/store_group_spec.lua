@@ -103,6 +103,72 @@ for _, be in ipairs(backends.all()) do
       assert.has_error(function() st:inbox_claim_grouped(1, 60, nil, 5, "c1") end)
     end)
 
+    it("hands a new row off, claimed, to this process's next grouped claim (handoff)", function()
+      local t0 = 1000000
+      assert.is_true(st:inbox_add_grouped("h1", "p1", t0, 60, nil, true)) -- no claim token: not the caller's
+      assert.is_true(st:inbox_add_grouped("h2", "p2", t0, 60, nil, true))
+      assert.is_false(st:inbox_add_grouped("h1", "again", t0, 60, nil, true)) -- a duplicate is not handed off
+      assert.equal("claimed", st:inbox_get("h1").state) -- nobody else's claim takes it meanwhile
+      assert.same({}, assert(st:inbox_claim(10, 60, t0 + 1)))
+      local g = st:group_stats()
+      assert.same({ 2, 2, 0 }, { g.handoff, g.handoff_depth, g.handoff_taken })
+      -- the grouped claim hands them out with what is left of their lease
+      local got = assert(st:inbox_claim_grouped(1, 60, t0 + 10))
+      assert.equal(1, #got)
+      assert.same({ "h1", "p1", 0 }, { got[1].id, got[1].payload, got[1].attempts })
+      assert.equal(50, got[1].lease_left)
+      -- the next one comes from memory (the inbox was read within the last
+      -- second) and its done list goes to the committer's queue
+      local second = assert(st:inbox_claim_grouped(10, 60, t0 + 10, 5, got))
+      assert.same({ "h2" }, { second[1] and second[1].id })
+      assert.is_true(require("spec.helper").eventually(function()
+        return st:inbox_get("h1").state == "done"
+      end, 10, 0.01))
+      g = st:group_stats()
+      assert.same({ 2, 0, 1 }, { g.handoff_taken, g.handoff_depth, g.done_marked })
+      -- the claim token fences the mark like any other claim's
+      assert.is_true(st:inbox_done("h2", t0 + 11, second[1].claim))
+      assert.equal(2, st:inbox_stats().done)
+      assert.has_error(function() st:inbox_add_grouped("h3", "x", t0, nil, nil, true) end) -- no lease
+      assert.has_error(function() st:inbox_add_grouped("h3", "x", t0, 60, nil, "yes") end)
+      assert.is_nil(st:inbox_get("h3"))
+    end)
+
+    it("hands back, unrun and with no attempt counted, a handoff row whose lease ran out", function()
+      local t0 = 2000000
+      assert.is_true(st:inbox_add_grouped("x1", "p", t0, 5, nil, true))
+      assert.is_true(st:inbox_add_grouped("x2", "q", t0 + 4, 5, nil, true))
+      -- at t0 + 6 x1's lease has run out (x2's has not): the claim releases
+      -- x1 in its own transaction and takes it from the inbox, attempt 0
+      local got = assert(st:inbox_claim_grouped(10, 30, t0 + 6))
+      local ids = {}
+      for _, it in ipairs(got) do ids[#ids + 1] = it.id .. ":" .. it.attempts end
+      table.sort(ids)
+      assert.same({ "x1:0", "x2:0" }, ids)
+      for _, it in ipairs(got) do
+        if it.id == "x1" then assert.equal(30, it.lease_left) else assert.equal(3, it.lease_left) end
+      end
+      local g = st:group_stats()
+      assert.same({ 1, 1 }, { g.handoff_expired, g.handoff_taken })
+      assert.equal(0, st:inbox_get("x1").attempts)
+      assert.is_nil(st:inbox_get("x1").last_error)
+    end)
+
+    it("releases the handoff rows nobody took when the last handle closes", function()
+      local other = assert(store.open(be.open_opts(target, key)))
+      local t0 = 3000000
+      for i = 1, 3 do assert.is_true(other:inbox_add_grouped("r" .. i, "p", t0, 300, nil, true)) end
+      assert.equal("claimed", st:inbox_get("r1").state)
+      assert.equal(3, other:group_stats().handoff_depth)
+      other:close() -- the group's last handle (st never used group commit)
+      for i = 1, 3 do
+        local e = st:inbox_get("r" .. i)
+        assert.same({ "pending", 0 }, { e.state, e.attempts })
+        assert.equal(t0, e.next_attempt_at) -- due at once
+      end
+      assert.equal(3, #assert(st:inbox_claim(10, 60, t0)))
+    end)
+
     it("takes a prepared server answer, used only by a parked server handler", function()
       local answer = require("oflua.server").answer(200, '{"ok":true}', { ["content-type"] = "application/json" })
       assert.equal("oflua.server.answer (200)", tostring(answer))

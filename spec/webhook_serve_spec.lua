@@ -125,6 +125,32 @@ describe("webhook receivers under oflua serve", function()
     assert.truthy(eventually(function() return not alive(pid) end), "the server did not stop")
   end)
 
+  it("hands the events waiting for a stuck tick back to the inbox when the server stops", function()
+    local db, key = dir .. "/stop.db", store.keygen()
+    local marker, release = dir .. "/stop.marker", dir .. "/stop.release"
+    local pid, url = serve("stop", h.source_dir .. "/spec/fixtures/servers/stuck_receiver.lua", {},
+      { store = db, key = key, secret = SECRET, marker = marker, mode = "loop", release = release })
+    acks_while_stuck(url, marker)
+    -- the 20 went to the tick in memory, claimed (handoff): nobody else runs them
+    local st <close> = assert(store.open({ path = db, key = key }))
+    local claimed = 0
+    for i = 1, 20 do
+      if st:inbox_get("svix:msg_quick" .. i).state == "claimed" then claimed = claimed + 1 end
+    end
+    assert.is_true(claimed > 0, "no event was handed to the tick")
+    -- the tick cannot stop (its handler loops): at exit the waiting events
+    -- are handed back (pending, due at once, no attempt counted), so the
+    -- next process runs them at once instead of after their 300 s lease
+    os.execute("kill -TERM " .. pid)
+    assert.truthy(eventually(function() return not alive(pid) end, 30), "the server did not stop")
+    for i = 1, 20 do
+      local e = st:inbox_get("svix:msg_quick" .. i)
+      assert.same({ "pending", 0 }, { e.state, e.attempts }, "msg_quick" .. i)
+    end
+    assert.equal("claimed", st:inbox_get("svix:msg_stuck").state) -- the one running when it stopped
+    h.write_file(release, "")
+  end)
+
   it("keeps acknowledging while a handler's OFAuth call hangs", function()
     local api_key = "sk_test_" .. require("oflua.crypto").hex(require("oflua.crypto").random(8))
     local emu = emulator({ OFAUTH_API_KEY = api_key })

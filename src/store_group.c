@@ -77,8 +77,10 @@ static void on_fork_child(void) {
   atomic_fetch_add(&fork_gen, 1);
   pthread_mutex_unlock(&reg_mu);
 }
+static void release_at_exit(void);
 static void atfork_init(void) {
   atfork_ok = pthread_atfork(on_fork_prepare, on_fork_parent, on_fork_child) == 0;
+  (void)atexit(release_at_exit);
 }
 
 static void items_free(group_item *it) {
@@ -257,15 +259,21 @@ static void ready_add(store_group *g, int n, int rc) {
  * process, or this one's next store, runs them without waiting for their
  * lease. A row that cannot be released stays claimed until its lease runs
  * out (as after a crash). Called by the committer, with no lock held. */
-static void release_ready(store_group *g) {
+/* Takes the whole ready list (under g->mu). */
+static group_ready *ready_take_all(store_group *g) {
   pthread_mutex_lock(&g->mu);
   group_ready *list = g->rhead;
   g->rhead = g->rtail = NULL;
   g->rcount = 0;
   g->rbytes = 0;
   pthread_mutex_unlock(&g->mu);
+  return list;
+}
+
+/* Hands list back to the inbox, on the committer's connection (its lock
+ * held by the caller); frees it. Returns how many rows were released. */
+static uint64_t release_list(store_group *g, group_ready *list) {
   uint64_t released = 0;
-  pthread_mutex_lock(&g->conn_mu);
   char err[256];
   if (g->conn == NULL) g->conn = g->be->open(&g->opts, err, sizeof err);
   if (g->conn != NULL && g->be->tx_begin(g->conn, 0) >= 0) {
@@ -281,8 +289,15 @@ static void release_ready(store_group *g) {
     if (rc < 0 || g->be->tx_commit(g->conn) < 0) released = 0;
     while (g->be->tx_depth(g->conn) > 0) g->be->tx_rollback(g->conn);
   }
-  pthread_mutex_unlock(&g->conn_mu);
   ready_free_list(list);
+  return released;
+}
+
+static void release_ready(store_group *g) {
+  group_ready *list = ready_take_all(g);
+  pthread_mutex_lock(&g->conn_mu);
+  uint64_t released = release_list(g, list);
+  pthread_mutex_unlock(&g->conn_mu);
   pthread_mutex_lock(&g->mu);
   g->st.ready_released += released;
   g->releasing = 0;
@@ -648,4 +663,35 @@ void store_group_stats_get(store_group *g, store_group_stats *st) {
   st->depth = g->depth;
   st->ready_depth = g->rcount;
   pthread_mutex_unlock(&g->mu);
+}
+
+/* At exit, the handoff rows of every group still alive (a tick that did
+ * not stop in time keeps its store handle, so its group never saw its last
+ * unref; or the process exits without closing its stores): handed back to
+ * the inbox, so that the next process runs them at once instead of after
+ * their lease. Bounded: a connection whose lock is not free within
+ * GROUP_EXIT_WAIT_S is left (its rows stay claimed until their lease ends,
+ * as after a crash). Not in a child of fork(): the groups are the parent's. */
+#define GROUP_EXIT_WAIT_S 2
+static void release_at_exit(void) {
+  pthread_mutex_lock(&reg_mu);
+  if (reg_pid == getpid() && reg_gen == atomic_load(&fork_gen)) {
+    for (store_group *g = reg_head; g != NULL; g = g->next) {
+      group_ready *list = ready_take_all(g);
+      if (list == NULL) continue;
+      struct timespec until;
+      clock_gettime(CLOCK_REALTIME, &until); /* (pthread_mutex_timedlock's clock) */
+      until.tv_sec += GROUP_EXIT_WAIT_S;
+      if (pthread_mutex_timedlock(&g->conn_mu, &until) != 0) {
+        ready_free_list(list);
+        continue;
+      }
+      uint64_t released = release_list(g, list);
+      pthread_mutex_unlock(&g->conn_mu);
+      pthread_mutex_lock(&g->mu);
+      g->st.ready_released += released;
+      pthread_mutex_unlock(&g->mu);
+    }
+  }
+  pthread_mutex_unlock(&reg_mu);
 }
