@@ -541,7 +541,9 @@ static void after_resume(worker *w, job *j, int st, int nres) {
       job_done(w, j, 0);
       return;
     }
-    /* parked: register, unless the wait is already complete */
+    /* parked: register, unless the wait is already complete; the slice of
+     * an inline run ends here (whoever resumes it sets its own) */
+    j->slice_end = 0;
     int ready;
     pthread_mutex_lock(&wait_mu);
     ready = wt->done;
