@@ -452,9 +452,8 @@ describe("oflua.server tick", function()
     local srv = assert(server.listen({ script = FIX .. "ticker.lua", workers = 2, args = { dict = name } }))
     assert.truthy(eventually(function() return (dict:get("ticks") or 0) >= 3 end))
     assert.equal(0, dict:get("tick_worker"))
-    -- on a thread of its own name, below the workers' priority by default
+    -- on a thread of its own name (top -H, perf)
     assert.equal("oflua-tick", dict:get("tick_comm"))
-    assert.equal(10, dict:get("tick_nice"))
     assert.is_true(srv:stop(1))
     local after = dict:get("ticks")
     core.sleep(0.1)
@@ -470,26 +469,6 @@ describe("oflua.server tick", function()
       args = { dict = name, fail = true } }))
     assert.truthy(eventually(function() return (dict:get("ticks") or 0) >= 3 end))
     srv:close()
-  end)
-
-  it("runs the tick at the script's tick_nice (0: the workers' priority)", function()
-    for _, n in ipairs({ 0, 15 }) do
-      local name = fresh_name("ticknice")
-      local dict = server.shared(name)
-      local srv = assert(server.listen({ script = FIX .. "ticker.lua", workers = 1,
-        args = { dict = name, tick_nice = n } }))
-      assert.truthy(eventually(function() return dict:get("tick_nice") ~= nil end))
-      assert.equal(n, dict:get("tick_nice"))
-      srv:close()
-    end
-    for _, bad in ipairs({ "-1", "20", "2.5", "'10'" }) do
-      local script = h.write_file(os.tmpname() .. ".lua",
-        "return {handler = function() return 200 end, tick = function() end, tick_nice = " .. bad .. "}")
-      local srv, err = server.listen({ script = script, workers = 1 })
-      os.remove(script)
-      assert.is_nil(srv, bad)
-      assert.matches("tick_nice must be an integer in [0, 19]", err, 1, true)
-    end
   end)
 
   it("refuses a bad tick_interval with the script's name", function()

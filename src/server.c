@@ -336,10 +336,11 @@ void srv_answer_early(job *r, void *ptr) {
   pthread_mutex_unlock(&s->mu);
   if (!ok) return;
   atomic_fetch_add(&s->early_running, 1); /* before the answer: stop() waits for it */
-  if (srv_answer(r, p->status, p->mr, 0)) {
-    atomic_fetch_add(&s->n_answered_early, 1);
-    return;
-  }
+  /* counted before the answer can reach the client (a client that reads
+   * srv:stats() after its answer sees it counted) */
+  atomic_fetch_add(&s->n_answered_early, 1);
+  if (srv_answer(r, p->status, p->mr, 0)) return;
+  atomic_fetch_sub(&s->n_answered_early, 1);
   atomic_fetch_sub(&s->early_running, 1);
   /* the monitor answered meanwhile (503): the handler is dropped as usual */
   pthread_mutex_lock(&s->mu);
@@ -1366,7 +1367,7 @@ static lua_State *load_vm(lua_State *L, const listen_opts *o, int id, char *err,
   load_ctx c = {L, o->args_idx, o->script, id};
   lua_pushcfunction(V, srv_load_worker);
   lua_pushlightuserdata(V, &c);
-  if (lua_pcall(V, 1, 5, 0) != LUA_OK) {
+  if (lua_pcall(V, 1, 4, 0) != LUA_OK) {
     oflua__filter_error(V, err, errlen);
     oflua__state_close(V);
     return NULL;
@@ -1448,10 +1449,8 @@ static int server_listen(lua_State *L) {
     w->id = i + 1;
     w->L = load_vm(L, &o, w->id, err, sizeof err);
     if (w->L == NULL) break;
-    if (i == 0 && lua_isfunction(w->L, 3)) {
+    if (i == 0 && lua_isfunction(w->L, 3))
       s->tick_interval = lua_isnil(w->L, 4) ? 1.0 : (double)lua_tonumber(w->L, 4);
-      s->tick_nice = lua_isnil(w->L, 5) ? SRV_TICK_NICE : (int)lua_tointeger(w->L, 5);
-    }
     lua_settop(w->L, 2);
   }
   if (err[0] == '\0' && s->tick_interval > 0) {

@@ -11,10 +11,6 @@
 #ifndef OFLUA_SERVER_INTERNAL_H
 #define OFLUA_SERVER_INTERNAL_H
 
-/* The tick thread's default nice value: background handlers yield the CPU to
- * requests (0: the same priority). */
-#define SRV_TICK_NICE 10
-
 #include "internal.h"
 #include "oflua.h"
 #include "util.h"
@@ -184,14 +180,12 @@ struct server {
       n_handler_timeouts, n_mhd_warnings, n_requests, n_answered_early;
   atomic_long early_running; /* handlers answered early that have not ended (stop waits) */
   /* Background VM running the script's tick() every tick_interval seconds
-   * (loaded from the same script as the workers, on its own thread, at nice
-   * value tick_nice: the script's, or SRV_TICK_NICE). */
+   * (loaded from the same script as the workers, on its own thread). */
   lua_State *tickL;
   pthread_t tick_thread;
   int tick_started;
   atomic_int tick_exited;
   double tick_interval;
-  int tick_nice;
   int tick_stop;
   pthread_mutex_t tick_mu;
   pthread_cond_t tick_cv;

@@ -92,8 +92,7 @@ int srv_load_worker(lua_State *L) {
     lua_pushnil(L);
     lua_pushnil(L);
     lua_pushnil(L);
-    lua_pushnil(L);
-    return 5;
+    return 4;
   }
   if (t != LUA_TTABLE)
     return luaL_error(L, "%s must return a handler function, a router or {handler = fn}, not a %s",
@@ -103,15 +102,13 @@ int srv_load_worker(lua_State *L) {
     lua_pushnil(L);
     lua_pushnil(L);
     lua_pushnil(L);
-    lua_pushnil(L);
-    return 5;
+    return 4;
   }
   lua_pop(L, 1);
   lua_getfield(L, 1, "handler");
   lua_getfield(L, 1, "shutdown");
   lua_getfield(L, 1, "tick");
   lua_getfield(L, 1, "tick_interval");
-  lua_getfield(L, 1, "tick_nice");
   int ht = lua_type(L, 2);
   if (ht != LUA_TFUNCTION && ht != LUA_TTABLE)
     return luaL_error(L, "%s: the returned table has no handle method and no handler field",
@@ -126,13 +123,8 @@ int srv_load_worker(lua_State *L) {
       return luaL_error(L, "%s: tick_interval must be a number of seconds in [0.01, 86400]",
                         c->script);
   }
-  if (!lua_isnil(L, 6)) {
-    lua_Integer nv = 0;
-    if (!lua_isinteger(L, 6) || (nv = lua_tointeger(L, 6)) < 0 || nv > 19)
-      return luaL_error(L, "%s: tick_nice must be an integer in [0, 19]", c->script);
-  }
   lua_remove(L, 1);
-  return 5;
+  return 4;
 }
 
 static int run_shutdown(lua_State *L) {
@@ -942,10 +934,6 @@ int srv_workers_stop(server *s, double deadline) {
 void *srv_tick_main(void *arg) {
   oflua__thread_name("oflua-tick");
   server *s = arg;
-  /* Background work yields to requests: with the CPU busy, the tick runs
-   * on what the workers and I/O threads leave (Linux: a thread's own nice
-   * value; best effort). */
-  if (s->tick_nice > 0) oflua__thread_nice(s->tick_nice);
   lua_State *L = s->tickL; /* stack: [1] handler, [2] shutdown, [3] tick */
   pthread_mutex_lock(&s->tick_mu);
   for (;;) {

@@ -1319,11 +1319,16 @@ static int handle_group(lua_State *L, store_handle *s) {
 
 static int store_inbox_add_grouped(lua_State *L) {
   store_handle *s = check_open(L, 1);
+  int handoff = 0;
+  if (!lua_isnoneornil(L, 7)) {
+    luaL_checktype(L, 7, LUA_TBOOLEAN);
+    handoff = lua_toboolean(L, 7);
+  }
+  luaL_argcheck(L, !handoff || opt_lease(L, 5) > 0, 7, "a handoff needs lease_s (the claim's lease)");
   /* A private in-memory database cannot be shared with a committer (nor
    * hand rows off: inserted pending then, for the inbox's claims). */
   if (s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0) {
-    if (lua_toboolean(L, 7)) lua_settop(L, 4);
-    else lua_settop(L, 5);
+    lua_settop(L, handoff ? 4 : 5);
     return store_inbox_add(L);
   }
   size_t elen, plen;
@@ -1333,12 +1338,6 @@ static int store_inbox_add_grouped(lua_State *L) {
   lua_Number lease = opt_lease(L, 5);
   if (!lua_isnoneornil(L, 6) && luaL_testudata(L, 6, OFLUA_ANSWER_MT) == NULL)
     luaL_typeerror(L, 6, "oflua.server answer (server.answer) or nil");
-  int handoff = 0;
-  if (!lua_isnoneornil(L, 7)) {
-    luaL_checktype(L, 7, LUA_TBOOLEAN);
-    handoff = lua_toboolean(L, 7);
-  }
-  luaL_argcheck(L, !handoff || lease > 0, 7, "a handoff needs lease_s (the claim's lease)");
   if (plen > MAX_VALUE - BOX_OVERHEAD)
     return push_err(L, "invalid", "oflua.store: payload too large");
   lua_settop(L, 6);
@@ -1613,6 +1612,23 @@ fail:
   return -1;
 }
 
+/* inbox_claim_grouped's done marks in a transaction of this handle's own
+ * connection (a backend with row locks, PostgreSQL: there each mark is a
+ * round trip, which the committer's thread must not spend while inserts
+ * wait). 0, or -1 (rolled back: the claim's transaction marks them). */
+static int mark_own(store_handle *s, const claim_done *done, int ndone, double now) {
+  const store_backend *be = s->be;
+  store_conn *c = s->c;
+  if (ndone == 0) return 0;
+  int rc = be->tx_begin(c, 0);
+  for (int i = 0; rc >= 0 && i < ndone; i++)
+    rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
+                        done[i].fenced ? &done[i].fence : NULL);
+  if (rc >= 0 && be->tx_commit(c) >= 0) return 0;
+  while (be->tx_depth(c) > 0) be->tx_rollback(c);
+  return -1;
+}
+
 /* Handoff rows (store_group.c's ready list) into r->ev[r->n..]: up to max,
  * opened like claimed rows (it was this handle's key that sealed them). 0,
  * or -1 when one does not open (dropped; the others are kept). */
@@ -1706,10 +1722,12 @@ static int inbox_claim(lua_State *L, int grouped) {
     if (g < 0) return -g;
   }
   /* Handoff rows first, without reading the inbox (their done marks go to
-   * the committer's queue), as long as its own claims ran within the last
+   * the committer's queue on SQLite, in a transaction of this handle's own
+   * elsewhere), as long as its own claims ran within the last
    * CLAIM_READ_EVERY_S: retries and rows inserted pending are not starved. */
   if (shared && store_group_has_ready(s->group) &&
-      oflua__mono_now() - s->claim_sql_at < CLAIM_READ_EVERY_S && submit_done(s, done, ndone, now) == 0) {
+      oflua__mono_now() - s->claim_sql_at < CLAIM_READ_EVERY_S &&
+      (s->be->single_writer ? submit_done(s, done, ndone, now) : mark_own(s, done, ndone, now)) == 0) {
     if (take_ready(s, r, (int)n, now) != 0 && r->n == 0)
       return push_err(L, "db", "oflua.store: a handed-off inbox row does not open");
     if (r->n > 0) return push_claimed(L, r, now, 1);
@@ -1718,20 +1736,20 @@ static int inbox_claim(lua_State *L, int grouped) {
   /* Handoff rows whose lease ran out before anyone took them: handed back
    * in the claim's transaction (pending, due at once: this claim takes
    * them, with no attempt counted for a run that never began). */
+  group_ready *exp[CLAIM_EXPIRED_MAX];
+  int nexp = 0;
   if (shared) {
-    group_ready *exp[64];
-    int k;
-    while (ndone < room && (k = store_group_take_expired(s->group, room - ndone < 64 ? room - ndone : 64,
-                                                          now, exp)) > 0)
-      for (int i = 0; i < k; i++) {
-        claim_done *d = &done[ndone++];
-        memcpy(d->idx, exp[i]->idx, sizeof d->idx);
-        d->fenced = 1;
-        d->fence.attempts = 0;
-        d->fence.lease_end = exp[i]->lease_end;
-        d->release = 1;
-        free(exp[i]);
-      }
+    nexp = store_group_take_expired(s->group, room - ndone < CLAIM_EXPIRED_MAX ? room - ndone
+                                                                               : CLAIM_EXPIRED_MAX,
+                                    now, exp);
+    for (int i = 0; i < nexp; i++) {
+      claim_done *d = &done[ndone++];
+      memcpy(d->idx, exp[i]->idx, sizeof d->idx);
+      d->fenced = 1;
+      d->fence.attempts = 0;
+      d->fence.lease_end = exp[i]->lease_end;
+      d->release = 1;
+    }
   }
   /* Grouped, on SQLite, outside a transaction of the caller's: on the group
    * committer's connection, between its batches. That file has one writer
@@ -1740,12 +1758,19 @@ static int inbox_claim(lua_State *L, int grouped) {
   if (shared && s->be->single_writer) {
     char err[300];
     store_conn *c = store_group_lock_conn(s->group, err, sizeof err);
-    if (c == NULL) return push_err(L, "unavailable", "oflua.store: %s", err);
+    if (c == NULL) {
+      if (nexp > 0) store_group_put_back(s->group, exp, nexp);
+      return push_err(L, "unavailable", "oflua.store: %s", err);
+    }
     rc = claim_db(s, c, r, (int)n, (double)lease, now, max, done, ndone, &e);
     store_group_unlock_conn(s->group);
   } else {
     rc = claim_db(s, s->c, r, (int)n, (double)lease, now, max, done, ndone, &e);
   }
+  /* the releases of expired handoff rows committed with the claim, or not */
+  if (rc < 0 && nexp > 0) store_group_put_back(s->group, exp, nexp);
+  else
+    for (int i = 0; i < nexp; i++) free(exp[i]);
   if (rc < 0) {
     switch (e.what) {
     case CLAIM_OTHER_KID: return push_other_kid(L, s, "oflua_inbox", e.id, e.kid);

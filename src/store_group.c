@@ -43,11 +43,15 @@ struct store_group {
   /* handoff rows committed claimed, for the next grouped claim */
   group_ready *rhead, *rtail;
   size_t rcount, rbytes;
-  int releasing; /* the committer is releasing the ready list (last unref) */
-  int waiters;   /* last unrefs waiting for that (the group outlives them) */
+  /* After the last unref: set by the committer once it has nothing left to
+   * do (queue empty, done marks applied, ready rows released); the unref
+   * waits for it (bounded), and the group outlives its waiters. */
+  int quiet;
+  int waiters;
   /* done items taken from the queue, not applied yet (the committer's own) */
   group_item *dhead, *dtail;
   int dcount;
+  atomic_int dwaiting; /* dcount, for store_group_unref */
   double dfirst; /* monotonic time the oldest of them was taken */
   store_conn *conn; /* the committer's own */
   store_group_stats st;
@@ -254,11 +258,6 @@ static void ready_add(store_group *g, int n, int rc) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* The last handle went with rows still on the ready list: they are handed
- * back to the inbox (pending, due at once, no attempt counted), so another
- * process, or this one's next store, runs them without waiting for their
- * lease. A row that cannot be released stays claimed until its lease runs
- * out (as after a crash). Called by the committer, with no lock held. */
 /* Takes the whole ready list (under g->mu). */
 static group_ready *ready_take_all(store_group *g) {
   pthread_mutex_lock(&g->mu);
@@ -293,15 +292,16 @@ static uint64_t release_list(store_group *g, group_ready *list) {
   return released;
 }
 
+/* The last handle went (or the process exits) with rows still on the
+ * ready list: they are handed back to the inbox (pending, due at once, no
+ * attempt counted), so another process, or this one's next store, runs
+ * them without waiting for their lease. A row that cannot be released
+ * stays claimed until its lease runs out (as after a crash). With conn_mu
+ * held. */
 static void release_ready(store_group *g) {
-  group_ready *list = ready_take_all(g);
-  pthread_mutex_lock(&g->conn_mu);
-  uint64_t released = release_list(g, list);
-  pthread_mutex_unlock(&g->conn_mu);
+  uint64_t released = release_list(g, ready_take_all(g));
   pthread_mutex_lock(&g->mu);
   g->st.ready_released += released;
-  g->releasing = 0;
-  pthread_cond_broadcast(&g->done);
   pthread_mutex_unlock(&g->mu);
 }
 
@@ -339,10 +339,11 @@ static void commit_batch(store_group *g, int n) {
     ready_add(g, n, rc);
   }
   if (n > 0) complete_batch(g, n, rc, err);
-  /* after the inserts' answers */
-  if (g->dcount >= GROUP_DONE_BATCH ||
-      (g->dcount > 0 && oflua__mono_now() - g->dfirst >= GROUP_DONE_DELAY_S))
-    flush_done(g);
+  /* after the inserts' answers: every full chunk (so that the marks keep
+   * up with the inserts), and a partial one once it is old enough */
+  while (g->dcount >= GROUP_DONE_BATCH) flush_done(g);
+  if (g->dcount > 0 && oflua__mono_now() - g->dfirst >= GROUP_DONE_DELAY_S) flush_done(g);
+  atomic_store(&g->dwaiting, g->dcount);
 }
 
 /* Records a committed (or failed) insert batch and completes its items. */
@@ -382,24 +383,29 @@ static void *committer(void *arg) {
   pthread_mutex_lock(&g->mu);
   for (;;) {
     while (g->head == NULL && g->dcount == 0 &&
-           (g->refs > 0 || (g->rhead == NULL && g->waiters > 0)))
+           (g->refs > 0 || (g->quiet && g->waiters > 0)))
       pthread_cond_wait(&g->work, &g->mu);
-    if (g->head == NULL && g->dcount > 0) { /* no insert waits: the marks now */
+    if (g->head == NULL && (g->dcount > 0 || (g->refs == 0 && g->rhead != NULL))) {
+      /* no insert waits: the done marks now; and once the last handle went,
+       * the ready rows back to the inbox */
       pthread_mutex_unlock(&g->mu);
       pthread_mutex_lock(&g->conn_mu);
-      flush_done(g);
+      while (g->dcount > 0) flush_done(g);
+      atomic_store(&g->dwaiting, 0);
+      if (g->conn != NULL && g->be->after_batch != NULL) g->be->after_batch(g->conn);
+      pthread_mutex_lock(&g->mu);
+      int last = g->refs == 0;
+      pthread_mutex_unlock(&g->mu);
+      if (last) release_ready(g);
       pthread_mutex_unlock(&g->conn_mu);
       pthread_mutex_lock(&g->mu);
       continue;
     }
-    if (g->head == NULL && g->rhead != NULL) { /* the last handle went */
-      g->releasing = 1;
-      pthread_mutex_unlock(&g->mu);
-      release_ready(g);
-      pthread_mutex_lock(&g->mu);
-      continue;
-    }
-    if (g->head == NULL) {
+    if (g->head == NULL) { /* the last handle went, and nothing is left */
+      if (!g->quiet) {
+        g->quiet = 1;
+        pthread_cond_broadcast(&g->done);
+      }
       pthread_mutex_unlock(&g->mu);
       if (try_retire(g)) break;
       pthread_mutex_lock(&g->mu);
@@ -527,25 +533,41 @@ int store_group_ours(const store_group *g) {
   return g->pid == getpid();
 }
 
-/* The last unref of a group with handoff rows waits (at most
- * GROUP_RELEASE_WAIT_S) for the committer to hand them back to the inbox,
- * so that a process that exits right after closing its stores leaves none
- * of them claimed. */
+/* The last unref of a group with work left (queued rows or done marks,
+ * handoff rows) waits, at most GROUP_RELEASE_WAIT_S, for the committer to
+ * finish it: done marks applied, handoff rows handed back to the inbox, so
+ * that a process that exits right after closing its stores leaves no event
+ * claimed that a mark or a release would have settled. */
 #define GROUP_RELEASE_WAIT_S 5
 void store_group_unref(store_group *g) {
   pthread_mutex_lock(&g->mu);
   if (--g->refs == 0) {
+    g->quiet = 0;
     pthread_cond_signal(&g->work);
-    if (g->rhead != NULL || g->releasing) {
+    if (g->head != NULL || g->rhead != NULL || atomic_load(&g->dwaiting) > 0) {
       struct timespec until;
       clock_gettime(CLOCK_MONOTONIC, &until);
       until.tv_sec += GROUP_RELEASE_WAIT_S;
       g->waiters++;
-      while ((g->rhead != NULL || g->releasing) && g->refs == 0)
+      while (!g->quiet && g->refs == 0)
         if (pthread_cond_timedwait(&g->done, &g->mu, &until) != 0) break;
       g->waiters--;
       pthread_cond_signal(&g->work); /* (the committer may retire it now) */
     }
+  }
+  pthread_mutex_unlock(&g->mu);
+}
+
+void store_group_put_back(store_group *g, group_ready **rows, int n) {
+  pthread_mutex_lock(&g->mu);
+  for (int i = n - 1; i >= 0; i--) {
+    group_ready *r = rows[i];
+    r->next = g->rhead;
+    g->rhead = r;
+    if (g->rtail == NULL) g->rtail = r;
+    g->rcount++;
+    g->rbytes += sizeof *r + r->elen + r->plen;
+    g->st.ready_expired--; /* (counted again when taken) */
   }
   pthread_mutex_unlock(&g->mu);
 }
@@ -665,32 +687,51 @@ void store_group_stats_get(store_group *g, store_group_stats *st) {
   pthread_mutex_unlock(&g->mu);
 }
 
-/* At exit, the handoff rows of every group still alive (a tick that did
- * not stop in time keeps its store handle, so its group never saw its last
- * unref; or the process exits without closing its stores): handed back to
- * the inbox, so that the next process runs them at once instead of after
+/* At exit, for every group still alive (a tick that did not stop in time
+ * keeps its store handle, so its group never saw its last unref; or the
+ * process exits without closing its stores): the done marks queued or
+ * waiting are applied, and the handoff rows handed back to the inbox, so
+ * that the next process neither runs those events again nor waits for
  * their lease. Bounded: a connection whose lock is not free within
- * GROUP_EXIT_WAIT_S is left (its rows stay claimed until their lease ends,
- * as after a crash). Not in a child of fork(): the groups are the parent's. */
+ * GROUP_EXIT_WAIT_S is left (its events stay claimed until their lease
+ * ends, as after a crash). Not in a child of fork(): the groups are the
+ * parent's. */
 #define GROUP_EXIT_WAIT_S 2
 static void release_at_exit(void) {
   pthread_mutex_lock(&reg_mu);
   if (reg_pid == getpid() && reg_gen == atomic_load(&fork_gen)) {
     for (store_group *g = reg_head; g != NULL; g = g->next) {
-      group_ready *list = ready_take_all(g);
-      if (list == NULL) continue;
       struct timespec until;
       clock_gettime(CLOCK_REALTIME, &until); /* (pthread_mutex_timedlock's clock) */
       until.tv_sec += GROUP_EXIT_WAIT_S;
-      if (pthread_mutex_timedlock(&g->conn_mu, &until) != 0) {
-        ready_free_list(list);
-        continue;
-      }
-      uint64_t released = release_list(g, list);
-      pthread_mutex_unlock(&g->conn_mu);
+      /* (held by the committer during a batch, a flush or a release:
+       * waiting for it lets a release in progress finish) */
+      if (pthread_mutex_timedlock(&g->conn_mu, &until) != 0) continue;
+      /* the queued done marks join those the committer holds (dhead: its
+       * own, under conn_mu); queued inserts are left (nobody is answered) */
       pthread_mutex_lock(&g->mu);
-      g->st.ready_released += released;
+      group_item **link = &g->head, *last = NULL;
+      while (*link != NULL) {
+        group_item *it = *link;
+        if (it->kind != GROUP_DONE) {
+          last = it;
+          link = &it->next;
+          continue;
+        }
+        *link = it->next;
+        g->depth--;
+        g->qbytes -= it->bytes;
+        it->next = NULL;
+        if (g->dtail != NULL) g->dtail->next = it;
+        else g->dhead = it;
+        g->dtail = it;
+        g->dcount++;
+      }
+      g->tail = last;
       pthread_mutex_unlock(&g->mu);
+      while (g->dcount > 0) flush_done(g);
+      release_ready(g);
+      pthread_mutex_unlock(&g->conn_mu);
     }
   }
   pthread_mutex_unlock(&reg_mu);

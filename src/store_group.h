@@ -82,9 +82,10 @@ typedef struct {
   uint64_t batches, rows, max_batch, errors, failed_rows, rejected, depth, peak_depth;
   uint64_t done_marked, done_missed; /* done items: applied; failed or not applied */
   uint64_t checkpoints; /* background checkpoint passes on the committer's database */
-  /* handoff rows: put on the ready list, taken by claims, dropped (lease run
-   * out in memory: left to the inbox's own claims), released (pending again,
-   * when the last handle went), inserted pending for want of room */
+  /* handoff rows: put on the ready list, taken by claims, expired (lease run
+   * out in memory: handed back in the next claim's transaction), released
+   * (pending again, when the last handle went or at exit), inserted pending
+   * for want of room */
   uint64_t ready_in, ready_taken, ready_expired, ready_released, ready_full;
   uint64_t ready_depth;
   uint64_t hist[GROUP_HIST];
@@ -123,6 +124,9 @@ int store_group_take_ready(store_group *g, int max, double now, group_ready **ou
  * hands them back to the inbox, fenced by their claim, in the transaction
  * of its next claim: no attempt is counted for a run that never began). */
 int store_group_take_expired(store_group *g, int max, double now, group_ready **out);
+/* Puts rows taken with store_group_take_expired back at the list's head
+ * (their release did not commit: the next claim tries again). */
+void store_group_put_back(store_group *g, group_ready **rows, int n);
 /* Whether the ready list holds any row. */
 int store_group_has_ready(store_group *g);
 /* Queues a list of done items (kind GROUP_DONE) all at once: 0, or -1 when

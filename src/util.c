@@ -10,12 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <sys/random.h>
 #include <sys/types.h>
 #include <time.h>
-#include <unistd.h>
 
 double oflua__mono_now(void) {
   struct timespec ts;
@@ -189,9 +186,4 @@ int oflua__thread_start(pthread_t *t, void *(*fn)(void *), void *arg) {
 
 void oflua__thread_name(const char *name) {
   (void)prctl(PR_SET_NAME, (unsigned long)name, 0UL, 0UL, 0UL);
-}
-
-int oflua__thread_nice(int n) {
-  /* on Linux, PRIO_PROCESS with a thread id sets that thread's nice value */
-  return setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), n);
 }

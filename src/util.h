@@ -52,8 +52,5 @@ int oflua__thread_start(pthread_t *t, void *(*fn)(void *), void *arg);
 /* Names the calling thread (at most 15 characters: what top -H and perf
  * show); best effort. */
 void oflua__thread_name(const char *name);
-/* Lowers the calling thread's own priority to nice value n (Linux: nice is
- * per thread); best effort, 0 or -1. */
-int oflua__thread_nice(int n);
 
 #endif

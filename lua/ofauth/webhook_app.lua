@@ -459,10 +459,11 @@ local mark_in
 --- Claim up to n due events from the inbox and run their handlers.
 -- Returns the number processed successfully and the number that failed.
 -- Each handler gets its full handler_timeout within the lease: an event
--- whose turn comes with less than that left (handlers before it were slow)
--- is handed back unrun with the rest of the batch (st:inbox_release:
--- pending, due at once, no attempt counted), so a claimed event is never
--- still waiting for its turn when its lease runs out.
+-- whose turn comes with less than that left of its own lease (handlers
+-- before it were slow, or it waited in memory as a handed-off event) is
+-- handed back unrun (st:inbox_release: pending, due at once, no attempt
+-- counted), so a claimed event is never still waiting for its turn when its
+-- lease runs out.
 -- `carry` (App:drain, the tick): a list of done items of the previous call,
 -- marked in the claim's own transaction (one commit per batch instead of
 -- two); this call's done items are left in it for the next (the caller
@@ -512,12 +513,7 @@ function App:process(n, carry)
     items, err = st:inbox_claim(n, self.lease_s, store_now(self), self.max_attempts + 1)
     if not items then return nil, err end
   end
-  -- (a handed-off event's lease began at its insert: lease_left says what is left)
-  local lease_left = self.lease_s
-  for _, item in ipairs(items) do
-    if item.lease_left and item.lease_left < lease_left then lease_left = item.lease_left end
-  end
-  local lease_end = monotonic() + lease_left
+  local claimed_at = monotonic()
   local done, failed = 0, 0
   local done_items = carry or {}
   local full = self.handler_timeout
@@ -528,14 +524,15 @@ function App:process(n, carry)
       failed = failed + 1
       goto continue
     end
-    -- each run ends before the lease does (a safety margin of 5%, at most 5 s)
-    local left = lease_end - monotonic() - margin
+    -- each run ends before its lease does (a safety margin of 5%, at most
+    -- 5 s); a handed-off event's lease began at its insert (lease_left)
+    local left = claimed_at + (item.lease_left or self.lease_s) - monotonic() - margin
     local limit = full > 0 and math.min(full, left) or left
     -- (the first of a batch runs even when the lease is shorter than
     -- handler_timeout: it gets what the lease allows)
     if limit <= 0 or (i > 1 and limit < full) then
-      self:release(items, i)
-      break
+      self:release(items, i, i)
+      goto continue
     end
     local ok, herr = self:run(item, limit)
     if self:settle(item, ok, herr, false, done_items) then done = done + 1 else failed = failed + 1 end
@@ -545,18 +542,19 @@ function App:process(n, carry)
   return done, failed
 end
 
--- Hands items[from..] back unrun (App:process ran out of lease for them).
+-- Hands items[from..to] back unrun (App:process ran out of lease for them).
 -- One that cannot be released stays claimed: its lease runs out and it
 -- comes back with an attempt counted, as after a crash.
-function App:release(items, from)
+function App:release(items, from, to)
   local st, t = self.store, store_now(self)
-  for j = from, #items do
+  to = to or #items
+  for j = from, to do
     local ok, err, kind = st:inbox_release(items[j].id, t, items[j].claim)
     if ok == nil and kind ~= "lost" then
       log.limited("webhook.release_failed", "error", "webhook.release_failed", { error = tostring(err) })
     end
   end
-  if self.metrics.released then self.metrics.released(#items - from + 1) end
+  if self.metrics.released then self.metrics.released(to - from + 1) end
 end
 
 -- Marks items done inside a transaction of s (raises on a store error; a
