@@ -1620,10 +1620,22 @@ static int mark_own(store_handle *s, const claim_done *done, int ndone, double n
   const store_backend *be = s->be;
   store_conn *c = s->c;
   if (ndone == 0) return 0;
+  store_mark *m = be->inbox_done_many != NULL ? malloc((size_t)ndone * sizeof *m) : NULL;
   int rc = be->tx_begin(c, 0);
-  for (int i = 0; rc >= 0 && i < ndone; i++)
-    rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
-                        done[i].fenced ? &done[i].fence : NULL);
+  if (m != NULL) { /* one statement */
+    for (int i = 0; i < ndone; i++) {
+      memcpy(m[i].idx, done[i].idx, sizeof m[i].idx);
+      m[i].fenced = done[i].fenced;
+      m[i].fence = done[i].fence;
+    }
+    int64_t applied = 0;
+    if (rc >= 0) rc = be->inbox_done_many(c, s->ns, s->kid, m, ndone, now, &applied);
+    free(m);
+  } else {
+    for (int i = 0; rc >= 0 && i < ndone; i++)
+      rc = be->inbox_mark(c, s->ns, done[i].idx, s->kid, "done", STORE_MARK_KEEP, now,
+                          done[i].fenced ? &done[i].fence : NULL);
+  }
   if (rc >= 0 && be->tx_commit(c) >= 0) return 0;
   while (be->tx_depth(c) > 0) be->tx_rollback(c);
   return -1;

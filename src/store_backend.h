@@ -93,6 +93,14 @@ typedef struct {
   char ns[STORE_MAX_NS + 1];
 } store_kv_row;
 
+/* A done mark for inbox_done_many: the event's index, fenced by a claim or
+ * not. */
+typedef struct {
+  unsigned char idx[STORE_IDX_LEN];
+  int fenced;
+  store_fence fence;
+} store_mark;
+
 /* A new inbox row for inbox_add. */
 typedef struct {
   unsigned char idx[STORE_IDX_LEN];
@@ -193,6 +201,11 @@ typedef struct store_backend {
    * caller looks closer through inbox_find). */
   int (*inbox_mark)(store_conn *c, const char *ns, const unsigned char *idx, int64_t kid,
                     const char *state, int reset, double now, const store_fence *fence);
+  /* Optional (NULL: inbox_mark for each): inbox_mark(..., "done",
+   * STORE_MARK_KEEP, now, fence) for n events in one statement (a backend
+   * where each statement is a round trip); *applied = how many changed. */
+  int (*inbox_done_many)(store_conn *c, const char *ns, int64_t kid, const store_mark *m, int n,
+                         double now, int64_t *applied);
   /* Sets state, attempts, next_at, updated_at and (if rbox.p) the reason. */
   int (*inbox_set)(store_conn *c, int64_t id, const char *state, int64_t attempts,
                    double next_at, store_cbytes rbox, double now);

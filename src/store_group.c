@@ -177,10 +177,25 @@ static void flush_done(store_group *g) {
     c = g->conn = g->be->open(&g->opts, err, sizeof err);
   }
   int rc = c != NULL ? g->be->tx_begin(c, 0) : STORE_EUNAVAIL;
-  for (const group_item *it = list; rc >= 0 && it != NULL; it = it->next) {
-    rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", STORE_MARK_KEEP, it->ev.now,
-                           it->has_fence ? &it->fence : NULL);
-    if (rc == 1) applied++;
+  if (rc >= 0 && g->be->inbox_done_many != NULL) { /* one statement (n <= GROUP_DONE_BATCH) */
+    store_mark m[GROUP_DONE_BATCH];
+    int k = 0;
+    double now = list->ev.now;
+    for (const group_item *it = list; it != NULL; it = it->next, k++) {
+      memcpy(m[k].idx, it->ev.idx, sizeof m[k].idx);
+      m[k].fenced = it->has_fence;
+      m[k].fence = it->fence;
+      if (it->ev.now > now) now = it->ev.now;
+    }
+    int64_t done = 0;
+    rc = g->be->inbox_done_many(c, g->ns, g->kid, m, k, now, &done);
+    if (rc >= 0) applied = (uint64_t)done;
+  } else {
+    for (const group_item *it = list; rc >= 0 && it != NULL; it = it->next) {
+      rc = g->be->inbox_mark(c, g->ns, it->ev.idx, g->kid, "done", STORE_MARK_KEEP, it->ev.now,
+                             it->has_fence ? &it->fence : NULL);
+      if (rc == 1) applied++;
+    }
   }
   if (rc < 0 || g->be->tx_commit(c) < 0) {
     applied = 0;

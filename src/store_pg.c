@@ -977,6 +977,70 @@ static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   return rc != 0 ? rc : changed > 0;
 }
 
+/* Done marks in one statement: an UPDATE joined with a VALUES list (rows
+ * locked in index order, as inbox_add_multi inserts them, so that two
+ * markers cannot deadlock). The same conditions as ST_IN_MARK's. */
+#define MARK_COLS 4
+static int mark_cmp(const void *a, const void *b) {
+  return memcmp(((const store_mark *)a)->idx, ((const store_mark *)b)->idx, STORE_IDX_LEN);
+}
+
+static int pg_inbox_done_many(store_conn *c, const char *ns, int64_t kid, const store_mark *m,
+                              int n, double now, int64_t *applied) {
+  pg_conn *q = PG(c);
+  *applied = 0;
+  if (n <= 0) return 0;
+  int np = 3 + MARK_COLS * n;
+  size_t sqlcap = 512 + (size_t)n * 96;
+  char *sql = malloc(sqlcap);
+  const char **vals = calloc((size_t)np, sizeof *vals);
+  int *lens = calloc((size_t)np, sizeof *lens), *fmts = calloc((size_t)np, sizeof *fmts);
+  char(*num)[32] = calloc((size_t)n * 3 + 2, sizeof *num);
+  store_mark *sorted = malloc((size_t)n * sizeof *sorted);
+  int rc = 0;
+  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL || sorted == NULL) {
+    rc = oom(q);
+    goto out;
+  }
+  memcpy(sorted, m, (size_t)n * sizeof *sorted);
+  qsort(sorted, (size_t)n, sizeof *sorted, mark_cmp);
+  size_t o = (size_t)snprintf(sql, sqlcap,
+                              "UPDATE oflua_inbox AS i SET state = 'done', updated_at = $3::float8"
+                              " FROM (VALUES ");
+  vals[0] = ns;
+  snprintf(num[0], sizeof num[0], "%lld", (long long)kid);
+  vals[1] = num[0];
+  snprintf(num[1], sizeof num[0], "%.17g", now);
+  vals[2] = num[1];
+  for (int r = 0; r < n; r++) {
+    int b = 4 + MARK_COLS * r, k = b - 1;
+    o += (size_t)snprintf(sql + o, sqlcap - o, "%s($%d::bytea, $%d::int, $%d::bigint, $%d::float8)",
+                          r ? ", " : "", b, b + 1, b + 2, b + 3);
+    vals[k] = (const char *)sorted[r].idx;
+    lens[k] = STORE_IDX_LEN;
+    fmts[k] = 1;
+    vals[k + 1] = sorted[r].fenced ? "1" : "0";
+    snprintf(num[2 + 2 * r], sizeof num[0], "%lld",
+             (long long)(sorted[r].fenced ? sorted[r].fence.attempts : 0));
+    vals[k + 2] = num[2 + 2 * r];
+    snprintf(num[3 + 2 * r], sizeof num[0], "%.17g", sorted[r].fenced ? sorted[r].fence.lease_end : 0);
+    vals[k + 3] = num[3 + 2 * r];
+  }
+  snprintf(sql + o, sqlcap - o,
+           ") AS v(e, f, a, l) WHERE i.ns = $1::text AND i.eidx = v.e AND i.kid = $2::bigint"
+           " AND " KID_GUARD " = $2::bigint"
+           " AND (v.f = 0 OR (i.state = 'claimed' AND i.attempts = v.a AND i.next_at = v.l))");
+  rc = run_void(q, -1, sql, np, vals, lens, fmts, applied);
+out:
+  free(sql);
+  free(vals);
+  free(lens);
+  free(fmts);
+  free(num);
+  free(sorted);
+  return rc;
+}
+
 static int pg_inbox_list(store_conn *c, const char *ns, const char *state, int64_t after, int max,
                          store_event *rows, int *n) {
   pg_conn *q = PG(c);
@@ -1063,6 +1127,7 @@ const store_backend store_pg_backend = {
     .inbox_due = pg_inbox_due,
     .inbox_find = pg_inbox_find,
     .inbox_mark = pg_inbox_mark,
+    .inbox_done_many = pg_inbox_done_many,
     .inbox_set = pg_inbox_set,
     .inbox_list = pg_inbox_list,
     .inbox_stats = pg_inbox_stats,
