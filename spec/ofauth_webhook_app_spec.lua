@@ -113,6 +113,31 @@ describe("webhook app (background processing, real store)", function()
     assert.equal(5, st:inbox_stats().done)
   end)
 
+  it("hands an event to the tick in memory once the tick runs here, and hands back one that waited too long", function()
+    local app = new_app({ lease_s = 300, handler_timeout = 30 })
+    local runs = 0
+    app:on("connection.created", function() runs = runs + 1 end)
+    app.tick_here = true -- (what the app learns in a server once its tick has run there)
+    assert.equal(200, (deliver(app, event("connection.created", 1), "msg_h1")))
+    assert.equal(200, (deliver(app, event("connection.created", 2), "msg_h2")))
+    assert.equal("claimed", st:inbox_get("svix:msg_h1").state) -- inserted claimed, kept for the tick
+    assert.equal(2, st:group_stats().handoff)
+    -- 290 s later 10 s of its lease are left: less than half a handler's
+    -- time, so it goes back unrun (no attempt counted) instead of running
+    t = T0 + 290
+    assert.same({ 0, 0 }, { app:process(1) })
+    assert.equal(0, runs)
+    assert.same({ "pending", 0 }, { st:inbox_get("svix:msg_h1").state, st:inbox_get("svix:msg_h1").attempts })
+    assert.equal(1, metrics.value("ofauth_webhook_released_total"))
+    assert.same({ 0, 0 }, { app:process(10) }) -- the other one: the same
+    assert.equal(2, metrics.value("ofauth_webhook_released_total"))
+    -- then they are claimed from the inbox with a lease of their own, and run
+    assert.equal(2, (app:drain()))
+    assert.equal(2, runs)
+    assert.equal(2, st:inbox_stats().done)
+    assert.equal(2, st:group_stats().handoff_taken)
+  end)
+
   it("claims one at a time when the lease is shorter than handler_timeout", function()
     local app = new_app({ lease_s = 10, handler_timeout = 30 })
     local runs = 0

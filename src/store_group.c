@@ -50,8 +50,8 @@ struct store_group {
   int waiters;
   /* done items taken from the queue, not applied yet (the committer's own) */
   group_item *dhead, *dtail;
-  int dcount;
-  atomic_int dwaiting; /* dcount, for store_group_unref */
+  atomic_int dcount; /* (atomic: store_group_unref and the exit handler read or write it too) */
+  int inflight; /* the committer holds a batch taken from the queue (under mu) */
   double dfirst; /* monotonic time the oldest of them was taken */
   store_conn *conn; /* the committer's own */
   store_group_stats st;
@@ -358,7 +358,6 @@ static void commit_batch(store_group *g, int n) {
    * up with the inserts), and a partial one once it is old enough */
   while (g->dcount >= GROUP_DONE_BATCH) flush_done(g);
   if (g->dcount > 0 && oflua__mono_now() - g->dfirst >= GROUP_DONE_DELAY_S) flush_done(g);
-  atomic_store(&g->dwaiting, g->dcount);
 }
 
 /* Records a committed (or failed) insert batch and completes its items. */
@@ -406,7 +405,6 @@ static void *committer(void *arg) {
       pthread_mutex_unlock(&g->mu);
       pthread_mutex_lock(&g->conn_mu);
       while (g->dcount > 0) flush_done(g);
-      atomic_store(&g->dwaiting, 0);
       if (g->conn != NULL && g->be->after_batch != NULL) g->be->after_batch(g->conn);
       pthread_mutex_lock(&g->mu);
       int last = g->refs == 0;
@@ -439,6 +437,7 @@ static void *committer(void *arg) {
     }
     g->depth -= (size_t)n;
     g->qbytes -= bytes;
+    g->inflight = 1;
     pthread_mutex_unlock(&g->mu);
     pthread_mutex_lock(&g->conn_mu);
     commit_batch(g, n);
@@ -446,6 +445,7 @@ static void *committer(void *arg) {
     long ckpts = g->conn != NULL && g->be->bg_checkpoints != NULL ? g->be->bg_checkpoints(g->conn) : 0;
     pthread_mutex_unlock(&g->conn_mu);
     pthread_mutex_lock(&g->mu);
+    g->inflight = 0;
     g->st.checkpoints = (uint64_t)ckpts; /* (read by stats without the connection's lock) */
   }
   group_free(g);
@@ -527,7 +527,8 @@ store_group *store_group_get(const store_backend *be, const store_open_opts *o, 
     if (g->be != be || g->kid != kid || strcmp(g->db, db) != 0 || strcmp(g->ns, ns) != 0)
       continue;
     pthread_mutex_lock(&g->mu);
-    g->refs++;
+    /* a handle again: a last unref waiting for the committer stops waiting */
+    if (g->refs++ == 0 && g->waiters > 0) pthread_cond_broadcast(&g->done);
     pthread_mutex_unlock(&g->mu);
     pthread_mutex_unlock(&reg_mu);
     return g;
@@ -559,7 +560,7 @@ void store_group_unref(store_group *g) {
   if (--g->refs == 0) {
     g->quiet = 0;
     pthread_cond_signal(&g->work);
-    if (g->head != NULL || g->rhead != NULL || atomic_load(&g->dwaiting) > 0) {
+    if (g->head != NULL || g->rhead != NULL || g->inflight || atomic_load(&g->dcount) > 0) {
       struct timespec until;
       clock_gettime(CLOCK_MONOTONIC, &until);
       until.tv_sec += GROUP_RELEASE_WAIT_S;

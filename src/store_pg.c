@@ -778,6 +778,38 @@ static int pg_kv_reseal(store_conn *c, int64_t id, const unsigned char *idx, int
  * uncommitted keys in one order, never in a cycle (a deadlock would fail
  * both batches). */
 #define MULTI_COLS 6
+/* The buffers of a statement with one VALUES tuple per row (the multi-row
+ * insert, the done marks): its text, its np parameters, nnum number texts. */
+typedef struct {
+  char *sql;
+  size_t cap;
+  const char **vals;
+  int *lens, *fmts;
+  char (*num)[32];
+} multi_buf;
+
+static void multi_free(multi_buf *b) {
+  free(b->sql);
+  free(b->vals);
+  free(b->lens);
+  free(b->fmts);
+  free(b->num);
+}
+
+/* 0, or an error (nothing left allocated). */
+static int multi_alloc(pg_conn *q, multi_buf *b, int np, size_t cap, size_t nnum) {
+  b->cap = cap;
+  b->sql = malloc(cap);
+  b->vals = calloc((size_t)np, sizeof *b->vals);
+  b->lens = calloc((size_t)np, sizeof *b->lens);
+  b->fmts = calloc((size_t)np, sizeof *b->fmts);
+  b->num = calloc(nnum, sizeof *b->num);
+  if (b->sql != NULL && b->vals != NULL && b->lens != NULL && b->fmts != NULL && b->num != NULL)
+    return 0;
+  multi_free(b);
+  return oom(q);
+}
+
 static const store_new_event *sort_ev;
 static int by_idx(const void *a, const void *b) {
   int x = *(const int *)a, y = *(const int *)b;
@@ -787,14 +819,16 @@ static int by_idx(const void *a, const void *b) {
 static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const store_new_event *ev,
                               int n, int *inserted) {
   int np = 2 + MULTI_COLS * n;
-  size_t sqlcap = 512 + (size_t)n * 128;
-  char *sql = malloc(sqlcap);
-  const char **vals = calloc((size_t)np, sizeof *vals);
-  int *lens = calloc((size_t)np, sizeof *lens), *fmts = calloc((size_t)np, sizeof *fmts);
-  char(*num)[32] = calloc((size_t)n * 2 + 1, sizeof *num);
+  multi_buf mb;
+  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 128, (size_t)n * 2 + 1);
+  if (rc != 0) return rc;
+  char *sql = mb.sql;
+  size_t sqlcap = mb.cap;
+  const char **vals = mb.vals;
+  int *lens = mb.lens, *fmts = mb.fmts;
+  char(*num)[32] = mb.num;
   int *order = malloc((size_t)n * sizeof *order);
-  int rc = 0;
-  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL || order == NULL) {
+  if (order == NULL) {
     rc = oom(q);
     goto out;
   }
@@ -852,11 +886,7 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
   }
   PQclear(r);
 out:
-  free(sql);
-  free(vals);
-  free(lens);
-  free(fmts);
-  free(num);
+  multi_free(&mb);
   free(order);
   return rc;
 }
@@ -977,9 +1007,12 @@ static int pg_inbox_mark(store_conn *c, const char *ns, const unsigned char *idx
   return rc != 0 ? rc : changed > 0;
 }
 
-/* Done marks in one statement: an UPDATE joined with a VALUES list (rows
- * locked in index order, as inbox_add_multi inserts them, so that two
- * markers cannot deadlock). The same conditions as ST_IN_MARK's. */
+/* Done marks in one statement: an UPDATE joined with a VALUES list, the
+ * same conditions as ST_IN_MARK's with state 'done' and STORE_MARK_KEEP
+ * (updated_at: the newest mark's time). The list is sorted by index, but
+ * the join decides the order in which rows are locked: two markers of the
+ * same events could deadlock, which PostgreSQL detects (the marks then
+ * fail: the claim's own transaction, or the lease, settles them). */
 #define MARK_COLS 4
 static int mark_cmp(const void *a, const void *b) {
   return memcmp(((const store_mark *)a)->idx, ((const store_mark *)b)->idx, STORE_IDX_LEN);
@@ -991,14 +1024,16 @@ static int pg_inbox_done_many(store_conn *c, const char *ns, int64_t kid, const 
   *applied = 0;
   if (n <= 0) return 0;
   int np = 3 + MARK_COLS * n;
-  size_t sqlcap = 512 + (size_t)n * 96;
-  char *sql = malloc(sqlcap);
-  const char **vals = calloc((size_t)np, sizeof *vals);
-  int *lens = calloc((size_t)np, sizeof *lens), *fmts = calloc((size_t)np, sizeof *fmts);
-  char(*num)[32] = calloc((size_t)n * 3 + 2, sizeof *num);
+  multi_buf mb;
+  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 96, (size_t)n * 2 + 2);
+  if (rc != 0) return rc;
+  char *sql = mb.sql;
+  size_t sqlcap = mb.cap;
+  const char **vals = mb.vals;
+  int *lens = mb.lens, *fmts = mb.fmts;
+  char(*num)[32] = mb.num;
   store_mark *sorted = malloc((size_t)n * sizeof *sorted);
-  int rc = 0;
-  if (sql == NULL || vals == NULL || lens == NULL || fmts == NULL || num == NULL || sorted == NULL) {
+  if (sorted == NULL) {
     rc = oom(q);
     goto out;
   }
@@ -1032,11 +1067,7 @@ static int pg_inbox_done_many(store_conn *c, const char *ns, int64_t kid, const 
            " AND (v.f = 0 OR (i.state = 'claimed' AND i.attempts = v.a AND i.next_at = v.l))");
   rc = run_void(q, -1, sql, np, vals, lens, fmts, applied);
 out:
-  free(sql);
-  free(vals);
-  free(lens);
-  free(fmts);
-  free(num);
+  multi_free(&mb);
   free(sorted);
   return rc;
 }

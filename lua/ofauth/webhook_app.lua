@@ -529,8 +529,11 @@ function App:process(n, carry)
     local left = claimed_at + (item.lease_left or self.lease_s) - monotonic() - margin
     local limit = full > 0 and math.min(full, left) or left
     -- (the first of a batch runs even when the lease is shorter than
-    -- handler_timeout: it gets what the lease allows)
-    if limit <= 0 or (i > 1 and limit < full) then
+    -- handler_timeout: it gets what the lease allows; but not a handed-off
+    -- event left with less than half of what a fresh claim would give)
+    local aged = i == 1 and item.lease_left and item.lease_left < self.lease_s
+      and limit < 0.5 * (full > 0 and math.min(full, self.lease_s - margin) or self.lease_s - margin)
+    if limit <= 0 or (i > 1 and limit < full) or aged then
       self:release(items, i, i)
       goto continue
     end
