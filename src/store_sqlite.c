@@ -26,6 +26,13 @@
 
 #define SQ_CACHE_KIB 32768            /* page cache per connection, at most */
 #define SQ_WAL_CHECKPOINT_PAGES 1000 /* WAL pages before an automatic checkpoint */
+/* bg_checkpoint (the group committer's connection): WAL pages before the
+ * checkpointer thread runs. Larger than SQLite's default: a pass copies each
+ * page once however many commits rewrote it, so fewer, longer passes copy
+ * the hot pages (the table's and the indexes' last leaves) fewer times
+ * (8000 against 1000: the checkpointer's CPU per webhook delivery 11.7 ->
+ * ~8 µs; the WAL file grows to ~32 MiB). */
+#define SQ_WAL_BG_CHECKPOINT_PAGES 8000
 #define SQ_WAL_INLINE_PAGES 20000    /* bg_checkpoint: the commit checkpoints itself */
 
 static const char SCHEMA[] =
@@ -154,7 +161,7 @@ static const char *const SQL[ST_COUNT] = {
 /* The background checkpointer of a connection opened with bg_checkpoint
  * (the group committer's): SQLite's automatic checkpoint runs inside the
  * commit that crosses the WAL threshold, so one batch in every few waited
- * for a copy of ~1,000 pages into the database file and its fsync (the p99
+ * for a copy of the WAL's pages into the database file and its fsync (the p99
  * of the durable webhook path). Here the commit only signals this thread,
  * which runs a PASSIVE checkpoint on a connection of its own while commits
  * go on. Those commits append more meanwhile, so the WAL would never be
@@ -315,7 +322,7 @@ static int ckpt_hook(void *arg, sqlite3 *db, const char *name, int pages) {
   sq_ckpt *k = arg;
   if (pages >= SQ_WAL_INLINE_PAGES) {
     sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
-  } else if (pages >= SQ_WAL_CHECKPOINT_PAGES) {
+  } else if (pages >= SQ_WAL_BG_CHECKPOINT_PAGES) {
     pthread_mutex_lock(&k->mu);
     if (!k->want) {
       k->want = 1;
