@@ -1271,19 +1271,38 @@ static void grouped_release(void *ud) {
   free(it);
 }
 
-/* Pushes the results of a completed item (it still owned by the caller). */
-/* lease_end > 0: the row was inserted claimed (its claim token follows). */
-static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, const char *err,
-                           double lease_end) {
+/* A completed item's results, copied out of it. */
+typedef struct {
+  int rc, inserted;
+  int64_t meta_kid;
+  char err[sizeof ((group_item *)0)->err];
+} grouped_res;
+
+static void grouped_copy(const group_item *it, grouped_res *r) {
+  r->rc = it->rc;
+  r->inserted = it->inserted;
+  r->meta_kid = it->meta_kid;
+  memcpy(r->err, it->err, sizeof r->err);
+}
+
+/* Pushes the results of a completed item. lease_end > 0: the row was
+ * inserted claimed (its claim token follows). */
+static int grouped_results(lua_State *L, store_handle *s, const grouped_res *it, double lease_end) {
+  int rc = it->rc, inserted = it->inserted;
   if (rc == 1)
     return push_err(L, "busy", "oflua.store: the group-commit queue is full (%d rows waiting)",
                     GROUP_QUEUE_ROWS);
   if (rc < 0)
-    return push_err(L, rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s", err);
+    return push_err(L, rc == STORE_EUNAVAIL ? "unavailable" : "db", "oflua.store: %s", it->err);
   if (!inserted) { /* a duplicate, or a row under a key id no longer current */
-    if (s->c == NULL) return push_err(L, "db", "oflua.store: the store was closed meanwhile");
-    int f = check_fresh(L, s);
-    if (f) return f;
+    /* the committer read the store's key id after the batch (a read of
+     * this handle's own otherwise: one per duplicate) */
+    if (it->meta_kid != 0 && it->meta_kid != s->kid) return push_stale(L, s, it->meta_kid);
+    if (it->meta_kid == 0) {
+      if (s->c == NULL) return push_err(L, "db", "oflua.store: the store was closed meanwhile");
+      int f = check_fresh(L, s);
+      if (f) return f;
+    }
   }
   lua_pushboolean(L, inserted);
   if (!inserted || lease_end <= 0) return 1;
@@ -1294,10 +1313,10 @@ static int grouped_results(lua_State *L, store_handle *s, int rc, int inserted, 
 static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   group_item *it = (group_item *)ctx; /* freed by grouped_release, after this */
-  char err[sizeof it->err];
-  memcpy(err, it->err, sizeof err);
   double lease_end = strcmp(it->ev.state, "claimed") == 0 ? it->ev.next_at : 0;
-  return grouped_results(L, to_store(L, 1), it->rc, it->inserted, err, lease_end);
+  grouped_res r;
+  grouped_copy(it, &r);
+  return grouped_results(L, to_store(L, 1), &r, lease_end);
 }
 
 /* The group of this handle (made on first use, anew after a fork or a
@@ -1375,11 +1394,10 @@ static int store_inbox_add_grouped(lua_State *L) {
     int rc = store_group_submit(s->group, it);
     if (rc == 0) store_group_wait(s->group, it);
     else it->rc = 1;
-    int r = it->rc, ins = it->inserted;
-    char err[sizeof it->err];
-    memcpy(err, it->err, sizeof err);
+    grouped_res r;
+    grouped_copy(it, &r);
     free(it);
-    return grouped_results(L, s, r, ins, err, lease > 0 && !handoff ? now + (double)lease : 0);
+    return grouped_results(L, s, &r, lease > 0 && !handoff ? now + (double)lease : 0);
   }
   it->aux = api;
   it->answer = api->answer_ref(L, 4); /* NULL without one */

@@ -353,6 +353,16 @@ static void commit_batch(store_group *g, int n) {
     }
     ready_add(g, n, rc);
   }
+  /* a row not inserted: a duplicate, or the store was rekeyed (the insert
+   * is guarded by the key id): one read for the batch tells which */
+  int64_t meta_kid = 0;
+  if (rc >= 0)
+    for (int i = 0; i < n; i++)
+      if (!g->inserted[i]) {
+        if (g->be->meta_kid(g->conn, &meta_kid) < 0) meta_kid = 0;
+        break;
+      }
+  for (int i = 0; i < n; i++) g->batch[i]->meta_kid = meta_kid;
   if (n > 0) complete_batch(g, n, rc, err);
   /* after the inserts' answers: every full chunk (so that the marks keep
    * up with the inserts), and a partial one once it is old enough */

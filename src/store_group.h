@@ -74,6 +74,10 @@ struct group_item {
   int done; /* blocking callers: under the group's lock */
   int rc;   /* 0, STORE_EDB or STORE_EUNAVAIL */
   int inserted;
+  /* not inserted: the store's key id as the committer read it after the
+   * batch (0: not read), so that the caller tells a duplicate from a row
+   * refused under a key id no longer current without a read of its own */
+  int64_t meta_kid;
   char err[256];
   unsigned char data[];
 };
