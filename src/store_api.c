@@ -1723,11 +1723,9 @@ static int inbox_claim(lua_State *L, int grouped) {
   READY(L, s);
   int shared = grouped && s->be->tx_depth(s->c) == 0 &&
                !(s->gopts.path != NULL && strcmp(s->gopts.path, ":memory:") == 0);
-  /* (room for the releases of handoff rows whose lease ran out) */
-  int room = ndone + (shared ? CLAIM_EXPIRED_MAX : 0);
-  if (room > 0) {
-    done = lua_newuserdatauv(L, (size_t)room * sizeof *done, 0);
-    memset(done, 0, (size_t)room * sizeof *done);
+  if (ndone > 0) {
+    done = lua_newuserdatauv(L, (size_t)ndone * sizeof *done, 0);
+    memset(done, 0, (size_t)ndone * sizeof *done);
     for (int i = 0; i < ndone; i++) {
       lua_rawgeti(L, 6, i + 1);
       if (!lua_istable(L, -1)) luaL_argerror(L, 6, "done items must be inbox_claim items");
@@ -1767,18 +1765,25 @@ static int inbox_claim(lua_State *L, int grouped) {
    * in the claim's transaction (pending, due at once: this claim takes
    * them, with no attempt counted for a run that never began). */
   group_ready *exp[CLAIM_EXPIRED_MAX];
-  int nexp = 0;
-  if (shared) {
-    nexp = store_group_take_expired(s->group, room - ndone < CLAIM_EXPIRED_MAX ? room - ndone
-                                                                               : CLAIM_EXPIRED_MAX,
-                                    now, exp);
-    for (int i = 0; i < nexp; i++) {
-      claim_done *d = &done[ndone++];
-      memcpy(d->idx, exp[i]->idx, sizeof d->idx);
-      d->fenced = 1;
-      d->fence.attempts = 0;
-      d->fence.lease_end = exp[i]->lease_end;
-      d->release = 1;
+  int nexp = shared ? store_group_take_expired(s->group, CLAIM_EXPIRED_MAX, now, exp) : 0;
+  claim_done *with_exp = NULL; /* (malloc'd: nothing may raise while they are out of the list) */
+  if (nexp > 0) {
+    with_exp = malloc((size_t)(ndone + nexp) * sizeof *with_exp);
+    if (with_exp == NULL) { /* they wait for the next claim */
+      store_group_put_back(s->group, exp, nexp);
+      nexp = 0;
+    } else {
+      if (ndone > 0) memcpy(with_exp, done, (size_t)ndone * sizeof *done);
+      for (int i = 0; i < nexp; i++) {
+        claim_done *d = &with_exp[ndone + i];
+        memcpy(d->idx, exp[i]->idx, sizeof d->idx);
+        d->fenced = 1;
+        d->fence.attempts = 0;
+        d->fence.lease_end = exp[i]->lease_end;
+        d->release = 1;
+      }
+      done = with_exp;
+      ndone += nexp;
     }
   }
   /* Grouped, on SQLite, outside a transaction of the caller's: on the group
@@ -1790,6 +1795,7 @@ static int inbox_claim(lua_State *L, int grouped) {
     store_conn *c = store_group_lock_conn(s->group, err, sizeof err);
     if (c == NULL) {
       if (nexp > 0) store_group_put_back(s->group, exp, nexp);
+      free(with_exp);
       return push_err(L, "unavailable", "oflua.store: %s", err);
     }
     rc = claim_db(s, c, r, (int)n, (double)lease, now, max, done, ndone, &e);
@@ -1798,6 +1804,7 @@ static int inbox_claim(lua_State *L, int grouped) {
     rc = claim_db(s, s->c, r, (int)n, (double)lease, now, max, done, ndone, &e);
   }
   /* the releases of expired handoff rows committed with the claim, or not */
+  free(with_exp);
   if (rc < 0 && nexp > 0) store_group_put_back(s->group, exp, nexp);
   else
     for (int i = 0; i < nexp; i++) free(exp[i]);
