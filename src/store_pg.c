@@ -779,13 +779,15 @@ static int pg_kv_reseal(store_conn *c, int64_t id, const unsigned char *idx, int
  * both batches). */
 #define MULTI_COLS 6
 /* The buffers of a statement with one VALUES tuple per row (the multi-row
- * insert, the done marks): its text, its np parameters, nnum number texts. */
+ * insert, the done marks): its text, its np parameters, nnum number texts,
+ * and rows_bytes of the caller's per-row scratch (its rows' order). */
 typedef struct {
   char *sql;
   size_t cap;
   const char **vals;
   int *lens, *fmts;
   char (*num)[32];
+  void *rows;
 } multi_buf;
 
 static void multi_free(multi_buf *b) {
@@ -794,17 +796,21 @@ static void multi_free(multi_buf *b) {
   free(b->lens);
   free(b->fmts);
   free(b->num);
+  free(b->rows);
 }
 
 /* 0, or an error (nothing left allocated). */
-static int multi_alloc(pg_conn *q, multi_buf *b, int np, size_t cap, size_t nnum) {
+static int multi_alloc(pg_conn *q, multi_buf *b, int np, size_t cap, size_t nnum,
+                       size_t rows_bytes) {
   b->cap = cap;
   b->sql = malloc(cap);
   b->vals = calloc((size_t)np, sizeof *b->vals);
   b->lens = calloc((size_t)np, sizeof *b->lens);
   b->fmts = calloc((size_t)np, sizeof *b->fmts);
   b->num = calloc(nnum, sizeof *b->num);
-  if (b->sql != NULL && b->vals != NULL && b->lens != NULL && b->fmts != NULL && b->num != NULL)
+  b->rows = malloc(rows_bytes > 0 ? rows_bytes : 1);
+  if (b->sql != NULL && b->vals != NULL && b->lens != NULL && b->fmts != NULL && b->num != NULL &&
+      b->rows != NULL)
     return 0;
   multi_free(b);
   return oom(q);
@@ -820,18 +826,9 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
                               int n, int *inserted) {
   int np = 2 + MULTI_COLS * n;
   multi_buf mb;
-  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 128, (size_t)n * 2 + 1);
+  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 128, (size_t)n * 2 + 1, (size_t)n * sizeof(int));
   if (rc != 0) return rc;
-  char *sql = mb.sql;
-  size_t sqlcap = mb.cap;
-  const char **vals = mb.vals;
-  int *lens = mb.lens, *fmts = mb.fmts;
-  char(*num)[32] = mb.num;
-  int *order = malloc((size_t)n * sizeof *order);
-  if (order == NULL) {
-    rc = oom(q);
-    goto out;
-  }
+  int *order = mb.rows;
   for (int i = 0; i < n; i++) order[i] = i;
   static pthread_mutex_t sort_mu = PTHREAD_MUTEX_INITIALIZER; /* qsort has no context argument */
   pthread_mutex_lock(&sort_mu);
@@ -839,39 +836,39 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
   qsort(order, (size_t)n, sizeof *order, by_idx);
   sort_ev = NULL;
   pthread_mutex_unlock(&sort_mu);
-  size_t o = (size_t)snprintf(sql, sqlcap,
+  size_t o = (size_t)snprintf(mb.sql, mb.cap,
                               "INSERT INTO oflua_inbox (ns, eidx, kid, ebox, pbox, state, attempts,"
                               " next_at, created_at, updated_at)"
                               " SELECT $1::text, v.e, $2::bigint, v.b, v.p, v.s, 0, v.x, v.t, v.t"
                               " FROM (VALUES ");
-  vals[0] = ns;
-  snprintf(num[0], sizeof num[0], "%lld", (long long)kid);
-  vals[1] = num[0];
+  mb.vals[0] = ns;
+  snprintf(mb.num[0], sizeof mb.num[0], "%lld", (long long)kid);
+  mb.vals[1] = mb.num[0];
   for (int r = 0; r < n; r++) {
     int i = order[r], b = 3 + MULTI_COLS * r;
-    o += (size_t)snprintf(sql + o, sqlcap - o,
+    o += (size_t)snprintf(mb.sql + o, mb.cap - o,
                           "%s($%d::bytea, $%d::bytea, $%d::bytea, $%d::float8, $%d::text, $%d::float8)",
                           r ? ", " : "", b, b + 1, b + 2, b + 3, b + 4, b + 5);
     int k = b - 1;
-    vals[k] = (const char *)ev[i].idx;
-    lens[k] = STORE_IDX_LEN;
-    fmts[k] = 1;
-    vals[k + 1] = ev[i].ebox.n > 0 ? (const char *)ev[i].ebox.p : "";
-    lens[k + 1] = (int)ev[i].ebox.n;
-    fmts[k + 1] = 1;
-    vals[k + 2] = ev[i].pbox.n > 0 ? (const char *)ev[i].pbox.p : "";
-    lens[k + 2] = (int)ev[i].pbox.n;
-    fmts[k + 2] = 1;
-    snprintf(num[1 + 2 * r], sizeof num[0], "%.17g", ev[i].now);
-    vals[k + 3] = num[1 + 2 * r];
-    vals[k + 4] = ev[i].state;
-    snprintf(num[2 + 2 * r], sizeof num[0], "%.17g", ev[i].next_at);
-    vals[k + 5] = num[2 + 2 * r];
+    mb.vals[k] = (const char *)ev[i].idx;
+    mb.lens[k] = STORE_IDX_LEN;
+    mb.fmts[k] = 1;
+    mb.vals[k + 1] = ev[i].ebox.n > 0 ? (const char *)ev[i].ebox.p : "";
+    mb.lens[k + 1] = (int)ev[i].ebox.n;
+    mb.fmts[k + 1] = 1;
+    mb.vals[k + 2] = ev[i].pbox.n > 0 ? (const char *)ev[i].pbox.p : "";
+    mb.lens[k + 2] = (int)ev[i].pbox.n;
+    mb.fmts[k + 2] = 1;
+    snprintf(mb.num[1 + 2 * r], sizeof mb.num[0], "%.17g", ev[i].now);
+    mb.vals[k + 3] = mb.num[1 + 2 * r];
+    mb.vals[k + 4] = ev[i].state;
+    snprintf(mb.num[2 + 2 * r], sizeof mb.num[0], "%.17g", ev[i].next_at);
+    mb.vals[k + 5] = mb.num[2 + 2 * r];
   }
-  snprintf(sql + o, sqlcap - o,
+  snprintf(mb.sql + o, mb.cap - o,
            ") AS v(e, b, p, t, s, x) WHERE " KID_GUARD " = $2::bigint"
            " ON CONFLICT (ns, eidx) DO NOTHING RETURNING eidx");
-  PGresult *r = run(q, -1, sql, np, vals, lens, fmts, &rc);
+  PGresult *r = run(q, -1, mb.sql, np, mb.vals, mb.lens, mb.fmts, &rc);
   if (r == NULL) goto out;
   for (int i = 0; i < n; i++) inserted[i] = 0;
   int rows = PQntuples(r);
@@ -887,7 +884,6 @@ static int pg_inbox_add_multi(pg_conn *q, const char *ns, int64_t kid, const sto
   PQclear(r);
 out:
   multi_free(&mb);
-  free(order);
   return rc;
 }
 
@@ -1025,50 +1021,40 @@ static int pg_inbox_done_many(store_conn *c, const char *ns, int64_t kid, const 
   if (n <= 0) return 0;
   int np = 3 + MARK_COLS * n;
   multi_buf mb;
-  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 96, (size_t)n * 2 + 2);
+  int rc = multi_alloc(q, &mb, np, 512 + (size_t)n * 96, (size_t)n * 2 + 2,
+                       (size_t)n * sizeof(store_mark));
   if (rc != 0) return rc;
-  char *sql = mb.sql;
-  size_t sqlcap = mb.cap;
-  const char **vals = mb.vals;
-  int *lens = mb.lens, *fmts = mb.fmts;
-  char(*num)[32] = mb.num;
-  store_mark *sorted = malloc((size_t)n * sizeof *sorted);
-  if (sorted == NULL) {
-    rc = oom(q);
-    goto out;
-  }
+  store_mark *sorted = mb.rows;
   memcpy(sorted, m, (size_t)n * sizeof *sorted);
   qsort(sorted, (size_t)n, sizeof *sorted, mark_cmp);
-  size_t o = (size_t)snprintf(sql, sqlcap,
+  size_t o = (size_t)snprintf(mb.sql, mb.cap,
                               "UPDATE oflua_inbox AS i SET state = 'done', updated_at = $3::float8"
                               " FROM (VALUES ");
-  vals[0] = ns;
-  snprintf(num[0], sizeof num[0], "%lld", (long long)kid);
-  vals[1] = num[0];
-  snprintf(num[1], sizeof num[0], "%.17g", now);
-  vals[2] = num[1];
+  mb.vals[0] = ns;
+  snprintf(mb.num[0], sizeof mb.num[0], "%lld", (long long)kid);
+  mb.vals[1] = mb.num[0];
+  snprintf(mb.num[1], sizeof mb.num[0], "%.17g", now);
+  mb.vals[2] = mb.num[1];
   for (int r = 0; r < n; r++) {
     int b = 4 + MARK_COLS * r, k = b - 1;
-    o += (size_t)snprintf(sql + o, sqlcap - o, "%s($%d::bytea, $%d::int, $%d::bigint, $%d::float8)",
+    o += (size_t)snprintf(mb.sql + o, mb.cap - o, "%s($%d::bytea, $%d::int, $%d::bigint, $%d::float8)",
                           r ? ", " : "", b, b + 1, b + 2, b + 3);
-    vals[k] = (const char *)sorted[r].idx;
-    lens[k] = STORE_IDX_LEN;
-    fmts[k] = 1;
-    vals[k + 1] = sorted[r].fenced ? "1" : "0";
-    snprintf(num[2 + 2 * r], sizeof num[0], "%lld",
+    mb.vals[k] = (const char *)sorted[r].idx;
+    mb.lens[k] = STORE_IDX_LEN;
+    mb.fmts[k] = 1;
+    mb.vals[k + 1] = sorted[r].fenced ? "1" : "0";
+    snprintf(mb.num[2 + 2 * r], sizeof mb.num[0], "%lld",
              (long long)(sorted[r].fenced ? sorted[r].fence.attempts : 0));
-    vals[k + 2] = num[2 + 2 * r];
-    snprintf(num[3 + 2 * r], sizeof num[0], "%.17g", sorted[r].fenced ? sorted[r].fence.lease_end : 0);
-    vals[k + 3] = num[3 + 2 * r];
+    mb.vals[k + 2] = mb.num[2 + 2 * r];
+    snprintf(mb.num[3 + 2 * r], sizeof mb.num[0], "%.17g", sorted[r].fenced ? sorted[r].fence.lease_end : 0);
+    mb.vals[k + 3] = mb.num[3 + 2 * r];
   }
-  snprintf(sql + o, sqlcap - o,
+  snprintf(mb.sql + o, mb.cap - o,
            ") AS v(e, f, a, l) WHERE i.ns = $1::text AND i.eidx = v.e AND i.kid = $2::bigint"
            " AND " KID_GUARD " = $2::bigint"
            " AND (v.f = 0 OR (i.state = 'claimed' AND i.attempts = v.a AND i.next_at = v.l))");
-  rc = run_void(q, -1, sql, np, vals, lens, fmts, applied);
-out:
+  rc = run_void(q, -1, mb.sql, np, mb.vals, mb.lens, mb.fmts, applied);
   multi_free(&mb);
-  free(sorted);
   return rc;
 }
 
