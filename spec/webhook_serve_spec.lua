@@ -108,12 +108,19 @@ describe("webhook receivers under oflua serve", function()
     assert.same({ "started svix:msg_stuck" }, lines)
   end
 
-  it("keeps acknowledging while a handler loops", function()
-    local db, key = dir .. "/loop.db", store.keygen()
-    local marker, release = dir .. "/loop.marker", dir .. "/loop.release"
-    local pid, url = serve("loop", h.source_dir .. "/spec/fixtures/servers/stuck_receiver.lua", {},
+  -- A receiver whose "stuck" handler loops until the release file exists,
+  -- with one stuck delivery and 20 quick ones acknowledged (acks_while_stuck).
+  local function stuck_loop(name)
+    local db, key = ("%s/%s.db"):format(dir, name), store.keygen()
+    local marker, release = ("%s/%s.marker"):format(dir, name), ("%s/%s.release"):format(dir, name)
+    local pid, url = serve(name, h.source_dir .. "/spec/fixtures/servers/stuck_receiver.lua", {},
       { store = db, key = key, secret = SECRET, marker = marker, mode = "loop", release = release })
     acks_while_stuck(url, marker)
+    return db, key, marker, release, pid
+  end
+
+  it("keeps acknowledging while a handler loops", function()
+    local db, key, marker, release, pid = stuck_loop("loop")
     -- let the loop end: the 20 waiting events are handled after it
     h.write_file(release, "")
     assert.truthy(eventually(function() return #marker_lines(marker) == 22 end),
@@ -126,11 +133,7 @@ describe("webhook receivers under oflua serve", function()
   end)
 
   it("hands the events waiting for a stuck tick back to the inbox when the server stops", function()
-    local db, key = dir .. "/stop.db", store.keygen()
-    local marker, release = dir .. "/stop.marker", dir .. "/stop.release"
-    local pid, url = serve("stop", h.source_dir .. "/spec/fixtures/servers/stuck_receiver.lua", {},
-      { store = db, key = key, secret = SECRET, marker = marker, mode = "loop", release = release })
-    acks_while_stuck(url, marker)
+    local db, key, _, release, pid = stuck_loop("stop")
     -- the 20 went to the tick in memory, claimed (handoff): nobody else runs them
     local st <close> = assert(store.open({ path = db, key = key }))
     local claimed = 0
