@@ -100,6 +100,9 @@ typedef struct oflua_wait_api {
   void *(*answer_ref)(lua_State *L, int idx);
   void (*answer_unref)(void *a);
   void (*complete_answer)(struct oflua_waiter *w, void *a);
+  /* batch(1) ... batch(0) around the completions of one batch, on one
+   * thread: the workers are woken once, at batch(0) (server_wait.h) */
+  void (*batch)(int on);
 } oflua_wait_api;
 #define OFLUA_REG_WAIT_API "oflua.wait_api"
 /* The metatable of server.answer's prepared answers (checked by the store). */

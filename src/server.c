@@ -1038,6 +1038,8 @@ static void server_free(server *s) {
   for (size_t i = 0; i < sizeof rs / sizeof rs[0]; i++)
     if (rs[i] != NULL) MHD_destroy_response(rs[i]);
   if (s->sync_ready) {
+    /* a committer ending its batch may still wake the (stopped) workers */
+    while (atomic_load(&s->deferred_wakes) > 0) oflua__sleep(0.001);
     pthread_mutex_destroy(&s->qmu);
     pthread_mutex_destroy(&s->ip_mu);
     pthread_cond_destroy(&s->qcv);

@@ -129,7 +129,7 @@ struct worker {
   int busy;            /* held by a thread (its worker or an I/O thread): qmu */
   job *pending;        /* moved off an I/O thread, to continue here: qmu */
   int waiting;         /* its thread sleeps on srv->qcv: qmu (wake only then) */
-  double wake_at;      /* ... until then (0: until woken): qmu */
+  double wake_at;      /* ... until then (at most WORKER_WATCH_S ahead): qmu */
   double parked_soonest; /* earliest deadline of a job an I/O thread parked here
                             since the VM was lent (0: none): by the holder */
   job *cur;            /* running */
@@ -179,6 +179,7 @@ struct server {
   atomic_long n_head_timeouts, n_body_timeouts, n_bad_requests, n_too_large, n_budget,
       n_handler_timeouts, n_mhd_warnings, n_requests, n_answered_early;
   atomic_long early_running; /* handlers answered early that have not ended (stop waits) */
+  atomic_int deferred_wakes; /* wakes of its workers held until a batch ends (free waits) */
   /* Background VM running the script's tick() every tick_interval seconds
    * (loaded from the same script as the workers, on its own thread). */
   lua_State *tickL;

@@ -62,6 +62,11 @@ void oflua_wait_complete(oflua_waiter *w);
  * Else (the wait ended before the park, the handler runs inline or blocks)
  * it is oflua_wait_complete. */
 void oflua_wait_complete_answer(oflua_waiter *w, void *answer);
+/* oflua_wait_batch(1) ... oflua_wait_batch(0), on one thread, around the
+ * completions of a batch (a committer answering the waiters of one
+ * commit): the handlers are resumed as usual, but their sleeping workers
+ * are woken once, at oflua_wait_batch(0), not once per completion. */
+void oflua_wait_batch(int on);
 int oflua_wait_park(lua_State *L, oflua_waiter *w, lua_KFunction k, lua_KContext ctx);
 
 /* Call before blocking the thread (a C call that may take long and cannot

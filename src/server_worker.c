@@ -361,6 +361,42 @@ void srv_enqueue(server *s, job *j) {
 /* A parked job whose wait completed goes to its worker's ready list
  * (called with wait_mu held). */
 static worker *job_worker(job *j);
+/* Between oflua_wait_batch(1) and oflua_wait_batch(0) (a committer
+ * completing the waiters of one batch), the wakes of sleeping workers wait
+ * until the batch ends: its answers go out first, and each worker is woken
+ * once per batch rather than once per request (each wake would preempt the
+ * committer). The jobs are on their ready lists at once. */
+#define DEFER_MAX 8
+static _Thread_local int defer_on, ndefer;
+static _Thread_local server *defer_srv[DEFER_MAX];
+
+/* (with s->qmu) 1: s's workers are woken when the batch ends */
+static int defer_wake(server *s) {
+  if (!defer_on) return 0;
+  for (int i = 0; i < ndefer; i++)
+    if (defer_srv[i] == s) return 1;
+  if (ndefer == DEFER_MAX) return 0;
+  atomic_fetch_add(&s->deferred_wakes, 1); /* server_free waits for it */
+  defer_srv[ndefer++] = s;
+  return 1;
+}
+
+void oflua_wait_batch(int on) {
+  if (on) {
+    defer_on = 1;
+    return;
+  }
+  defer_on = 0;
+  for (int i = 0; i < ndefer; i++) {
+    server *s = defer_srv[i];
+    pthread_mutex_lock(&s->qmu);
+    pthread_cond_broadcast(&s->qcv);
+    pthread_mutex_unlock(&s->qmu);
+    atomic_fetch_sub(&s->deferred_wakes, 1);
+  }
+  ndefer = 0;
+}
+
 static void push_ready(job *j) {
   worker *w = job_worker(j);
   server *s = j->srv;
@@ -369,15 +405,22 @@ static void push_ready(job *j) {
   w->ready = j;
   j->on_ready = 1;
   /* A worker that is running (or lent to an I/O thread, which hands it
-   * back through srv_release_vm) sees its ready list before it sleeps: a
-   * committer completing a batch wakes it once, not once per request. */
-  if (w->waiting) pthread_cond_broadcast(&s->qcv);
+   * back through srv_release_vm) sees its ready list before it sleeps. */
+  if (w->waiting && !defer_wake(s)) pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
 
 /* ==== running handlers ===================================================== */
 
 #define HOOK_COUNT 1000
+
+/* A worker thread never sleeps longer than this: it then looks at the
+ * deadlines of the jobs parked on its VM (abandoned once past). So an I/O
+ * thread that parks a job on a borrowed VM wakes the worker only when that
+ * job's deadline comes sooner (a handler_timeout under this); otherwise each
+ * inline handler that parks (every durable delivery) would wake it for
+ * nothing. Idle, each worker wakes once per WORKER_WATCH_S. */
+#define WORKER_WATCH_S 1.0
 
 /* The worker a parked job belongs to: its coroutine's VM. Kept in the
  * coroutine's extra space (set when the coroutine is made). */
@@ -717,13 +760,11 @@ void srv_release_vm(worker *w) {
   w->busy = 0;
   /* The worker thread sleeps: wake it for work, or when a job parked here
    * meanwhile is due before its sleep ends (its time limit is kept there). */
-  int due_sooner = w->parked_soonest > 0 && (w->wake_at == 0 || w->parked_soonest < w->wake_at);
-  /* (an untimed sleep with parked jobs: it slept while lent, when deadlines
-   * are not watched; once awake it sleeps until the next one) */
-  int unwatched = w->wake_at == 0 && w->nparked > 0;
+  /* (its sleeps last at most WORKER_WATCH_S: a job parked with a later
+   * deadline, the usual case, needs no wake) */
+  int due_sooner = w->parked_soonest > 0 && w->parked_soonest < w->wake_at;
   w->parked_soonest = 0;
-  if (w->waiting &&
-      (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner || unwatched))
+  if (w->waiting && (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner))
     pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
@@ -756,7 +797,7 @@ static const oflua_wait_api wait_api = {oflua_wait_begin,   oflua_wait_complete,
                                          oflua_wait_park,    oflua_wait_timer,
                                          oflua_wait_can_park, offload,
                                          srv_prepared_ref,   srv_prepared_unref,
-                                         oflua_wait_complete_answer};
+                                         oflua_wait_complete_answer, oflua_wait_batch};
 
 void srv_install_wait_api(lua_State *V) {
   lua_pushlightuserdata(V, (void *)&wait_api);
@@ -771,9 +812,13 @@ static void *worker_main(void *arg) {
   pthread_mutex_lock(&s->qmu);
   for (;;) {
     if (w->busy) { /* lent to an I/O thread for an inline run */
+      /* parked jobs are not watched while lent (the timed sleep: see
+       * WORKER_WATCH_S) */
+      struct timespec ts;
+      oflua__mono_deadline(&ts, WORKER_WATCH_S);
       w->waiting = 1;
-      w->wake_at = 0; /* parked jobs are not watched while lent */
-      pthread_cond_wait(&s->qcv, &s->qmu);
+      w->wake_at = oflua__mono_now() + WORKER_WATCH_S;
+      pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
       w->waiting = 0;
       continue;
     }
@@ -859,17 +904,13 @@ static void *worker_main(void *arg) {
       s->qtail = NULL;
       break;
     }
-    if (next > 0) {
-      struct timespec ts;
-      oflua__mono_deadline(&ts, next - now + 0.001);
-      w->waiting = 1;
-      w->wake_at = next;
-      pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
-    } else {
-      w->waiting = 1;
-      w->wake_at = 0;
-      pthread_cond_wait(&s->qcv, &s->qmu);
-    }
+    /* (at most WORKER_WATCH_S: see there) */
+    if (next == 0 || next > now + WORKER_WATCH_S) next = now + WORKER_WATCH_S;
+    struct timespec ts;
+    oflua__mono_deadline(&ts, next - now + 0.001);
+    w->waiting = 1;
+    w->wake_at = next;
+    pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
     w->waiting = 0;
   }
   atomic_store(&w->exited, 1);

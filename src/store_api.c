@@ -1403,6 +1403,7 @@ static int store_inbox_add_grouped(lua_State *L) {
   it->answer = api->answer_ref(L, 4); /* NULL without one */
   struct oflua_waiter *w = api->begin(L, grouped_release, it); /* on error it frees it */
   it->complete = grouped_complete;
+  it->batch = api->batch;
   it->token = w;
   if (store_group_submit(s->group, it) != 0) {
     it->rc = 1;

@@ -395,10 +395,16 @@ static void complete_batch(store_group *g, int n, int rc, const char *err) {
   if (blocking) pthread_cond_broadcast(&g->done);
   /* Items with a completion function are ours until completed. */
   int m = 0;
+  void (*batch)(int) = NULL;
   for (int i = 0; i < n; i++)
-    if (g->batch[i]->complete != NULL) g->batch[m++] = g->batch[i];
+    if (g->batch[i]->complete != NULL) {
+      if (batch == NULL) batch = g->batch[i]->batch;
+      g->batch[m++] = g->batch[i];
+    }
   pthread_mutex_unlock(&g->mu);
+  if (batch != NULL) batch(1);
   for (int i = 0; i < m; i++) g->batch[i]->complete(g->batch[i]);
+  if (batch != NULL) batch(0);
 }
 
 static void *committer(void *arg) {

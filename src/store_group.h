@@ -68,6 +68,9 @@ struct group_item {
    * and err are set; after it the committer never touches the item. NULL:
    * a blocking caller waits in store_group_wait. */
   void (*complete)(group_item *it);
+  /* optional, with complete: batch(1) before the completions of a batch
+   * and batch(0) after them (oflua_wait_batch: one wake per worker) */
+  void (*batch)(int on);
   void *token;
   const void *aux;
   void *answer; /* the caller's: sent once the row is committed as new (store_api.c) */
