@@ -154,6 +154,24 @@ describe("webhook receivers under oflua serve", function()
     h.write_file(release, "")
   end)
 
+  it("wakes its tick for each new event instead of waiting for tick_interval", function()
+    -- tick_interval is an hour: past the first tick (as the server starts),
+    -- only the doorbell the committer rings for each new event can run them
+    local marker = dir .. "/ring.marker"
+    local pid, url = serve("ring", h.source_dir .. "/spec/fixtures/servers/stuck_receiver.lua", {},
+      { store = dir .. "/ring.db", key = store.keygen(), secret = SECRET, marker = marker, mode = "loop",
+        release = dir .. "/ring.release", tick_interval = 3600 })
+    for i = 1, 3 do
+      local s, b = deliver(url .. "/", "quick", "msg_ring" .. i)
+      assert.equal(200, s)
+      assert.equal("accepted", b.status)
+      assert.truthy(eventually(function() return h.slurp(marker):find("quick svix:msg_ring" .. i, 1, true) end, 10),
+        "event " .. i .. " was not handled: " .. h.slurp(marker))
+    end
+    os.execute("kill -TERM " .. pid)
+    assert.truthy(eventually(function() return not alive(pid) end), "the server did not stop")
+  end)
+
   it("keeps acknowledging while a handler's OFAuth call hangs", function()
     local api_key = "sk_test_" .. require("oflua.crypto").hex(require("oflua.crypto").random(8))
     local emu = emulator({ OFAUTH_API_KEY = api_key })

@@ -1471,6 +1471,10 @@ static int server_listen(lua_State *L) {
       pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
       pthread_cond_init(&s->tick_cv, &ca);
       pthread_condattr_destroy(&ca);
+      s->tick_ring.ring = srv_tick_ring;
+      s->tick_ring.ctx = s;
+      lua_pushlightuserdata(s->tickL, &s->tick_ring);
+      lua_setfield(s->tickL, LUA_REGISTRYINDEX, OFLUA_REG_TICK_RING);
     }
   }
   if (err[0] != '\0') return listen_fail(L, u, o.handle_signals, err);

@@ -190,6 +190,8 @@ struct server {
   int tick_stop;
   pthread_mutex_t tick_mu;
   pthread_cond_t tick_cv;
+  atomic_int tick_rung;      /* its doorbell rang since its last run began */
+  oflua_tick_ring tick_ring; /* (in the tick VM's registry) */
   int leaked; /* a thread did not stop: keep this memory (process exits) */
   int io_stuck; /* an I/O thread is still in a handler: MHD is not stopped */
 };
@@ -209,6 +211,7 @@ void srv_enqueue(server *s, job *j);
  * returns 0 if every worker stopped (VMs closed), -1 if one is stuck. */
 int srv_workers_stop(server *s, double deadline);
 void *srv_tick_main(void *arg);
+void srv_tick_ring(void *ctx);
 void srv_tick_signal(server *s);
 int srv_tick_stop(server *s, double deadline);
 int srv_sleep(lua_State *L);

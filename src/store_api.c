@@ -247,7 +247,10 @@ static store_handle *check_open(lua_State *L, int idx) {
 
 static void store_shut(store_handle *s) {
   if (s->group != NULL) {
-    if (store_group_ours(s->group)) store_group_unref(s->group);
+    if (store_group_ours(s->group)) {
+      store_group_ring_clear(s->group, s);
+      store_group_unref(s->group);
+    }
     s->group = NULL;
   }
   if (s->db != NULL) {
@@ -1324,6 +1327,8 @@ static int grouped_k(lua_State *L, int status, lua_KContext ctx) {
 static int handle_group(lua_State *L, store_handle *s) {
   if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
   if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
+    store_group_ring_clear(s->group, s);
+    s->ring_group = NULL;
     store_group_unref(s->group);
     s->group = NULL;
   }
@@ -1749,6 +1754,14 @@ static int inbox_claim(lua_State *L, int grouped) {
   if (shared) {
     int g = handle_group(L, s);
     if (g < 0) return -g;
+    /* in a server's tick VM: rows handed off from now on wake its tick */
+    lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_TICK_RING);
+    const oflua_tick_ring *ring = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (ring != NULL && s->ring_group != s->group) {
+      store_group_ring_set(s->group, ring, s);
+      s->ring_group = s->group;
+    }
   }
   /* Handoff rows first, without reading the inbox (their done marks go to
    * the committer's queue on SQLite, in a transaction of this handle's own

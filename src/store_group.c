@@ -15,6 +15,7 @@
  * Lock order: reg_mu, then g->mu. Items are completed outside g->mu.
  */
 #include "store_group.h"
+#include "internal.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -43,6 +44,8 @@ struct store_group {
   /* handoff rows committed claimed, for the next grouped claim */
   group_ready *rhead, *rtail;
   size_t rcount, rbytes;
+  const oflua_tick_ring *ring; /* rung when rows go on the list (under mu) */
+  const void *ring_owner;
   /* After the last unref: set by the committer once it has nothing left to
    * do (queue empty, done marks applied, ready rows released); the unref
    * waits for it (bounded), and the group outlives its waiters. */
@@ -252,13 +255,18 @@ static void prepare_handoff(store_group *g, int n) {
 }
 
 /* After the insert (rc): the new handoff rows go on the ready list; the
- * others' ready rows (a duplicate, a failed batch) are dropped. */
+ * others' ready rows (a duplicate, a failed batch) are dropped. New rows the
+ * tick can take (handed off, or pending) ring its doorbell. */
 static void ready_add(store_group *g, int n, int rc) {
+  int added = 0;
   pthread_mutex_lock(&g->mu);
   for (int i = 0; i < n; i++) {
     group_ready *r = g->pre[i];
     g->pre[i] = NULL;
-    if (r == NULL) continue;
+    if (r == NULL) {
+      if (rc >= 0 && g->inserted[i] && strcmp(g->ev[i].state, "pending") == 0) added = 1;
+      continue;
+    }
     if (rc < 0 || !g->inserted[i]) {
       free(r);
       continue;
@@ -269,6 +277,25 @@ static void ready_add(store_group *g, int n, int rc) {
     g->rcount++;
     g->rbytes += sizeof *r + r->elen + r->plen;
     g->st.ready_in++;
+    added = 1;
+  }
+  /* under mu: ring_clear (the tick VM closing) cannot pass meanwhile */
+  if (added && g->ring != NULL) g->ring->ring(g->ring->ctx);
+  pthread_mutex_unlock(&g->mu);
+}
+
+void store_group_ring_set(store_group *g, const oflua_tick_ring *ring, const void *owner) {
+  pthread_mutex_lock(&g->mu);
+  g->ring = ring;
+  g->ring_owner = owner;
+  pthread_mutex_unlock(&g->mu);
+}
+
+void store_group_ring_clear(store_group *g, const void *owner) {
+  pthread_mutex_lock(&g->mu);
+  if (g->ring_owner == owner) {
+    g->ring = NULL;
+    g->ring_owner = NULL;
   }
   pthread_mutex_unlock(&g->mu);
 }

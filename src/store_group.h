@@ -136,6 +136,14 @@ int store_group_take_expired(store_group *g, int max, double now, group_ready **
 void store_group_put_back(store_group *g, group_ready **rows, int n);
 /* Whether the ready list holds any row. */
 int store_group_has_ready(store_group *g);
+/* The doorbell of the tick that takes this group's rows (internal.h's
+ * oflua_tick_ring, from the registry of the VM whose handle `owner` makes
+ * grouped claims): rung after a batch that committed new rows it can take
+ * (put on the ready list, or pending; not rows claimed by their inserter).
+ * ring_clear forgets it if `owner` set it (that handle goes). */
+struct oflua_tick_ring;
+void store_group_ring_set(store_group *g, const struct oflua_tick_ring *ring, const void *owner);
+void store_group_ring_clear(store_group *g, const void *owner);
 /* Queues a list of done items (kind GROUP_DONE) all at once: 0, or -1 when
  * the queue has no room for all of them (none is queued). */
 int store_group_submit_all(store_group *g, group_item *head, int n);
