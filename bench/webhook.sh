@@ -102,8 +102,7 @@ local webhooks = require("ofauth.webhooks")
 local st = assert(require("oflua.store").open({ path = os.getenv("BENCH_STORE"),
   key = os.getenv("BENCH_STORE_KEY") }))
 local mode = os.getenv("BENCH_PROCESS") or "background"
-local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st, process = mode,
-  tick_interval = 0.05 })
+local app = webhooks.app({ secret = os.getenv("BENCH_SECRET"), store = st, process = mode })
 app:on("*", function() end)
 local r = require("oflua.router").new()
 r:post("/webhooks/ofauth", app:handler())
