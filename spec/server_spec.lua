@@ -471,6 +471,21 @@ describe("oflua.server tick", function()
     srv:close()
   end)
 
+  it("lets a long tick see that the server is stopping (server.stopping)", function()
+    local name = fresh_name("stopping")
+    local dict = server.shared(name)
+    assert.is_false(server.stopping()) -- outside a server VM
+    local srv = assert(server.listen({ script = FIX .. "stopping_tick.lua", workers = 1, grace_s = 10,
+      args = { dict = name } }))
+    assert.truthy(eventually(function() return dict:get("ticking") end))
+    local status, body = curl(srv:url() .. "/")
+    assert.same({ 200, "false" }, { status, body })
+    -- the tick ends by itself once stop begins: stop does not abandon it
+    assert.is_true(srv:stop())
+    assert.is_true(dict:get("saw_stop"))
+    srv:close()
+  end)
+
   it("refuses a bad tick_interval with the script's name", function()
     local script = h.write_file(os.tmpname() .. ".lua",
       "return {handler = function() return 200 end, tick = function() end, tick_interval = -1}")

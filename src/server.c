@@ -1359,11 +1359,14 @@ static int init_sync(server *s) {
 }
 
 /* Loads the script into a new VM for worker `id` (0: the tick VM). */
-static lua_State *load_vm(lua_State *L, const listen_opts *o, int id, char *err, size_t errlen) {
+static lua_State *load_vm(server *s, lua_State *L, const listen_opts *o, int id, char *err,
+                          size_t errlen) {
   lua_State *V = oflua__state_new(oflua__state_lua_dir(L), err, errlen);
   if (V == NULL) return NULL;
   lua_gc(V, LUA_GCGEN, 0, 0);
   srv_install_wait_api(V);
+  lua_pushlightuserdata(V, &s->stopping); /* server.stopping() (the VM closes first) */
+  lua_setfield(V, LUA_REGISTRYINDEX, REG_STOPPING);
   /* no traceback: the message names the file and line, and is shown to
    * users of `oflua serve` as one line */
   load_ctx c = {L, o->args_idx, o->script, id};
@@ -1449,7 +1452,7 @@ static int server_listen(lua_State *L) {
     worker *w = &s->workers[i];
     w->srv = s;
     w->id = i + 1;
-    w->L = load_vm(L, &o, w->id, err, sizeof err);
+    w->L = load_vm(s, L, &o, w->id, err, sizeof err);
     if (w->L == NULL) break;
     if (i == 0 && lua_isfunction(w->L, 3))
       s->tick_interval = lua_isnil(w->L, 4) ? 1.0 : (double)lua_tonumber(w->L, 4);
@@ -1457,7 +1460,7 @@ static int server_listen(lua_State *L) {
   }
   if (err[0] == '\0' && s->tick_interval > 0) {
     /* The tick VM: worker id 0, same script and args. */
-    s->tickL = load_vm(L, &o, 0, err, sizeof err);
+    s->tickL = load_vm(s, L, &o, 0, err, sizeof err);
     if (s->tickL != NULL && !lua_isfunction(s->tickL, 3)) {
       snprintf(err, sizeof err, "%s: tick is not a function in every VM", o.script);
       oflua__state_close(s->tickL);
@@ -1551,6 +1554,15 @@ static int server_worker_id(lua_State *L) {
   return 1;
 }
 
+/* server.stopping() -> true once the server running this VM began to stop
+ * (false outside a server VM): a long tick can end early. */
+static int server_stopping(lua_State *L) {
+  lua_getfield(L, LUA_REGISTRYINDEX, REG_STOPPING);
+  const atomic_int *stopping = lua_touserdata(L, -1);
+  lua_pushboolean(L, stopping != NULL && atomic_load(stopping));
+  return 1;
+}
+
 int luaopen_oflua_server(lua_State *L) {
   static const luaL_Reg srv_methods[] = {
       {"port", srv_port}, {"url", srv_url},     {"stop", srv_stop},
@@ -1559,6 +1571,7 @@ int luaopen_oflua_server(lua_State *L) {
                                    {"shared", srv_shared},
                                    {"sleep", srv_sleep},
                                    {"worker_id", server_worker_id},
+                                   {"stopping", server_stopping},
                                    {"answer", server_answer},
                                    {NULL, NULL}};
   if (luaL_newmetatable(L, SERVER_MT)) {

@@ -24,6 +24,7 @@
 #define SERVER_MT "oflua.server"
 #define SHARED_MT "oflua.shared_dict"
 #define REG_WORKER_ID "oflua.server.worker_id"
+#define REG_STOPPING "oflua.server.stopping"
 
 /* ---- server_log.c ---- */
 void srv_log(const char *level, const char *event, int worker_id, const char *k1, const char *v1,
@@ -130,6 +131,7 @@ struct worker {
   job *pending;        /* moved off an I/O thread, to continue here: qmu */
   int waiting;         /* its thread sleeps on srv->qcv: qmu (wake only then) */
   double wake_at;      /* ... until then (at most WORKER_WATCH_S ahead): qmu */
+  double seen_soonest;   /* earliest deadline among its parked jobs at its last look (0: none): qmu */
   double parked_soonest; /* earliest deadline of a job an I/O thread parked here
                             since the VM was lent (0: none): by the holder */
   job *cur;            /* running */

@@ -404,9 +404,10 @@ static void push_ready(job *j) {
   j->qnext = w->ready;
   w->ready = j;
   j->on_ready = 1;
-  /* A worker that is running (or lent to an I/O thread, which hands it
-   * back through srv_release_vm) sees its ready list before it sleeps. */
-  if (w->waiting && !defer_wake(s)) pthread_cond_broadcast(&s->qcv);
+  /* A worker that is running sees its ready list before it sleeps; one
+   * lent to an I/O thread is woken when the VM is handed back
+   * (srv_release_vm). */
+  if (w->waiting && !w->busy && !defer_wake(s)) pthread_cond_broadcast(&s->qcv);
   pthread_mutex_unlock(&s->qmu);
 }
 
@@ -760,9 +761,13 @@ void srv_release_vm(worker *w) {
   w->busy = 0;
   /* The worker thread sleeps: wake it for work, or when a job parked here
    * meanwhile is due before its sleep ends (its time limit is kept there). */
-  /* (its sleeps last at most WORKER_WATCH_S: a job parked with a later
-   * deadline, the usual case, needs no wake) */
-  int due_sooner = w->parked_soonest > 0 && w->parked_soonest < w->wake_at;
+  /* A parked job due before the worker's sleep ends: one parked here
+   * meanwhile, or one it saw parked at its last look (its sleep while the VM
+   * was lent did not watch them). Its sleeps last at most WORKER_WATCH_S: a
+   * job parked with a later deadline, the usual case, needs no wake. */
+  double soonest = w->parked_soonest;
+  if (w->seen_soonest > 0 && (soonest == 0 || w->seen_soonest < soonest)) soonest = w->seen_soonest;
+  int due_sooner = soonest > 0 && soonest < w->wake_at;
   w->parked_soonest = 0;
   if (w->waiting && (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner))
     pthread_cond_broadcast(&s->qcv);
@@ -891,6 +896,7 @@ static void *worker_main(void *arg) {
       p = pn;
     }
     if (expired) continue;
+    w->seen_soonest = next;
     if (s->qstop) {
       /* drop what is still queued (answered by stop) */
       while (s->qhead != NULL) {

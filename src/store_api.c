@@ -818,7 +818,7 @@ static int store_transaction(lua_State *L) {
   luaL_checktype(L, 2, LUA_TFUNCTION);
   lua_settop(L, 2);
   READY(L, s);
-  int rc = s->be->tx_begin(s->c, 1);
+  int rc = s->be->tx_begin(s->c, STORE_TX_EXCLUSIVE);
   if (rc < 0) return push_be(L, s, rc);
   s->utx++;
   lua_pushvalue(L, 2);
@@ -1007,7 +1007,7 @@ static int store_rekey(lua_State *L) {
     rekey_release(r);
     return push_err(L, "db", "oflua.store: key derivation failed");
   }
-  int rc = s->be->tx_begin(s->c, 1);
+  int rc = s->be->tx_begin(s->c, STORE_TX_EXCLUSIVE);
   if (rc < 0) {
     rekey_release(r);
     return push_be(L, s, rc);
@@ -1328,7 +1328,6 @@ static int handle_group(lua_State *L, store_handle *s) {
   if (s->group != NULL && !store_group_ours(s->group)) s->group = NULL; /* forked */
   if (s->group != NULL && s->group_kid != s->kid) { /* rekeyed through this handle */
     store_group_ring_clear(s->group, s);
-    s->ring_group = NULL;
     store_group_unref(s->group);
     s->group = NULL;
   }
@@ -1645,7 +1644,7 @@ static int mark_own(store_handle *s, const claim_done *done, int ndone, double n
   store_conn *c = s->c;
   if (ndone == 0) return 0;
   store_mark *m = be->inbox_done_many != NULL ? malloc((size_t)ndone * sizeof *m) : NULL;
-  int rc = be->tx_begin(c, 0);
+  int rc = be->tx_begin(c, STORE_TX_RELAXED); /* a lost mark: the event runs again */
   if (m != NULL) { /* one statement */
     for (int i = 0; i < ndone; i++) {
       memcpy(m[i].idx, done[i].idx, sizeof m[i].idx);
@@ -1754,14 +1753,12 @@ static int inbox_claim(lua_State *L, int grouped) {
   if (shared) {
     int g = handle_group(L, s);
     if (g < 0) return -g;
-    /* in a server's tick VM: rows handed off from now on wake its tick */
+    /* in a server's tick VM: new rows for it wake its tick (set at every
+     * claim: another handle that set it since may have gone, clearing it) */
     lua_getfield(L, LUA_REGISTRYINDEX, OFLUA_REG_TICK_RING);
     const oflua_tick_ring *ring = lua_touserdata(L, -1);
     lua_pop(L, 1);
-    if (ring != NULL && s->ring_group != s->group) {
-      store_group_ring_set(s->group, ring, s);
-      s->ring_group = s->group;
-    }
+    if (ring != NULL) store_group_ring_set(s->group, ring, s);
   }
   /* Handoff rows first, without reading the inbox (their done marks go to
    * the committer's queue on SQLite, in a transaction of this handle's own

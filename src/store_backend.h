@@ -27,6 +27,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#define STORE_TX_EXCLUSIVE 1 /* tx_begin flags: see there */
+#define STORE_TX_RELAXED 2
+
 /* strerror for messages, thread-safe (opens run on server worker threads):
  * the text lives until the end of the enclosing block. */
 #define STORE_STRERROR(e) oflua__strerror((e), (char[128]){0}, 128)
@@ -153,11 +156,18 @@ typedef struct store_backend {
   /* Sets the key id and key check (rekey, inside its transaction). */
   int (*meta_set)(store_conn *c, int64_t kid, store_cbytes check);
 
-  /* exclusive (s:transaction): the outermost level also excludes every
-   * other exclusive transaction on the database, as SQLite's BEGIN
-   * IMMEDIATE does, so a read-modify-write in Lua is never a lost update
-   * (PostgreSQL: an advisory lock; READ COMMITTED alone would allow it). */
-  int (*tx_begin)(store_conn *c, int exclusive);
+  /* flags, for the outermost level:
+   * STORE_TX_EXCLUSIVE (s:transaction): it also excludes every other
+   * exclusive transaction on the database, as SQLite's BEGIN IMMEDIATE
+   * does, so a read-modify-write in Lua is never a lost update
+   * (PostgreSQL: an advisory lock; READ COMMITTED alone would allow it).
+   * STORE_TX_RELAXED: its commit need not wait for the disk, for writes a
+   * crash may lose at no other cost than work done again (done marks:
+   * their events run again). PostgreSQL: synchronous_commit off for it
+   * (what it commits is still never seen before what was committed
+   * before it); SQLite: nothing (in WAL mode with synchronous=NORMAL no
+   * commit waits for the disk). */
+  int (*tx_begin)(store_conn *c, int flags);
   int (*tx_commit)(store_conn *c);
   int (*tx_rollback)(store_conn *c);
   int (*tx_depth)(store_conn *c);

@@ -12,7 +12,9 @@
  * and frees it when no handle refers to it and its queue is empty (so an
  * item of an abandoned handler is still completed, and a test process that
  * opens many stores does not keep a thread and a connection for each).
- * Lock order: reg_mu, then g->mu. Items are completed outside g->mu.
+ * Lock order: reg_mu, then g->mu. Items are completed outside g->mu. The
+ * tick's doorbell (g->ring) is rung with conn_mu and g->mu held and takes
+ * the server's tick_mu: it must never call back into the store.
  */
 #include "store_group.h"
 #include "internal.h"
@@ -179,7 +181,8 @@ static void flush_done(store_group *g) {
     char err[256];
     c = g->conn = g->be->open(&g->opts, err, sizeof err);
   }
-  int rc = c != NULL ? g->be->tx_begin(c, 0) : STORE_EUNAVAIL;
+  /* relaxed: a mark lost in a crash only makes its event run again */
+  int rc = c != NULL ? g->be->tx_begin(c, STORE_TX_RELAXED) : STORE_EUNAVAIL;
   if (rc >= 0 && g->be->inbox_done_many != NULL) { /* one statement (n <= GROUP_DONE_BATCH) */
     store_mark m[GROUP_DONE_BATCH];
     int k = 0;

@@ -69,7 +69,6 @@ typedef struct {
   struct store_group *group;
   int64_t group_kid;
   double claim_sql_at; /* monotonic time of this handle's last grouped claim that read the inbox */
-  struct store_group *ring_group; /* the group this handle gave its VM's tick doorbell to */
 } store_handle;
 
 /* Length-prefixed concatenation: the AAD of a box and the input of a blind

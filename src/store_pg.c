@@ -490,10 +490,12 @@ static void pg_version(store_conn *c, char *buf, size_t len) {
 
 #define TX_LOCK "SELECT pg_advisory_xact_lock(7020349591834206562)"
 
-static int pg_tx_begin(store_conn *c, int exclusive) {
+static int pg_tx_begin(store_conn *c, int flags) {
   pg_conn *q = PG(c);
-  char sql[96];
-  if (q->depth == 0) snprintf(sql, sizeof sql, exclusive ? "BEGIN; " TX_LOCK : "BEGIN");
+  char sql[160];
+  if (q->depth == 0)
+    snprintf(sql, sizeof sql, "BEGIN%s%s", flags & STORE_TX_EXCLUSIVE ? "; " TX_LOCK : "",
+             flags & STORE_TX_RELAXED ? "; SET LOCAL synchronous_commit TO OFF" : "");
   else snprintf(sql, sizeof sql, "SAVEPOINT oflua_%d", q->depth);
   int rc = run_void(q, -1, sql, 0, NULL, NULL, NULL, NULL);
   if (rc == 0) q->depth++;

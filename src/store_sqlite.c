@@ -498,8 +498,8 @@ static int sp_exec(sq_conn *q, const char *verb) {
   return simple_exec(q, sql);
 }
 
-static int sq_tx_begin(store_conn *c, int exclusive) {
-  (void)exclusive; /* BEGIN IMMEDIATE: every transaction holds the write lock */
+static int sq_tx_begin(store_conn *c, int flags) {
+  (void)flags; /* BEGIN IMMEDIATE: every transaction holds the write lock */
   sq_conn *q = SQ(c);
   if (q->depth == 0) {
     if (!sqlite3_get_autocommit(q->db)) return STORE_EDB;

@@ -218,6 +218,18 @@ local function early_answer(self)
   return self.early or nil
 end
 
+-- Whether the server running this VM began to stop (false outside one): a
+-- tick with a backlog then ends after its current batch instead of running
+-- up to tick_budget while stop waits for it.
+local server_stopping
+local function stopping()
+  if server_stopping == nil then
+    local ok, server = pcall(require, "oflua.server")
+    server_stopping = ok and type(server) == "table" and server.stopping or false
+  end
+  return server_stopping and server_stopping() or false
+end
+
 local function tick_dict()
   local ok, server = pcall(require, "oflua.server")
   if not ok or type(server) ~= "table" or not server.shared then return nil end
@@ -631,7 +643,7 @@ function App:run_tick()
     repeat
       local done, failed = self:process(self.drain_batch, carry)
       if not done then error(failed) end
-    until done + failed == 0 or monotonic() - started >= self.tick_budget
+    until done + failed == 0 or monotonic() - started >= self.tick_budget or stopping()
   end)
   self:mark_done(carry) -- (empty unless the budget ran out or a handler raised)
   if not ok then -- (every tick while the store is unavailable: a sample)
