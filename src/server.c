@@ -78,6 +78,23 @@ static void set_phase(conn_track *t, int phase, double secs) {
 
 /* ---- connections ---------------------------------------------------------- */
 
+_Static_assert(sizeof(((conn_track *)0)->addr) >= INET6_ADDRSTRLEN, "conn_track.addr is too short");
+
+/* The client's address of conn as text into addr ("" if unknown). */
+static void addr_text(struct MHD_Connection *conn, char addr[static INET6_ADDRSTRLEN]) {
+  addr[0] = '\0';
+  const union MHD_ConnectionInfo *ci =
+      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+  if (ci == NULL || ci->client_addr == NULL) return;
+  const struct sockaddr *sa = ci->client_addr;
+  if (sa->sa_family == AF_INET)
+    inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, addr,
+              INET6_ADDRSTRLEN);
+  else if (sa->sa_family == AF_INET6)
+    inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, addr,
+              INET6_ADDRSTRLEN);
+}
+
 static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_context,
                           enum MHD_ConnectionNotificationCode code) {
   server *s = cls;
@@ -87,6 +104,7 @@ static void on_connection(void *cls, struct MHD_Connection *conn, void **socket_
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
     t->fd = ci != NULL ? (int)ci->connect_fd : -1;
+    addr_text(conn, t->addr); /* once, not per request on a kept-alive connection */
     set_phase(t, PHASE_HEAD, s->head_timeout);
     pthread_mutex_lock(&s->conn_mu);
     t->next = s->conns;
@@ -580,18 +598,10 @@ static enum MHD_Result reject(server *s, struct MHD_Connection *conn, atomic_lon
 
 /* Copies what the handler needs out of MHD's connection memory. */
 static int build_request(job *r, struct MHD_Connection *conn, const char *method) {
-  char addr[INET6_ADDRSTRLEN] = "";
-  const union MHD_ConnectionInfo *ci =
-      MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-  if (ci != NULL && ci->client_addr != NULL) {
-    const struct sockaddr *sa = ci->client_addr;
-    if (sa->sa_family == AF_INET)
-      inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, addr,
-                sizeof addr);
-    else if (sa->sa_family == AF_INET6)
-      inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, addr,
-                sizeof addr);
-  }
+  char own[INET6_ADDRSTRLEN];
+  const char *addr = own;
+  if (r->ct != NULL) addr = r->ct->addr;
+  else addr_text(conn, own); /* (an untracked connection) */
   /* the head is as on_head measured it (copy_header stops at count) */
   size_t mlen = strlen(method), alen = strlen(addr), count = r->head_count;
   size_t total = count * sizeof(oflua_header) + r->head_bytes + mlen + alen + 2;

@@ -67,6 +67,7 @@ struct conn_track {
   int killed;
   atomic_llong deadline_ms; /* monotonic ms; 0: none */
   atomic_int phase;         /* PHASE_* */
+  char addr[46];            /* the client's address as text (INET6_ADDRSTRLEN), once */
 };
 enum { PHASE_NONE = 0, PHASE_HEAD, PHASE_BODY };
 
