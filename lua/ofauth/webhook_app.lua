@@ -376,12 +376,11 @@ local function call_limited(limit, fn, ...)
   if not limit or limit <= 0 then return xpcall(fn, debug.traceback, ...) end
   local deadline = monotonic() + limit
   local timed_out = false
-  local msg = ("handler timed out after %g s"):format(limit)
   local co = coroutine.create(function(...) return xpcall(fn, debug.traceback, ...) end)
   debug.sethook(co, function()
     if monotonic() > deadline then
       timed_out = true
-      error(msg, 2)
+      error(("handler timed out after %g s"):format(limit), 2) -- (formatted only then)
     end
   end, "", 1000)
   local r = tpack(coroutine.resume(co, ...))
