@@ -119,9 +119,9 @@ static inline const oflua_wait_api *oflua__wait_api(lua_State *L) {
  * VM (OFLUA_REG_TICK_RING; absent elsewhere). ring(ctx), from any thread,
  * never blocking for long, asks the tick thread for a run soon:
  * TICK_RING_GAP_S (server_worker.c) after its previous run ended (at once
- * if that is past) instead of tick_interval after it. Valid while that VM is open. The store rings it when it
- * commits new inbox rows this process's tick can take: handed off to it, or
- * pending (store_group.c). */
+ * if that is past) instead of tick_interval after it. Valid while that VM
+ * is open. The store rings it when it commits new inbox rows this
+ * process's tick can take: handed off to it, or pending (store_group.c). */
 typedef struct oflua_tick_ring {
   void (*ring)(void *ctx);
   void *ctx;

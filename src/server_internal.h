@@ -132,7 +132,8 @@ struct worker {
   job *pending;        /* moved off an I/O thread, to continue here: qmu */
   int waiting;         /* its thread sleeps on srv->qcv: qmu (wake only then) */
   double wake_at;      /* ... until then (at most WORKER_WATCH_S ahead): qmu */
-  double seen_soonest;   /* earliest deadline among its parked jobs at its last look (0: none): qmu */
+  double seen_soonest;   /* earliest deadline of its parked jobs at its last look
+                            (0: none): qmu */
   double parked_soonest; /* earliest deadline of a job an I/O thread parked here
                             since the VM was lent (0: none): by the holder */
   job *cur;            /* running */
