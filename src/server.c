@@ -423,9 +423,9 @@ static int answer_tostring(lua_State *L) {
   return 1;
 }
 
-void srv_answer_status(job *r, unsigned status) {
+int srv_answer_status(job *r, unsigned status) {
   server *s = r->srv;
-  srv_answer(r, status, status == 503 ? s->r503 : s->r500, 0);
+  return srv_answer(r, status, status == 503 ? s->r503 : s->r500, 0);
 }
 
 struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, int worker_id) {

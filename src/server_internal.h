@@ -231,7 +231,7 @@ void srv_install_wait_api(lua_State *V); /* in a new VM, before anything runs */
 /* server.c: answers (once) and resumes the suspended connection; takes the
  * response (destroyed if the job was already answered). */
 int srv_answer(job *j, unsigned status, struct MHD_Response *mr, int owned);
-void srv_answer_status(job *j, unsigned status); /* a static 500/503 */
+int srv_answer_status(job *j, unsigned status); /* a static 500/503; 0: answered before */
 void srv_job_unref(job *j);
 /* Builds the MHD response for a handler's answer (worker thread). */
 struct MHD_Response *srv_build_response(server *s, oflua_http_response *resp, int worker_id);

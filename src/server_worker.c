@@ -542,9 +542,13 @@ static void abandon(worker *w, job *j, const char *why) {
   if (j->prep != NULL) { /* its client has its answer: only the rest is cut */
     srv_log("warn", "handler_cut_after_answer", w->id, "reason", why, NULL, NULL);
   } else {
+    /* counted before the answer can reach the client; not when the monitor
+     * answered first (it counted and logged it) or the client went away */
     atomic_fetch_add(&w->srv->n_handler_timeouts, 1);
-    srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
-    srv_answer_status(j, 503);
+    if (srv_answer_status(j, 503))
+      srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
+    else
+      atomic_fetch_sub(&w->srv->n_handler_timeouts, 1);
   }
   job_done(w, j, 0);
 }
