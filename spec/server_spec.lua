@@ -481,7 +481,8 @@ describe("oflua.server tick", function()
     local status, body = curl(srv:url() .. "/")
     assert.same({ 200, "false" }, { status, body })
     -- the tick ends by itself once stop begins: stop does not abandon it
-    assert.is_true(srv:stop())
+    -- (it would loop until the 10 s grace ends, without saw_stop)
+    srv:stop()
     assert.is_true(dict:get("saw_stop"))
     srv:close()
   end)
@@ -520,6 +521,18 @@ describe("oflua.server stop", function()
     srv:close()
     srv:close()
     assert.has_error(function() srv:port() end, "server is closed")
+  end)
+
+  it("counts the parked handlers a stop cuts past its grace as handler timeouts", function()
+    -- three handlers parked for 100 s; stop's grace (0.3 s) answers them 503
+    -- and the workers then cut them: each is counted once
+    local srv = assert(server.listen({ script = FIX .. "late_sleep.lua", workers = 2, handler_timeout = 60 }))
+    os.execute(("curl -s -Z --parallel-immediate --parallel-max 3 -o /dev/null %s >/dev/null 2>&1 &")
+      :format(shq(srv:url() .. "/[1-3]?t=100")))
+    assert.truthy(eventually(function() return srv:stats().inflight == 3 end, 10))
+    srv:stop(0.3)
+    assert.equal(3, srv:stats().handler_timeouts)
+    srv:close()
   end)
 
   it("finishes each parked handler once when its wait completes as its deadline passes", function()

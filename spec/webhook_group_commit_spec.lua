@@ -3,10 +3,10 @@
 -- delivery of its batch 503 and none 200. A trigger makes the database
 -- refuse inserts once the inbox holds 10 rows (as a full disk would: SQLite
 -- RAISE(ABORT), PostgreSQL RAISE EXCEPTION); 3 deliveries arrive one at a
--- time, then 57 more 16 at a time. Then: every delivery answered 200 is in the inbox, none answered 503
--- is, and the rows of the failed batches (the committer's failed_rows
--- counter) are exactly the 503 answers, so no batch was half-committed or
--- half-acknowledged. Once the trigger is gone the sender's retries are
+-- time, then 57 more 16 at a time. Then: every delivery answered 200 is in
+-- the inbox, none answered 503 is, and the rows of the failed batches (the
+-- committer's failed_rows counter) are exactly the 503 answers, so no batch
+-- was half-committed or half-acknowledged. Once the trigger is gone the sender's retries are
 -- taken and every event is handled once. On SQLite, and on PostgreSQL when
 -- OFLUA_TEST_PG_URL is set. And a commit that outlives the handler's time
 -- limit (another process holds SQLite's write lock) is answered 503; the row

@@ -542,10 +542,12 @@ static void abandon(worker *w, job *j, const char *why) {
   if (j->prep != NULL) { /* its client has its answer: only the rest is cut */
     srv_log("warn", "handler_cut_after_answer", w->id, "reason", why, NULL, NULL);
   } else {
-    /* counted before the answer can reach the client; not when the monitor
-     * answered first (it counted and logged it) or the client went away */
+    /* counted before our answer can reach the client. Not when the
+     * monitor answered it first (it counted and logged that) or its client
+     * went away; but a stop past its grace answers every request 503
+     * without counting them: the handlers it cuts count here */
     atomic_fetch_add(&w->srv->n_handler_timeouts, 1);
-    if (srv_answer_status(j, 503))
+    if (srv_answer_status(j, 503) || atomic_load(&w->srv->abort_handlers))
       srv_log("error", "handler_timeout", w->id, "reason", why, NULL, NULL);
     else
       atomic_fetch_sub(&w->srv->n_handler_timeouts, 1);
@@ -763,15 +765,17 @@ void srv_release_vm(worker *w) {
   server *s = w->srv;
   pthread_mutex_lock(&s->qmu);
   w->busy = 0;
-  /* The worker thread sleeps: wake it for work, or when a job parked here
-   * meanwhile is due before its sleep ends (its time limit is kept there). */
-  /* A parked job due before the worker's sleep ends: one parked here
-   * meanwhile, or one it saw parked at its last look (its sleep while the VM
-   * was lent did not watch them). Its sleeps last at most WORKER_WATCH_S: a
-   * job parked with a later deadline, the usual case, needs no wake. */
+  /* The worker thread sleeps: wake it for work, or when a parked job is due
+   * before its sleep ends (time limits are kept there): one parked here
+   * meanwhile, or one it saw parked at its last look (its sleep while the
+   * VM was lent did not watch them). Its sleeps last at most
+   * WORKER_WATCH_S: a job parked with a later deadline, the usual case,
+   * needs no wake. Kept in seen_soonest until its next look (the VM may be
+   * lent again when it wakes). */
   double soonest = w->parked_soonest;
   if (w->seen_soonest > 0 && (soonest == 0 || w->seen_soonest < soonest)) soonest = w->seen_soonest;
   int due_sooner = soonest > 0 && soonest < w->wake_at;
+  w->seen_soonest = soonest;
   w->parked_soonest = 0;
   if (w->waiting && (w->pending != NULL || w->ready != NULL || s->qhead != NULL || due_sooner))
     pthread_cond_broadcast(&s->qcv);

@@ -1644,7 +1644,7 @@ static int mark_own(store_handle *s, const claim_done *done, int ndone, double n
   store_conn *c = s->c;
   if (ndone == 0) return 0;
   store_mark *m = be->inbox_done_many != NULL ? malloc((size_t)ndone * sizeof *m) : NULL;
-  int rc = be->tx_begin(c, STORE_TX_RELAXED); /* a lost mark: the event runs again */
+  int rc = be->tx_begin(c, STORE_TX_RELAXED); /* a lost mark: as in a process crash */
   if (m != NULL) { /* one statement */
     for (int i = 0; i < ndone; i++) {
       memcpy(m[i].idx, done[i].idx, sizeof m[i].idx);

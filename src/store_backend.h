@@ -162,11 +162,12 @@ typedef struct store_backend {
    * does, so a read-modify-write in Lua is never a lost update
    * (PostgreSQL: an advisory lock; READ COMMITTED alone would allow it).
    * STORE_TX_RELAXED: its commit need not wait for the disk, for writes a
-   * crash may lose at no other cost than work done again (done marks:
-   * their events run again). PostgreSQL: synchronous_commit off for it
-   * (what it commits is still never seen before what was committed
-   * before it); SQLite: nothing (in WAL mode with synchronous=NORMAL no
-   * commit waits for the disk). */
+   * crash may lose as a crash of the process could (done marks: their
+   * events run again once their lease ends, an expiry counting as an
+   * attempt). PostgreSQL: synchronous_commit off for it (what it commits
+   * is still never seen before what was committed before it); SQLite:
+   * nothing (with synchronous=NORMAL, the default, no commit waits for the
+   * disk anyway; with FULL these wait too). */
   int (*tx_begin)(store_conn *c, int flags);
   int (*tx_commit)(store_conn *c);
   int (*tx_rollback)(store_conn *c);

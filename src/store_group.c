@@ -181,7 +181,8 @@ static void flush_done(store_group *g) {
     char err[256];
     c = g->conn = g->be->open(&g->opts, err, sizeof err);
   }
-  /* relaxed: a mark lost in a crash only makes its event run again */
+  /* relaxed: a mark lost in a crash is as one lost in a crash of the
+   * process (its event runs again once its lease ends) */
   int rc = c != NULL ? g->be->tx_begin(c, STORE_TX_RELAXED) : STORE_EUNAVAIL;
   if (rc >= 0 && g->be->inbox_done_many != NULL) { /* one statement (n <= GROUP_DONE_BATCH) */
     store_mark m[GROUP_DONE_BATCH];
