@@ -6,9 +6,9 @@
 -- time, then 57 more 16 at a time. Then: every delivery answered 200 is in
 -- the inbox, none answered 503 is, and the rows of the failed batches (the
 -- committer's failed_rows counter) are exactly the 503 answers, so no batch
--- was half-committed or half-acknowledged. Once the trigger is gone the sender's retries are
--- taken and every event is handled once. On SQLite, and on PostgreSQL when
--- OFLUA_TEST_PG_URL is set. And a commit that outlives the handler's time
+-- was half-committed or half-acknowledged. Once the trigger is gone the
+-- sender's retries are taken and every event is handled once. On SQLite,
+-- and on PostgreSQL when OFLUA_TEST_PG_URL is set. And a commit that outlives the handler's time
 -- limit (another process holds SQLite's write lock) is answered 503; the row
 -- lands once the lock is free, and the sender's retry is a duplicate.
 local h = require("spec.helper")
