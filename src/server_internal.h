@@ -127,7 +127,6 @@ struct worker {
   atomic_int exited;
   job *ready;          /* parked jobs ready to resume: under srv->qmu */
   job *parked;         /* worker thread only */
-  int nparked;
   int busy;            /* held by a thread (its worker or an I/O thread): qmu */
   job *pending;        /* moved off an I/O thread, to continue here: qmu */
   int waiting;         /* its thread sleeps on srv->qcv: qmu (wake only then) */

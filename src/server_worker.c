@@ -535,7 +535,6 @@ static void parked_remove(worker *w, job *j) {
   else w->parked = j->pnext;
   if (j->pnext != NULL) j->pnext->pprev = j->pprev;
   j->pprev = j->pnext = NULL;
-  w->nparked--;
 }
 
 static void abandon(worker *w, job *j, const char *why) {
@@ -595,7 +594,6 @@ static void after_resume(worker *w, job *j, int st, int nres) {
     j->pprev = NULL;
     if (w->parked != NULL) w->parked->pprev = j;
     w->parked = j;
-    w->nparked++;
     if (w->parked_soonest == 0 || j->deadline < w->parked_soonest) w->parked_soonest = j->deadline;
     w->cur = NULL;
     w->cur_co = NULL;
@@ -817,6 +815,18 @@ void srv_install_wait_api(lua_State *V) {
   lua_setfield(V, LUA_REGISTRYINDEX, OFLUA_REG_WAIT_API);
 }
 
+/* The worker thread sleeps (s->qmu held) until woken or until `until`
+ * (monotonic seconds), at most WORKER_WATCH_S from now. */
+static void worker_sleep(worker *w, server *s, double now, double until) {
+  if (until == 0 || until > now + WORKER_WATCH_S) until = now + WORKER_WATCH_S;
+  struct timespec ts;
+  oflua__mono_deadline(&ts, until - now + 0.001);
+  w->waiting = 1;
+  w->wake_at = until;
+  pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
+  w->waiting = 0;
+}
+
 static void *worker_main(void *arg) {
   oflua__thread_name("oflua-worker");
   worker *w = arg;
@@ -825,14 +835,7 @@ static void *worker_main(void *arg) {
   pthread_mutex_lock(&s->qmu);
   for (;;) {
     if (w->busy) { /* lent to an I/O thread for an inline run */
-      /* parked jobs are not watched while lent (the timed sleep: see
-       * WORKER_WATCH_S) */
-      struct timespec ts;
-      oflua__mono_deadline(&ts, WORKER_WATCH_S);
-      w->waiting = 1;
-      w->wake_at = oflua__mono_now() + WORKER_WATCH_S;
-      pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
-      w->waiting = 0;
+      worker_sleep(w, s, oflua__mono_now(), 0); /* parked jobs are not watched while lent */
       continue;
     }
     if (w->pending != NULL) {
@@ -918,14 +921,7 @@ static void *worker_main(void *arg) {
       s->qtail = NULL;
       break;
     }
-    /* (at most WORKER_WATCH_S: see there) */
-    if (next == 0 || next > now + WORKER_WATCH_S) next = now + WORKER_WATCH_S;
-    struct timespec ts;
-    oflua__mono_deadline(&ts, next - now + 0.001);
-    w->waiting = 1;
-    w->wake_at = next;
-    pthread_cond_timedwait(&s->qcv, &s->qmu, &ts);
-    w->waiting = 0;
+    worker_sleep(w, s, now, next);
   }
   atomic_store(&w->exited, 1);
   pthread_cond_broadcast(&s->exit_cv);
