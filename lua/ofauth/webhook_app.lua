@@ -192,13 +192,24 @@ local function unpack(payload)
   return meta, payload:sub(nl + 1)
 end
 
+-- oflua.server, or false where it cannot be loaded (plain lua5.4 without
+-- the native modules); looked up once.
+local server_mod
+local function server_module()
+  if server_mod == nil then
+    local ok, server = pcall(require, "oflua.server")
+    server_mod = ok and type(server) == "table" and server or false
+  end
+  return server_mod
+end
+
 -- The server's worker id in this VM (nil outside oflua.server, 0 in the
 -- tick's VM).
 local function worker_id()
-  local ok, server = pcall(require, "oflua.server")
-  if not ok or type(server) ~= "table" or not server.worker_id then return nil end
-  local ok2, id = pcall(server.worker_id)
-  return ok2 and id or nil
+  local server = server_module()
+  if not server or not server.worker_id then return nil end
+  local ok, id = pcall(server.worker_id)
+  return ok and id or nil
 end
 
 -- The answer to a new delivery as a prepared server answer (server.answer),
@@ -208,11 +219,9 @@ end
 local function early_answer(self)
   if self.early == nil then
     self.early = false
-    if worker_id() then
-      local ok, server = pcall(require, "oflua.server")
-      if ok and type(server) == "table" and server.answer then
-        self.early = server.answer(200, ACCEPTED, { ["content-type"] = "application/json" })
-      end
+    local server = server_module()
+    if worker_id() and server.answer then
+      self.early = server.answer(200, ACCEPTED, { ["content-type"] = "application/json" })
     end
   end
   return self.early or nil
@@ -221,20 +230,16 @@ end
 -- Whether the server running this VM began to stop (false outside one): a
 -- tick with a backlog then ends after its current batch instead of running
 -- up to tick_budget while stop waits for it.
-local server_stopping
 local function stopping()
-  if server_stopping == nil then
-    local ok, server = pcall(require, "oflua.server")
-    server_stopping = ok and type(server) == "table" and server.stopping or false
-  end
-  return server_stopping and server_stopping() or false
+  local server = server_module()
+  return server and server.stopping and server.stopping() or false
 end
 
 local function tick_dict()
-  local ok, server = pcall(require, "oflua.server")
-  if not ok or type(server) ~= "table" or not server.shared then return nil end
-  local ok2, d = pcall(server.shared, TICK_DICT)
-  return ok2 and d or nil
+  local server = server_module()
+  if not server or not server.shared then return nil end
+  local ok, d = pcall(server.shared, TICK_DICT)
+  return ok and d or nil
 end
 
 -- Background mode needs someone to run app:tick(). In an oflua.server worker
